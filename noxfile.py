@@ -1,0 +1,48 @@
+"""Quality gates: ``nox -s lint typecheck tests`` (what ``scripts/test.sh`` and CI run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_venv = "yes"
+nox.options.sessions = ["lint", "typecheck", "tests"]
+
+PYTHON = "3.11"
+SOURCES = [p for p in ("src", "tests", "examples", "bench", "noxfile.py") if Path(p).exists()]
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", *SOURCES)
+    session.run("ruff", "format", "--check", *SOURCES)
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the library."""
+    session.install("-e", ".[dev]")
+    session.run("mypy", "src/kuya_store")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The whole suite on SQLite, real PostgreSQL and real Redis, with coverage."""
+    session.install("-e", ".[dev]")
+    session.run(
+        "pytest",
+        "--cov=kuya_store",
+        "--cov-report=term",
+        *session.posargs,
+    )
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks against raw drivers and peer libraries (not part of CI)."""
+    session.install("-e", ".[dev]", "cashews>=7")
+    session.run("python", "-m", "bench", *session.posargs)

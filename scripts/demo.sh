@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The main job: install kuya-store and run its demo on the embedded default
+# (SQLite at ./kuya_comps.db plus the in-process hot tier). Nothing else is needed.
+set -euo pipefail
+source "$(dirname "$0")/bootstrap.sh"
+uv pip install --quiet --python .venv/bin/python -e .
+exec .venv/bin/kuya-store demo "$@"

@@ -1,0 +1,69 @@
+"""kuya-store: a tiered store for trading-card price apps.
+
+Redis (or in-process memory) in front, PostgreSQL or SQLite behind, and the paid
+marketplace API last: every search answered by the cheapest tier that holds a fresh
+result, every result kept for history and analytics.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from kuya_store import migrations
+from kuya_store.clock import ManualClock
+from kuya_store.errors import (
+    FetcherError,
+    InvalidInputError,
+    KuyaStoreError,
+    NotFoundError,
+    StorageUnavailableError,
+)
+from kuya_store.models import (
+    CompsResult,
+    FetchRequest,
+    FetchResult,
+    Health,
+    Listing,
+    PriceSnapshot,
+    SearchFilters,
+    SearchType,
+    Source,
+)
+from kuya_store.pricing import DefaultValuator, TitleInfo, Valuator, normalize_card, parse_title
+from kuya_store.repository import CompsRepository, Fetcher
+from kuya_store.settings import StoreSettings
+from kuya_store.store import CompsStore
+
+try:
+    __version__ = version("kuya-store")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "CompsRepository",
+    "CompsResult",
+    "CompsStore",
+    "DefaultValuator",
+    "FetchRequest",
+    "FetchResult",
+    "Fetcher",
+    "FetcherError",
+    "Health",
+    "InvalidInputError",
+    "KuyaStoreError",
+    "Listing",
+    "ManualClock",
+    "NotFoundError",
+    "PriceSnapshot",
+    "SearchFilters",
+    "SearchType",
+    "Source",
+    "StorageUnavailableError",
+    "StoreSettings",
+    "TitleInfo",
+    "Valuator",
+    "__version__",
+    "migrations",
+    "normalize_card",
+    "parse_title",
+]

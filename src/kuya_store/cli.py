@@ -1,0 +1,217 @@
+"""The ``kuya-store`` command: migrations, a demo, health checks."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import sqlalchemy as sa
+from rich.console import Console
+from rich.table import Table
+
+from kuya_store import migrations
+from kuya_store.errors import KuyaStoreError
+from kuya_store.settings import StoreSettings, redact_url
+
+__all__ = ["main"]
+
+_T = TypeVar("_T")
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _settings(database_url: str | None, redis_url: str | None = None) -> StoreSettings:
+    overrides: dict[str, Any] = {}
+    if database_url:
+        overrides["database_url"] = database_url
+    if redis_url:
+        overrides["redis_url"] = redis_url
+    return StoreSettings(**overrides)
+
+
+def _run(work: Callable[[], _T]) -> _T:
+    """Run a command body; turn the library's errors into a message and exit code."""
+    try:
+        return work()
+    except KuyaStoreError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        sys.exit(2)
+    except (sa.exc.OperationalError, sa.exc.InterfaceError, OSError) as exc:
+        err.print(
+            f"[bold red]error:[/] cannot reach the database: {type(exc).__name__}. "
+            "Check the URL (--database-url or KUYA_DATABASE_URL) and that the server is up."
+        )
+        sys.exit(1)
+
+
+def _aio(coro: Coroutine[Any, Any, _T]) -> _T:
+    return asyncio.run(coro)
+
+
+database_option = click.option(
+    "--database-url",
+    envvar=None,
+    help="Database URL; defaults to KUYA_DATABASE_URL, DATABASE_URL, then ./kuya_comps.db.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kuya-store")
+def main() -> None:
+    """kuya-store: tiered store for trading-card price apps."""
+
+
+@main.group()
+def db() -> None:
+    """Schema migrations (kuya-store's own Alembic history)."""
+
+
+@db.command("upgrade")
+@database_option
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+def db_upgrade(database_url: str | None, revision: str) -> None:
+    """Migrate the database up to REVISION."""
+
+    def work() -> None:
+        settings = _settings(database_url)
+        migrations.upgrade(settings.database_url, revision)
+        now = migrations.current(settings.database_url)
+        console.print(f"{redact_url(settings.database_url)} is at revision [bold]{now}[/]")
+
+    _run(work)
+
+
+@db.command("downgrade")
+@database_option
+@click.argument("revision")
+def db_downgrade(database_url: str | None, revision: str) -> None:
+    """Migrate the database down to REVISION ('base' removes every kuya-store table)."""
+
+    def work() -> None:
+        settings = _settings(database_url)
+        migrations.downgrade(settings.database_url, revision)
+        now = migrations.current(settings.database_url)
+        console.print(f"{redact_url(settings.database_url)} is at revision [bold]{now}[/]")
+
+    _run(work)
+
+
+@db.command("current")
+@database_option
+def db_current(database_url: str | None) -> None:
+    """Print the revision the database is at, and the newest one available."""
+
+    def work() -> None:
+        settings = _settings(database_url)
+        now = migrations.current(settings.database_url)
+        head = migrations.head()
+        state = "up to date" if now == head else "needs 'kuya-store db upgrade'"
+        console.print(f"current: {now or '(not migrated)'}  head: {head}  ({state})")
+
+    _run(work)
+
+
+@main.command()
+@database_option
+@click.option("--redis-url", help="Redis URL; defaults to KUYA_REDIS_URL, REDIS_URL, then memory.")
+def health(database_url: str | None, redis_url: str | None) -> None:
+    """Check that the database and Redis answer (exit 1 when nothing does)."""
+    from kuya_store.store import CompsStore
+
+    async def check() -> Any:
+        async with CompsStore(_settings(database_url, redis_url)) as store:
+            return await store.health()
+
+    result = _run(lambda: _aio(check()))
+    console.print_json(result.model_dump_json())
+    if result.status == "unhealthy":
+        sys.exit(1)
+
+
+@main.command()
+@database_option
+@click.option("--query", default="2023 Topps Chrome Victor Wembanyama #1", show_default=True)
+@click.option("--latency", default=0.4, show_default=True, help="Simulated API latency (s).")
+def demo(database_url: str | None, query: str, latency: float) -> None:
+    """Show each tier answering, with timings and the API calls saved (offline)."""
+    _run(lambda: _aio(_demo(_settings(database_url), query, latency)))
+
+
+async def _demo(settings: StoreSettings, query: str, latency: float) -> None:
+    from kuya_store.demo import FakeMarketplace
+    from kuya_store.models import SearchFilters
+    from kuya_store.store import CompsStore
+
+    market = FakeMarketplace(latency=latency)
+    fetchers = {"sold": market.sold, "active": market.active}
+    console.print(f"[bold]kuya-store demo[/] on {redact_url(settings.database_url)}")
+    await migrations.upgrade_async(settings.database_url)
+    table = Table("step", "query", "source", "listings", "ms", "API calls")
+    steps: list[tuple[str, str, dict[str, Any]]] = [
+        ("first search: a miss, the API answers", query, {}),
+        ("same card, other spelling", query.lower().replace("#", "") + "  ", {}),
+        ("raw copies only: filtered from the same fetch", query, {"raw_only": True}),
+        ("active listings: another feed", query, {"search_type": "active"}),
+    ]
+
+    async def run(store: CompsStore, label: str, text: str, options: dict[str, Any]) -> Any:
+        kind = options.pop("search_type", "sold")
+        started = time.perf_counter()
+        result = await store.comps.search(text, kind, filters=SearchFilters(**options))
+        elapsed = (time.perf_counter() - started) * 1000
+        table.add_row(
+            label, text.strip(), result.source.value, str(len(result.listings)),
+            f"{elapsed:.1f}", str(market.call_count),
+        )
+        return result
+
+    async with CompsStore(settings, fetchers=fetchers) as store:
+        first = None
+        for label, text, options in steps:
+            result = await run(store, label, text, dict(options))
+            first = first or result
+        await store.flush()
+        saved = store.metrics()["api_calls_saved"]
+    async with CompsStore(settings, fetchers=fetchers) as store:
+        await run(store, "after a restart: the database answers", query, {})
+        saved += store.metrics()["api_calls_saved"]
+    console.print(table)
+    console.print(f"upstream API calls: [bold]{market.call_count}[/] for {len(steps) + 1} searches; "
+                  f"calls saved: [bold green]{saved}[/]")
+    if first is not None and first.snapshot is not None:
+        snap = first.snapshot
+        console.print(
+            f"{snap.card_identifier}: market value {snap.market_value}, quick sale "
+            f"{snap.quick_sale}, patient sale {snap.patient_sale} "
+            f"(FMV {snap.fmv_low}..{snap.fmv_high}, {snap.sample_size} sales, "
+            f"confidence {snap.volume_confidence})"
+        )
+    await _print_counts(settings)
+
+
+async def _print_counts(settings: StoreSettings) -> None:
+    from kuya_store.db.engine import create_engine
+
+    engine = create_engine(settings)
+    try:
+        async with engine.connect() as conn:
+            counts = []
+            for name in ("searches", "listing_cache", "search_results", "price_snapshots"):
+                total = (await conn.execute(sa.text(f"SELECT count(*) FROM {name}"))).scalar_one()
+                counts.append(f"{name}={total}")
+    finally:
+        await engine.dispose()
+    console.print("database now holds: " + ", ".join(counts))
+
+
+def _entry() -> None:  # pragma: no cover
+    main()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""The persistent tier: schema, portable column types and engines."""

@@ -1,0 +1,110 @@
+"""An offline marketplace with realistic, deterministic listings, for demos, examples and tests.
+
+``FakeMarketplace`` answers any card query with plausible sold and active listings
+(raw and graded copies, parallels, autographs, the odd lot) and counts its calls, so an
+application can run, and show what the store saves, without a paid API key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from kuya_store.clock import Clock, utcnow
+from kuya_store.models import FetchRequest, FetchResult, Listing, SearchType
+
+__all__ = ["FakeMarketplace"]
+
+_VARIANTS: tuple[tuple[str, float, float], ...] = (
+    # (title suffix, price multiplier, weight)
+    ("", 1.0, 10),
+    ("RC Rookie", 1.05, 4),
+    ("PSA 10 GEM MINT", 3.2, 3),
+    ("PSA 9 MINT", 1.6, 3),
+    ("BGS 9.5 Gem Mint", 2.4, 2),
+    ("SGC 10", 2.6, 1),
+    ("Silver Prizm", 2.0, 2),
+    ("Gold Refractor /50", 6.0, 1),
+    ("Auto On-Card", 5.5, 1),
+    ("Lot of 3", 2.7, 1),
+)
+_CONDITIONS = ("Ungraded", "Near Mint or Better", "Graded", "Excellent")
+
+
+class FakeMarketplace:
+    """A stand-in for a sold-listings API and a browse API.
+
+    Args:
+        listings: how many listings each search returns.
+        latency: seconds each call takes, to show what a cache saves.
+        clock: the moment listings are dated from.
+    """
+
+    def __init__(self, listings: int = 40, latency: float = 0.0, clock: Clock = utcnow) -> None:
+        self.listings = listings
+        self.latency = latency
+        self._clock = clock
+        self.calls: list[FetchRequest] = []
+
+    @property
+    def call_count(self) -> int:
+        """How many upstream calls were made: each one would have cost money."""
+        return len(self.calls)
+
+    async def sold(self, request: FetchRequest) -> FetchResult:
+        """The sold-listings fetcher."""
+        return await self._search(request, sold=True)
+
+    async def active(self, request: FetchRequest) -> FetchResult:
+        """The active-listings fetcher."""
+        return await self._search(request, sold=False)
+
+    async def __call__(self, request: FetchRequest) -> FetchResult:
+        return await self._search(request, sold=request.search_type is SearchType.SOLD)
+
+    async def _search(self, request: FetchRequest, sold: bool) -> FetchResult:
+        self.calls.append(request)
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        seed = int.from_bytes(hashlib.sha256(request.query.lower().encode()).digest()[:8], "big")
+        rng = random.Random(seed ^ (1 if sold else 2))
+        base = 5 + (seed % 9500) / 100  # a card worth $5 to $100 raw
+        now = self._clock().astimezone(UTC)
+        pages = int(request.params.get("pages", 1) or 1) if request.params else 1
+        count = min(self.listings * max(pages, 1), 500)
+        suffixes = [v[0] for v in _VARIANTS]
+        weights = [v[2] for v in _VARIANTS]
+        factors = {v[0]: v[1] for v in _VARIANTS}
+        out: list[Listing] = []
+        for index in range(count):
+            suffix = rng.choices(suffixes, weights)[0]
+            noise = rng.lognormvariate(0, 0.18)
+            price = Decimal(str(round(base * factors[suffix] * noise, 2)))
+            auction = rng.random() < 0.55
+            item = f"{'S' if sold else 'A'}{seed % 10**9:09d}{index:04d}"
+            out.append(
+                Listing(
+                    item_id=item,
+                    title=f"{request.query} {suffix}".strip(),
+                    price=price,
+                    listing_type="auction" if auction else "buy_it_now",
+                    condition=rng.choice(_CONDITIONS),
+                    sold=sold,
+                    sold_date=_sold_date(now, rng) if sold else None,
+                    bids=rng.randint(1, 35) if auction else None,
+                    watchers=rng.randint(0, 60),
+                    extra={
+                        "link": f"https://marketplace.example/itm/{item}",
+                        "thumbnail": f"https://img.marketplace.example/{item}.jpg",
+                        "seller": f"seller{rng.randint(100, 999)}",
+                    },
+                )
+            )
+        return FetchResult(listings=out, pages_scraped=pages)
+
+
+def _sold_date(now: datetime, rng: random.Random) -> datetime:
+    return now - timedelta(days=rng.uniform(0, 45), seconds=rng.randint(0, 3600))

@@ -1,0 +1,115 @@
+"""What identifies a stored result, and the cache keys derived from it (pure code)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from kuya_store.errors import InvalidInputError
+from kuya_store.models import Params, SearchFilters, SearchType
+
+__all__ = ["KEY_VERSION", "MAX_QUERY_LENGTH", "ResultIdentity", "validate_params", "validate_query"]
+
+KEY_VERSION = 1
+"""Bumped whenever the stored value's layout changes, so old entries are simply never read."""
+
+MAX_QUERY_LENGTH = 500
+_MAX_PARAMS = 32
+_MAX_PARAM_KEY = 64
+_MAX_PARAM_TEXT = 500
+
+
+def validate_query(query: object, field: str = "query") -> str:
+    """The query with surrounding whitespace removed, or ``InvalidInputError``."""
+    if not isinstance(query, str):
+        raise InvalidInputError(field, f"must be a string, not {type(query).__name__}")
+    text = query.strip()
+    if not text:
+        raise InvalidInputError(field, "must not be empty")
+    if len(text) > MAX_QUERY_LENGTH:
+        raise InvalidInputError(field, f"must be at most {MAX_QUERY_LENGTH} characters")
+    if "\x00" in text:
+        raise InvalidInputError(field, "must not contain NUL characters")
+    return text
+
+
+def validate_params(params: object) -> Params:
+    """Upstream options: a small mapping of JSON scalars, or ``InvalidInputError``."""
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise InvalidInputError("params", "must be a mapping of option name to JSON scalar")
+    if len(params) > _MAX_PARAMS:
+        raise InvalidInputError("params", f"must have at most {_MAX_PARAMS} entries")
+    clean: Params = {}
+    for key, value in params.items():
+        if not isinstance(key, str) or not key or len(key) > _MAX_PARAM_KEY or "\x00" in key:
+            raise InvalidInputError("params", f"option names must be 1..{_MAX_PARAM_KEY} characters")
+        field = f"params.{key}"
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidInputError(field, "must be a finite number")
+        if isinstance(value, str) and (len(value) > _MAX_PARAM_TEXT or "\x00" in value):
+            raise InvalidInputError(field, f"must be at most {_MAX_PARAM_TEXT} characters, no NUL")
+        if value is not None and not isinstance(value, str | int | float | bool):
+            raise InvalidInputError(field, "must be a JSON scalar (string, number, boolean, null)")
+        clean[key] = value
+    return clean
+
+
+def canonical_json(value: Any) -> str:
+    """Stable JSON text: sorted keys, no spaces; equal values give equal text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+@dataclass(frozen=True, slots=True)
+class ResultIdentity:
+    """Everything that decides whether two searches may share one stored result.
+
+    The card identifier folds case, spacing and abbreviations; ``params`` always count;
+    filters count only when they are sent upstream (otherwise one fetch serves them all).
+    """
+
+    card_identifier: str
+    search_type: SearchType
+    params: str
+    upstream_filters: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        card_identifier: str,
+        search_type: SearchType,
+        params: Params,
+        filters: SearchFilters | None = None,
+    ) -> ResultIdentity:
+        return cls(
+            card_identifier,
+            search_type,
+            canonical_json(params),
+            canonical_json(filters.as_dict()) if filters is not None else None,
+        )
+
+    @property
+    def result_key(self) -> str:
+        """64 hex characters naming this result in the database (``searches.result_key``)."""
+        material = canonical_json(
+            [KEY_VERSION, self.search_type.value, self.card_identifier, self.params, self.upstream_filters]
+        )
+        return hashlib.sha256(material.encode()).hexdigest()
+
+    @property
+    def card_key(self) -> str:
+        """Short hash of search type and card: groups every params variant for invalidation."""
+        material = f"{self.search_type.value}\x1f{self.card_identifier}"
+        return hashlib.sha256(material.encode()).hexdigest()[:32]
+
+    def redis_key(self, prefix: str) -> str:
+        """The hot-tier key: namespaced and versioned."""
+        return f"{prefix}:v{KEY_VERSION}:r:{self.search_type.value}:{self.result_key}"
+
+    def redis_index_key(self, prefix: str) -> str:
+        """The set of hot-tier keys holding a variant of this card (for ``invalidate``)."""
+        return f"{prefix}:v{KEY_VERSION}:i:{self.card_key}"

@@ -1,0 +1,236 @@
+"""Domain values: what a search asks for and what it answers, as frozen pydantic models."""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from datetime import UTC, date, datetime
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+)
+
+__all__ = [
+    "MAX_EXTRA_BYTES",
+    "MAX_PRICE",
+    "CompsResult",
+    "FetchRequest",
+    "Health",
+    "FetchResult",
+    "Listing",
+    "Money",
+    "Params",
+    "PriceSnapshot",
+    "SearchFilters",
+    "SearchType",
+    "Source",
+    "to_money",
+]
+
+MAX_PRICE = Decimal("99999999.99")
+"""Largest amount a ``NUMERIC(10, 2)`` column holds."""
+
+MAX_EXTRA_BYTES = 8192
+"""Cap on the JSON size of ``Listing.extra`` (display data held only in the hot tiers)."""
+
+_CENT = Decimal("0.01")
+
+
+class SearchType(enum.StrEnum):
+    """Which marketplace feed a search reads."""
+
+    SOLD = "sold"
+    ACTIVE = "active"
+
+
+class Source(enum.StrEnum):
+    """Which tier answered a search."""
+
+    MEMORY = "memory"
+    REDIS = "redis"
+    DATABASE = "database"
+    API = "api"
+    STALE = "stale"
+
+
+def to_money(value: object) -> Decimal:
+    """Convert an amount to an exact 2-place ``Decimal`` within ``NUMERIC(10, 2)``.
+
+    Floats go through their shortest text form, so ``19.99`` stays ``19.99``;
+    more places than two are rounded half-up to the cent.
+    """
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        value = repr(value)
+    if isinstance(value, int | str | Decimal):
+        try:
+            amount = Decimal(value.strip() if isinstance(value, str) else value)
+        except InvalidOperation:
+            raise ValueError("is not a number") from None
+    else:
+        raise ValueError(f"must be a number, not {type(value).__name__}")
+    if not amount.is_finite():
+        raise ValueError("must be a finite number")
+    amount = amount.quantize(_CENT, rounding=ROUND_HALF_UP)
+    if amount < 0:
+        raise ValueError("must not be negative")
+    if amount > MAX_PRICE:
+        raise ValueError(f"must be at most {MAX_PRICE}")
+    return amount
+
+
+Money = Annotated[
+    Decimal,
+    BeforeValidator(to_money),
+    PlainSerializer(lambda d: str(d), return_type=str, when_used="json"),
+]
+"""An exact amount with two places, serialised to JSON as a string (never a float)."""
+
+
+def _no_nul(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("must not contain NUL characters")
+    return text
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC)
+
+
+UTCDateTime = Annotated[AwareDatetime, AfterValidator(_utc)]
+"""A timezone-aware moment, normalised to UTC; naive datetimes are rejected."""
+
+_Text = Annotated[str, AfterValidator(_no_nul)]
+
+
+def _json_object(value: dict[str, Any]) -> dict[str, Any]:
+    try:
+        encoded = json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"must be a JSON object ({exc})") from None
+    if len(encoded.encode()) > MAX_EXTRA_BYTES:
+        raise ValueError(f"must be at most {MAX_EXTRA_BYTES} bytes as JSON")
+    return value
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=True)
+
+
+class SearchFilters(BaseModel):
+    """The title filters of a search; one upstream fetch serves every combination."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    raw_only: bool = False
+    base_only: bool = False
+    exclude_auto: bool = False
+
+    def as_dict(self) -> dict[str, bool]:
+        """The filters as the ``searches.filters`` JSON object."""
+        return {
+            "raw_only": self.raw_only,
+            "base_only": self.base_only,
+            "exclude_auto": self.exclude_auto,
+        }
+
+
+Scalar = str | int | float | bool | None
+Params = dict[str, Scalar]
+"""Upstream options handed to the fetcher (pages, sort order, ...): JSON scalars only."""
+
+
+class Listing(_Frozen):
+    """One marketplace listing: the metadata the database keeps, plus display-only ``extra``."""
+
+    item_id: Annotated[_Text, StringConstraints(min_length=1, max_length=50)]
+    title: Annotated[_Text, StringConstraints(min_length=1, max_length=500)]
+    price: Money
+    listing_type: Literal["auction", "buy_it_now"] | None = None
+    condition: Annotated[_Text, StringConstraints(max_length=50)] | None = None
+    sold: bool = False
+    sold_date: UTCDateTime | None = None
+    bids: Annotated[int, Field(ge=0, le=2_147_483_647)] | None = None
+    watchers: Annotated[int, Field(ge=0, le=2_147_483_647)] | None = None
+    extra: Annotated[dict[str, Any], AfterValidator(_json_object)] = Field(default_factory=dict)
+
+    def metadata_only(self) -> Listing:
+        """This listing without its display data: what the database may keep."""
+        return self if not self.extra else self.model_copy(update={"extra": {}})
+
+
+class PriceSnapshot(_Frozen):
+    """A card's aggregated prices for one day: one ``price_snapshots`` row."""
+
+    card_identifier: Annotated[_Text, StringConstraints(min_length=1)]
+    snapshot_date: date
+    fmv_low: Money | None = None
+    fmv_high: Money | None = None
+    market_value: Money | None = None
+    quick_sale: Money | None = None
+    patient_sale: Money | None = None
+    sample_size: Annotated[int, Field(ge=0)] = 0
+    min_price: Money | None = None
+    max_price: Money | None = None
+    avg_price: Money | None = None
+    volume_confidence: Annotated[str, StringConstraints(max_length=20)] | None = None
+    parallel_analysis: dict[str, Any] | None = None
+    grading_analysis: dict[str, Any] | None = None
+
+
+class FetchRequest(_Frozen):
+    """What the store hands to a fetcher on a miss."""
+
+    query: str
+    search_type: SearchType
+    filters: SearchFilters = SearchFilters()
+    params: Params = Field(default_factory=dict)
+
+
+class FetchResult(_Frozen):
+    """What a fetcher returns: the listings of one upstream search."""
+
+    listings: list[Listing]
+    pages_scraped: Annotated[int, Field(ge=0, le=10_000)] = 1
+
+
+class CompsResult(_Frozen):
+    """The answer to ``CompsRepository.search``: listings plus where they came from."""
+
+    query: str
+    card_identifier: str
+    search_type: SearchType
+    filters: SearchFilters
+    params: Params = Field(default_factory=dict)
+    listings: list[Listing]
+    source: Source
+    fetched_at: UTCDateTime
+    cache_hit: bool
+    snapshot: PriceSnapshot | None = None
+    pages_scraped: int | None = None
+    execution_time_ms: int = 0
+
+
+class Health(_Frozen):
+    """Readiness, as the seed's ``/health/ready``: unhealthy only when nothing answers.
+
+    A part that is not configured (no Redis URL; no database in ``cache_only`` mode)
+    reads ``False`` but does not degrade the status.
+    """
+
+    status: Literal["healthy", "degraded", "unhealthy"]
+    redis: bool
+    database: bool

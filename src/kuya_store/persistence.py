@@ -1,0 +1,346 @@
+"""The persistent tier: bulk writes of fetched results and the search log, and the reads back.
+
+Every fetched result is written in one transaction; listings are upserted by ``item_id``
+with native ``INSERT .. ON CONFLICT DO UPDATE``, in ``item_id`` order so two writers
+lock rows in the same order and never deadlock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from kuya_store.db.engine import create_engine
+from kuya_store.db.tables import ListingRow, PriceSnapshotRow, SearchResultRow, SearchRow
+from kuya_store.keys import ResultIdentity
+from kuya_store.metrics import Metrics
+from kuya_store.models import Listing, PriceSnapshot, SearchType
+from kuya_store.settings import StoreSettings
+from kuya_store.stored import StoredResult
+
+__all__ = ["Database", "FetchRecord", "SearchRecord", "listing_ttl"]
+
+_searches = SearchRow.__table__
+_listings = ListingRow.__table__
+_links = SearchResultRow.__table__
+_snapshots = PriceSnapshotRow.__table__
+
+# Both drivers cap bind parameters near 32,767; listing rows carry 13 each.
+_LISTING_CHUNK = 1000
+_LISTING_UPDATE_COLUMNS = (
+    "title",
+    "price",
+    "listing_type",
+    "condition",
+    "sold",
+    "sold_date",
+    "bids",
+    "watchers",
+    "last_updated",
+    "ttl",
+    "search_id",
+)
+_SNAPSHOT_COLUMNS = tuple(
+    name for name in PriceSnapshot.model_fields if name not in ("card_identifier", "snapshot_date")
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchRecord:
+    """One ``searches`` row: a search call, whether a tier or the fetcher answered it."""
+
+    query: str
+    card_identifier: str
+    search_type: SearchType
+    filters: dict[str, bool]
+    params: dict[str, Any]
+    created_at: datetime
+    execution_time_ms: int
+    cache_hit: bool
+    pages_scraped: int | None = None
+    items_count: int | None = None
+    user_id: int | None = None
+    result_key: str | None = None
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "search_type": self.search_type.value,
+            "filters": self.filters,
+            "pages_scraped": self.pages_scraped,
+            "items_count": self.items_count,
+            "created_at": self.created_at,
+            "execution_time_ms": self.execution_time_ms,
+            "cache_hit": self.cache_hit,
+            "user_id": self.user_id,
+            "card_identifier": self.card_identifier,
+            "params": self.params,
+            "result_key": self.result_key,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRecord:
+    """A fetched result to persist: its search row, its listings and, if sold, its snapshot."""
+
+    search: SearchRecord
+    result: StoredResult
+    listing_ttl: datetime
+    snapshot: PriceSnapshot | None = None
+
+
+def _chunks(rows: Sequence[dict[str, Any]], size: int) -> Iterator[Sequence[dict[str, Any]]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+def _listing_from_row(row: Row[Any]) -> Listing:
+    return Listing(
+        item_id=row.item_id,
+        title=row.title,
+        price=row.price,
+        listing_type=row.listing_type,
+        condition=row.condition,
+        sold=bool(row.sold),
+        sold_date=row.sold_date,
+        bids=row.bids,
+        watchers=row.watchers,
+    )
+
+
+def _snapshot_from_row(row: Row[Any]) -> PriceSnapshot:
+    return PriceSnapshot.model_validate(
+        {name: getattr(row, name) for name in PriceSnapshot.model_fields}
+    )
+
+
+class Database:
+    """Reads and writes of the persistent tier over one ``AsyncEngine``."""
+
+    def __init__(self, settings: StoreSettings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.engine: AsyncEngine = create_engine(settings)
+        self.dialect = self.engine.dialect.name
+        self._time_queries(settings.slow_query_threshold.total_seconds() * 1000)
+
+    def _time_queries(self, slow_ms: float) -> None:
+        metrics = self.metrics
+
+        def before(conn: Connection, *_: Any) -> None:
+            conn.info.setdefault("kuya_query_start", []).append(time.perf_counter())
+
+        def after(conn: Connection, *_: Any) -> None:
+            started = conn.info["kuya_query_start"].pop()
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            metrics.observe("db_query", elapsed_ms)
+            if elapsed_ms >= slow_ms:
+                metrics.incr("db_slow_queries")
+
+        event.listen(self.engine.sync_engine, "before_cursor_execute", before)
+        event.listen(self.engine.sync_engine, "after_cursor_execute", after)
+
+    def _insert(self, table: sa.Table) -> Any:
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+
+    async def ping(self) -> bool:
+        """True when a trivial query succeeds; never raises."""
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except Exception:
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # -- writes -------------------------------------------------------------------------
+
+    async def log_searches(self, records: Sequence[SearchRecord]) -> None:
+        """Insert a batch of search-log rows in one statement."""
+        if records:
+            async with self.engine.begin() as conn:
+                await conn.execute(sa.insert(_searches), [r.row() for r in records])
+
+    async def persist_fetch(self, record: FetchRecord) -> int:
+        """Write a fetched result in one transaction; returns the new ``searches.id``."""
+        async with self.engine.begin() as conn:
+            search_id: int = (
+                await conn.execute(
+                    sa.insert(_searches).values(record.search.row()).returning(_searches.c.id)
+                )
+            ).scalar_one()
+            listing_ids = await self._upsert_listings(conn, record, search_id)
+            if record.result.listings:
+                await conn.execute(
+                    sa.insert(_links),
+                    [
+                        {"search_id": search_id, "position": i, "listing_id": listing_ids[x.item_id]}
+                        for i, x in enumerate(record.result.listings)
+                    ],
+                )
+            if record.snapshot is not None:
+                await self._upsert_snapshot(conn, record.snapshot, search_id)
+        return search_id
+
+    async def _upsert_listings(
+        self, conn: AsyncConnection, record: FetchRecord, search_id: int
+    ) -> dict[str, int]:
+        moment = record.search.created_at
+        rows = sorted(
+            (
+                {
+                    "item_id": x.item_id,
+                    "title": x.title,
+                    "price": x.price,
+                    "listing_type": x.listing_type,
+                    "condition": x.condition,
+                    "sold": x.sold,
+                    "sold_date": x.sold_date,
+                    "bids": x.bids,
+                    "watchers": x.watchers,
+                    "first_seen": moment,
+                    "last_updated": moment,
+                    "ttl": record.listing_ttl,
+                    "search_id": search_id,
+                }
+                for x in record.result.listings
+            ),
+            key=lambda row: row["item_id"],
+        )
+        ids: dict[str, int] = {}
+        for chunk in _chunks(rows, _LISTING_CHUNK):
+            stmt = self._insert(_listings).values(list(chunk))
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[_listings.c.item_id],
+                set_={name: stmt.excluded[name] for name in _LISTING_UPDATE_COLUMNS},
+            ).returning(_listings.c.id, _listings.c.item_id)
+            for listing_id, item_id in await conn.execute(stmt):
+                ids[item_id] = listing_id
+        return ids
+
+    async def _upsert_snapshot(
+        self, conn: AsyncConnection, snapshot: PriceSnapshot, search_id: int | None
+    ) -> None:
+        values = snapshot.model_dump(mode="python")
+        values["search_id"] = search_id
+        stmt = self._insert(_snapshots).values(values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[_snapshots.c.card_identifier, _snapshots.c.snapshot_date],
+            set_={name: stmt.excluded[name] for name in (*_SNAPSHOT_COLUMNS, "search_id")},
+        )
+        await conn.execute(stmt)
+
+    async def detach_results(self, identity: ResultIdentity) -> int:
+        """Stop stored fetches of this card and search type from answering (``invalidate``).
+
+        The rows stay (history is never lost); only their ``result_key`` is cleared.
+        """
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                sa.update(_searches)
+                .where(
+                    _searches.c.card_identifier == identity.card_identifier,
+                    _searches.c.search_type == identity.search_type.value,
+                    _searches.c.result_key.is_not(None),
+                )
+                .values(result_key=None)
+            )
+        return int(result.rowcount or 0)
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def newest_result(self, identity: ResultIdentity, since: datetime) -> StoredResult | None:
+        """The newest fetch stored for this identity at or after ``since``, if any."""
+        async with self.engine.connect() as conn:
+            head = (
+                await conn.execute(
+                    sa.select(
+                        _searches.c.id,
+                        _searches.c.query,
+                        _searches.c.created_at,
+                        _searches.c.pages_scraped,
+                        _searches.c.params,
+                    )
+                    .where(
+                        _searches.c.result_key == identity.result_key,
+                        _searches.c.cache_hit.is_(False),
+                        _searches.c.created_at >= since,
+                    )
+                    .order_by(_searches.c.created_at.desc(), _searches.c.id.desc())
+                    .limit(1)
+                )
+            ).first()
+            if head is None:
+                return None
+            rows = await conn.execute(
+                sa.select(_listings)
+                .join(_links, _links.c.listing_id == _listings.c.id)
+                .where(_links.c.search_id == head.id)
+                .order_by(_links.c.position)
+            )
+            listings = [_listing_from_row(row) for row in rows]
+            snapshot = None
+            if identity.search_type is SearchType.SOLD:
+                row = (
+                    await conn.execute(
+                        sa.select(_snapshots).where(
+                            _snapshots.c.card_identifier == identity.card_identifier,
+                            _snapshots.c.snapshot_date == head.created_at.date(),
+                        )
+                    )
+                ).first()
+                snapshot = _snapshot_from_row(row) if row is not None else None
+        return StoredResult(
+            query=head.query,
+            card_identifier=identity.card_identifier,
+            search_type=identity.search_type,
+            params=head.params or {},
+            listings=listings,
+            fetched_at=head.created_at,
+            pages_scraped=head.pages_scraped,
+            snapshot=snapshot,
+        )
+
+    async def get_listing(self, item_id: str) -> Listing | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(sa.select(_listings).where(_listings.c.item_id == item_id))
+            ).first()
+        return _listing_from_row(row) if row is not None else None
+
+    async def listings_due_for_refresh(self, now: datetime, limit: int) -> list[Listing]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(_listings)
+                .where(_listings.c.ttl <= now)
+                .order_by(_listings.c.ttl, _listings.c.id)
+                .limit(limit)
+            )
+            return [_listing_from_row(row) for row in rows]
+
+    def pool_stats(self) -> dict[str, Any]:
+        pool = self.engine.pool
+        stats: dict[str, Any] = {"class": type(pool).__name__}
+        for name in ("size", "checkedin", "checkedout", "overflow"):
+            method = getattr(pool, name, None)
+            if callable(method):
+                stats[name] = method()
+        return stats
+
+
+def listing_ttl(settings: StoreSettings, search_type: SearchType, now: datetime) -> datetime:
+    """When a listing seen now is due for a refresh: active ones change, sold ones rarely."""
+    after = settings.active_fresh_for if search_type is SearchType.ACTIVE else settings.listing_refresh_after
+    return now + after
+

@@ -1,0 +1,392 @@
+"""``CompsRepository``: the tiered read path and what it writes back.
+
+Order of tiers: in-process near-cache -> hot tier (Redis, or in-process memory) ->
+database, when its newest fetch is fresh -> the fetcher. A hit fills every tier above
+it; every call, hits included, adds one row to the search log, written behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from kuya_store.clock import Clock
+from kuya_store.errors import FetcherError, InvalidInputError, NotFoundError
+from kuya_store.freshness import is_fresh, remaining
+from kuya_store.keys import ResultIdentity, validate_params, validate_query
+from kuya_store.metrics import Metrics
+from kuya_store.models import (
+    CompsResult,
+    FetchRequest,
+    FetchResult,
+    Listing,
+    Params,
+    SearchFilters,
+    SearchType,
+    Source,
+)
+from kuya_store.persistence import Database, FetchRecord, SearchRecord, listing_ttl
+from kuya_store.pricing import Valuator, apply_filters, normalize_card
+from kuya_store.settings import StoreSettings
+from kuya_store.stored import StoredResult
+from kuya_store.tiers import HotTier
+from kuya_store.tiers.memory import MemoryTier
+from kuya_store.writer import WriteBehind
+
+__all__ = ["CompsRepository", "Fetcher"]
+
+Fetcher = Callable[[FetchRequest], Awaitable[FetchResult] | FetchResult]
+"""``async def fetcher(request) -> FetchResult``; a plain function runs in a worker thread."""
+
+
+def _search_type(value: object) -> SearchType:
+    try:
+        return SearchType(value)
+    except ValueError:
+        raise InvalidInputError("search_type", "must be 'sold' or 'active'") from None
+
+
+def _filters(value: object) -> SearchFilters:
+    if value is None:
+        return SearchFilters()
+    if isinstance(value, SearchFilters):
+        return value
+    if isinstance(value, Mapping):
+        try:
+            return SearchFilters.model_validate(dict(value))
+        except ValidationError as exc:
+            raise InvalidInputError.from_validation_error(exc, "filters") from None
+    raise InvalidInputError("filters", "must be SearchFilters, a mapping or None")
+
+
+def _user_id(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidInputError("user_id", "must be a positive integer or None")
+    return value
+
+
+def _fetch_result(value: object) -> FetchResult:
+    """Validate what a fetcher returned; a bad payload is the fetcher's input error."""
+    try:
+        if isinstance(value, FetchResult):
+            result = value
+        elif isinstance(value, list | tuple):
+            result = FetchResult.model_validate({"listings": list(value)})
+        else:
+            result = FetchResult.model_validate(value, from_attributes=True)
+    except ValidationError as exc:
+        raise InvalidInputError.from_validation_error(exc, "fetcher") from None
+    seen: set[str] = set()
+    for index, listing in enumerate(result.listings):
+        if listing.item_id in seen:
+            raise InvalidInputError(
+                f"fetcher.listings[{index}].item_id", f"duplicate item_id {listing.item_id!r}"
+            )
+        seen.add(listing.item_id)
+    return result
+
+
+async def _call(fetcher: Fetcher, request: FetchRequest) -> object:
+    call = getattr(fetcher, "__call__", None)  # noqa: B004 - async callable objects too
+    if inspect.iscoroutinefunction(fetcher) or inspect.iscoroutinefunction(call):
+        return await fetcher(request)  # type: ignore[misc]
+    outcome = await asyncio.to_thread(fetcher, request)
+    return await outcome if inspect.isawaitable(outcome) else outcome
+
+
+class CompsRepository:
+    """The tiered read/write path for card searches (``store.comps``)."""
+
+    def __init__(
+        self,
+        *,
+        settings: StoreSettings,
+        clock: Clock,
+        metrics: Metrics,
+        hot: HotTier,
+        near: MemoryTier | None,
+        database: Database | None,
+        writer: WriteBehind | None,
+        fetchers: Mapping[SearchType, Fetcher],
+        valuator: Valuator,
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._metrics = metrics
+        self._hot = hot
+        self._near = near
+        self._database = database
+        self._writer = writer
+        self._fetchers = dict(fetchers)
+        self._valuator = valuator
+        self._inflight: dict[ResultIdentity, asyncio.Future[StoredResult]] = {}
+        self._reads_database = settings.mode == "read_through" and database is not None
+
+    def register_fetcher(self, search_type: SearchType | str, fetcher: Fetcher) -> None:
+        """Set the fetcher that answers misses of one search type."""
+        self._fetchers[_search_type(search_type)] = fetcher
+
+    async def search(
+        self,
+        query: str,
+        search_type: SearchType | str = SearchType.SOLD,
+        filters: SearchFilters | Mapping[str, bool] | None = None,
+        params: Params | None = None,
+        fetcher: Fetcher | None = None,
+        *,
+        user_id: int | None = None,
+    ) -> CompsResult:
+        """Answer a search from the first tier that holds a fresh result.
+
+        Args:
+            query: the card as the user typed it; case, spacing and abbreviations fold.
+            search_type: ``"sold"`` or ``"active"``.
+            filters: applied to listing titles, so one fetch serves every combination.
+            params: upstream options handed to the fetcher; part of the result's identity.
+            fetcher: overrides the registered fetcher for this call.
+            user_id: recorded on the search-log row.
+
+        Raises:
+            InvalidInputError: bad input, or a fetcher that returned invalid data.
+            FetcherError: the fetcher failed and no stored result may stand in.
+        """
+        started = time.perf_counter()
+        text = validate_query(query)
+        kind = _search_type(search_type)
+        wanted = _filters(filters)
+        options = validate_params(params)
+        user = _user_id(user_id)
+        card = normalize_card(text)
+        upstream = self._settings.filter_upstream
+        identity = ResultIdentity.of(card, kind, options, wanted if upstream else None)
+        now = self._clock()
+
+        stored, source = await self._lookup(identity, now)
+        owner = False
+        if stored is None:
+            chosen = fetcher or self._fetchers.get(kind)
+            if chosen is None:
+                raise FetcherError(f"no fetcher registered for {kind.value!r} searches")
+            stored, owner = await self._single_flight(identity, text, wanted, options, chosen)
+            source = Source.API
+
+        listings = stored.listings if upstream else apply_filters(stored.listings, wanted)
+        elapsed_ms = int((time.perf_counter() - started) * 1000)
+        self._metrics.incr("searches")
+        self._metrics.observe("search", (time.perf_counter() - started) * 1000)
+        record = SearchRecord(
+            query=text,
+            card_identifier=card,
+            search_type=kind,
+            filters=wanted.as_dict(),
+            params=options,
+            created_at=stored.fetched_at if owner else now,
+            execution_time_ms=elapsed_ms,
+            cache_hit=not owner,
+            pages_scraped=stored.pages_scraped,
+            items_count=len(listings),
+            user_id=user,
+            result_key=identity.result_key if owner else None,
+        )
+        if owner:
+            self._persist(record, stored)
+        else:
+            self._metrics.incr("api_calls_saved")
+            if self._writer is not None:
+                self._writer.submit(record)
+        return CompsResult(
+            query=text,
+            card_identifier=card,
+            search_type=kind,
+            filters=wanted,
+            params=options,
+            listings=listings,
+            source=source,
+            fetched_at=stored.fetched_at,
+            cache_hit=not owner,
+            snapshot=stored.snapshot,
+            pages_scraped=stored.pages_scraped,
+            execution_time_ms=elapsed_ms,
+        )
+
+    async def _lookup(
+        self, identity: ResultIdentity, now: datetime
+    ) -> tuple[StoredResult | None, Source | None]:
+        ttl = self._settings.hot_ttl(identity.search_type)
+        if self._near is not None:
+            hit = await self._near.get(identity)
+            if hit is not None and is_fresh(hit.fetched_at, now, ttl):
+                self._metrics.incr("hit_memory")
+                return hit, Source.MEMORY
+        hit = await self._hot.get(identity)
+        if hit is not None and is_fresh(hit.fetched_at, now, ttl):
+            self._metrics.incr(f"hit_{self._hot.name}")
+            await self._fill_near(identity, hit, now)
+            return hit, Source(self._hot.name)
+        if self._reads_database:
+            assert self._database is not None
+            window = self._settings.fresh_for(identity.search_type)
+            try:
+                hit = await self._database.newest_result(identity, since=now - window)
+            except Exception:
+                self._metrics.incr("db_read_errors")
+                hit = None
+            if hit is not None and is_fresh(hit.fetched_at, now, window):
+                self._metrics.incr("hit_database")
+                await self._fill(identity, hit, now)
+                return hit, Source.DATABASE
+        self._metrics.incr("misses")
+        return None, None
+
+    async def _fill_near(self, identity: ResultIdentity, result: StoredResult, now: datetime) -> None:
+        if self._near is not None:
+            ttl = remaining(result.fetched_at, now, self._settings.hot_ttl(identity.search_type))
+            await self._near.set(identity, result, min(ttl, self._settings.near_cache_ttl))
+
+    async def _fill(self, identity: ResultIdentity, result: StoredResult, now: datetime) -> None:
+        ttl = remaining(result.fetched_at, now, self._settings.hot_ttl(identity.search_type))
+        await self._hot.set(identity, result, ttl)
+        await self._fill_near(identity, result, now)
+
+    async def _single_flight(
+        self,
+        identity: ResultIdentity,
+        text: str,
+        wanted: SearchFilters,
+        options: Params,
+        fetcher: Fetcher,
+    ) -> tuple[StoredResult, bool]:
+        """One fetcher call per identity at a time; concurrent callers share its outcome."""
+        pending = self._inflight.get(identity)
+        if pending is not None:
+            self._metrics.incr("single_flight_waits")
+            return await asyncio.shield(pending), False
+        future: asyncio.Future[StoredResult] = asyncio.get_running_loop().create_future()
+        self._inflight[identity] = future
+        try:
+            stored = await self._fetch(identity, text, wanted, options, fetcher)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here, so a lone caller leaves no warning behind
+            raise
+        else:
+            future.set_result(stored)
+            return stored, True
+        finally:
+            del self._inflight[identity]
+
+    async def _fetch(
+        self,
+        identity: ResultIdentity,
+        text: str,
+        wanted: SearchFilters,
+        options: Params,
+        fetcher: Fetcher,
+    ) -> StoredResult:
+        upstream_filters = wanted if self._settings.filter_upstream else SearchFilters()
+        request = FetchRequest(
+            query=text, search_type=identity.search_type, filters=upstream_filters, params=options
+        )
+        self._metrics.incr("api_calls")
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._settings.fetch_timeout.total_seconds()):
+                raw = await _call(fetcher, request)
+        except InvalidInputError:
+            self._metrics.incr("api_errors")
+            raise
+        except TimeoutError:
+            self._metrics.incr("api_errors")
+            raise FetcherError(
+                f"fetcher for {identity.search_type.value!r} timed out after "
+                f"{self._settings.fetch_timeout.total_seconds():g}s"
+            ) from None
+        except Exception as exc:
+            self._metrics.incr("api_errors")
+            raise FetcherError(
+                f"fetcher for {identity.search_type.value!r} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        finally:
+            self._metrics.observe("fetch", (time.perf_counter() - started) * 1000)
+        fetched = _fetch_result(raw)
+        now = self._clock()
+        snapshot = None
+        if identity.search_type is SearchType.SOLD:
+            snapshot = self._valuator.value(
+                identity.card_identifier, fetched.listings, snapshot_date=now.date(), now=now
+            )
+        stored = StoredResult(
+            query=text,
+            card_identifier=identity.card_identifier,
+            search_type=identity.search_type,
+            params=options,
+            listings=fetched.listings,
+            fetched_at=now,
+            pages_scraped=fetched.pages_scraped,
+            snapshot=snapshot,
+        )
+        await self._fill(identity, stored, now)
+        return stored
+
+    def _persist(self, record: SearchRecord, stored: StoredResult) -> None:
+        if self._writer is None:
+            return
+        self._writer.submit(
+            FetchRecord(
+                search=record,
+                result=stored.without_extra(),
+                listing_ttl=listing_ttl(self._settings, record.search_type, stored.fetched_at),
+                snapshot=stored.snapshot,
+            )
+        )
+
+    async def invalidate(self, query: str, search_type: SearchType | str) -> None:
+        """Forget every stored result of this card and search type, in every tier.
+
+        The database keeps its rows (history is never lost) but they no longer answer.
+        """
+        text = validate_query(query)
+        kind = _search_type(search_type)
+        identity = ResultIdentity.of(normalize_card(text), kind, {})
+        if self._near is not None:
+            await self._near.invalidate(identity)
+        await self._hot.invalidate(identity)
+        if self._database is not None:
+            if self._writer is not None:
+                # A fetch still waiting in the buffer would bring the result back.
+                await self._writer.flush(self._settings.db_command_timeout.total_seconds())
+            await self._database.detach_results(identity)
+
+    async def get_listing(self, item_id: str) -> Listing:
+        """The stored metadata of one listing; ``NotFoundError`` if it was never seen."""
+        if not isinstance(item_id, str) or not 1 <= len(item_id) <= 50 or "\x00" in item_id:
+            raise InvalidInputError("item_id", "must be a string of 1 to 50 characters")
+        listing = await self._database.get_listing(item_id) if self._database else None
+        if listing is None:
+            raise NotFoundError(f"no stored listing with item_id {item_id!r}")
+        return listing
+
+    async def listings_due_for_refresh(self, limit: int = 100) -> list[Listing]:
+        """Stored listings whose ``listing_cache.ttl`` has passed, the most overdue first."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise InvalidInputError("limit", "must be an integer from 1 to 10000")
+        if self._database is None:
+            return []
+        return await self._database.listings_due_for_refresh(self._clock(), limit)
+
+    def describe(self) -> dict[str, Any]:
+        """Which tiers this repository reads, for diagnostics."""
+        return {
+            "near_cache": self._near is not None,
+            "hot_tier": self._hot.name,
+            "reads_database": self._reads_database,
+            "writes_database": self._writer is not None,
+        }

@@ -1,0 +1,251 @@
+"""Every knob of a store, read from arguments, ``KUYA_*`` variables or ``DATABASE_URL``/``REDIS_URL``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Literal
+from urllib.parse import SplitResult, urlsplit
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from kuya_store.errors import InvalidInputError
+
+__all__ = ["DEFAULT_DATABASE_URL", "Mode", "StoreSettings", "redact_url"]
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./kuya_comps.db"
+
+Mode = Literal["cache_only", "dual_write", "read_through"]
+"""Rollout mode, after the seed's phases: cache only, dual-write, read from the database."""
+
+_DRIVERS = {
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "sqlite": "sqlite+aiosqlite",
+}
+_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+
+
+def _redact_redis(parts: SplitResult) -> str:
+    if parts.password is None:
+        return parts.geturl()
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
+def redact_url(url: str | None) -> str | None:
+    """A URL fit for logs and messages: the password, if any, replaced by ``***``."""
+    if url is None:
+        return None
+    try:
+        if url.split(":", 1)[0].lower() in _REDIS_SCHEMES:
+            return _redact_redis(urlsplit(url))
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        # Unparseable: show the scheme only, since anything after it could be a secret.
+        return url.split(":", 1)[0] + ":<unparseable>"
+
+
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be a positive duration")
+    return value
+
+
+class StoreSettings(BaseSettings):
+    """Configuration of a :class:`~kuya_store.CompsStore`; defaults follow the seed's plan.
+
+    With nothing set, the store runs embedded: SQLite at ``./kuya_comps.db`` and the
+    in-process memory hot tier. Durations accept seconds (``1800``) or ISO 8601 (``PT30M``).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="KUYA_",
+        extra="forbid",
+        populate_by_name=True,
+        validate_default=True,
+        frozen=True,
+    )
+
+    # Where data lives.
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL,
+        validation_alias=AliasChoices("KUYA_DATABASE_URL", "DATABASE_URL"),
+        repr=False,
+    )
+    redis_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("KUYA_REDIS_URL", "REDIS_URL"),
+        repr=False,
+    )
+    mode: Mode = "read_through"
+    filter_upstream: bool = False
+    """Send ``SearchFilters`` to the fetcher (and key results by them) instead of filtering titles."""
+    key_prefix: str = Field("kuya", min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")
+
+    # Hot tier TTLs (the seed's Redis cache: sold 30 min, active 5 min).
+    sold_ttl: timedelta = timedelta(minutes=30)
+    active_ttl: timedelta = timedelta(minutes=5)
+    # Database freshness: how old a stored fetch may be and still answer (seed's Phase 3).
+    sold_fresh_for: timedelta = timedelta(minutes=30)
+    active_fresh_for: timedelta = timedelta(minutes=5)
+    # When a cached listing is due for a refresh (``listing_cache.ttl``).
+    listing_refresh_after: timedelta = timedelta(hours=24)
+    # Oldest stored result that may be served as ``source="stale"`` when the fetcher fails.
+    max_stale: timedelta = timedelta(days=7)
+
+    # In-process near-cache in front of Redis.
+    near_cache_ttl: timedelta = timedelta(seconds=5)
+    near_cache_size: int = Field(10_000, ge=0)
+    memory_tier_size: int = Field(100_000, ge=1)
+
+    # Database connections.
+    pool_size: int = Field(5, ge=1, le=1000)
+    max_overflow: int = Field(10, ge=0, le=1000)
+    pool_timeout: timedelta = timedelta(seconds=10)
+    pool_recycle: timedelta = timedelta(minutes=30)
+    statement_cache_size: int = Field(500, ge=0)
+    db_connect_timeout: timedelta = timedelta(seconds=5)
+    db_command_timeout: timedelta = timedelta(seconds=30)
+    sqlite_busy_timeout: timedelta = timedelta(seconds=5)
+    slow_query_threshold: timedelta = timedelta(milliseconds=200)
+    echo_sql: bool = False
+
+    # Redis connections and circuit breaker.
+    redis_socket_timeout: timedelta = timedelta(milliseconds=250)
+    redis_connect_timeout: timedelta = timedelta(milliseconds=500)
+    redis_max_connections: int = Field(50, ge=1)
+    breaker_failure_threshold: int = Field(3, ge=1)
+    breaker_reset_after: timedelta = timedelta(seconds=5)
+
+    # Fetcher calls.
+    fetch_timeout: timedelta = timedelta(seconds=30)
+    fetch_attempts: int = Field(3, ge=1, le=20)
+    fetch_backoff: timedelta = timedelta(milliseconds=200)
+    single_flight_lock_ttl: timedelta = timedelta(seconds=60)
+    single_flight_wait: timedelta = timedelta(seconds=35)
+
+    # Search log written behind requests.
+    write_buffer_size: int = Field(10_000, ge=1)
+    write_batch_size: int = Field(500, ge=1, le=10_000)
+    write_flush_interval: timedelta = timedelta(milliseconds=250)
+    db_retry_attempts: int = Field(3, ge=1, le=20)
+
+    @field_validator(
+        "sold_ttl",
+        "active_ttl",
+        "sold_fresh_for",
+        "active_fresh_for",
+        "listing_refresh_after",
+        "max_stale",
+        "pool_timeout",
+        "pool_recycle",
+        "db_connect_timeout",
+        "db_command_timeout",
+        "sqlite_busy_timeout",
+        "slow_query_threshold",
+        "redis_socket_timeout",
+        "redis_connect_timeout",
+        "breaker_reset_after",
+        "fetch_timeout",
+        "fetch_backoff",
+        "single_flight_lock_ttl",
+        "single_flight_wait",
+        "write_flush_interval",
+    )
+    @classmethod
+    def _check_positive(cls, value: timedelta) -> timedelta:
+        return _positive(value)
+
+    @field_validator("near_cache_ttl")
+    @classmethod
+    def _check_near_ttl(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError("must not be negative")
+        return value
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _check_database_url(cls, value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError("must be a non-empty URL string")
+        try:
+            url = make_url(value.strip())
+        except (ArgumentError, ValueError):
+            raise ValueError(
+                "is not a valid database URL; expected e.g. "
+                "'sqlite+aiosqlite:///./kuya_comps.db' or 'postgresql+asyncpg://user:pw@host/db'"
+            ) from None
+        driver = _DRIVERS.get(url.drivername)
+        if driver is None:
+            raise ValueError(
+                f"has unsupported scheme {url.drivername!r}; "
+                "use 'postgresql+asyncpg://' or 'sqlite+aiosqlite://'"
+            )
+        url = url.set(drivername=driver)
+        if driver.startswith("postgresql") and not url.database:
+            raise ValueError("names no database; add '/dbname' to the URL")
+        return url.render_as_string(hide_password=False)
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _check_redis_url(cls, value: Any) -> str | None:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if not isinstance(value, str):
+            raise ValueError("must be a URL string or None")
+        value = value.strip()
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError:
+            raise ValueError("is not a valid Redis URL (bad host or port)") from None
+        if parts.scheme not in _REDIS_SCHEMES:
+            raise ValueError(
+                f"has unsupported scheme {parts.scheme!r}; use 'redis://', 'rediss://' or 'unix://'"
+            )
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("names no host; expected e.g. 'redis://127.0.0.1:6379/0'")
+        if port == 0:
+            raise ValueError("has port 0")
+        db = parts.path.lstrip("/")
+        if db and not db.isdigit() and parts.scheme != "unix":
+            raise ValueError("has a database number that is not a non-negative integer")
+        return value
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise InvalidInputError.from_validation_error(exc) from None
+
+    def __repr_args__(self) -> Any:
+        yield "database_url", redact_url(self.database_url)
+        yield "redis_url", redact_url(self.redis_url)
+        yield from super().__repr_args__()
+
+    @property
+    def database(self) -> URL:
+        """The database URL as a SQLAlchemy ``URL`` (its repr hides the password)."""
+        return make_url(self.database_url)
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True when the persistent tier is SQLite."""
+        return self.database_url.startswith("sqlite")
+
+    def hot_ttl(self, search_type: str) -> timedelta:
+        """How long the hot tier keeps a result of this search type."""
+        return self.sold_ttl if search_type == "sold" else self.active_ttl
+
+    def fresh_for(self, search_type: str) -> timedelta:
+        """How old a stored fetch of this search type may be and still answer."""
+        return self.sold_fresh_for if search_type == "sold" else self.active_fresh_for

@@ -1,0 +1,216 @@
+"""``CompsStore``: opens the tiers, owns their lifecycles, and reports health and metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Self
+
+from kuya_store import migrations
+from kuya_store.clock import Clock, utcnow
+from kuya_store.errors import KuyaStoreError
+from kuya_store.metrics import Metrics
+from kuya_store.models import Health, SearchType
+from kuya_store.persistence import Database
+from kuya_store.pricing import DefaultValuator, Valuator
+from kuya_store.repository import CompsRepository, Fetcher
+from kuya_store.settings import StoreSettings, redact_url
+from kuya_store.tiers import HotTier
+from kuya_store.tiers.memory import MemoryTier
+from kuya_store.writer import WriteBehind
+
+__all__ = ["CompsStore"]
+
+_log = logging.getLogger("kuya_store")
+
+
+def _settings(settings: StoreSettings | None, overrides: dict[str, Any]) -> StoreSettings:
+    if settings is None:
+        return StoreSettings(**overrides)
+    if not overrides:
+        return settings
+    return StoreSettings(**{**settings.model_dump(), **overrides})
+
+
+def _hot_tier(settings: StoreSettings, metrics: Metrics, clock: Clock) -> HotTier:
+    if settings.redis_url is None:
+        return MemoryTier(settings.memory_tier_size, clock)
+    try:
+        from kuya_store.tiers.redis import RedisTier
+    except ImportError as exc:  # pragma: no cover - depends on the installed extras
+        raise KuyaStoreError(
+            "redis_url is set but the Redis client is missing: pip install 'kuya-store[redis]'"
+        ) from exc
+    return RedisTier(settings, metrics)
+
+
+class CompsStore:
+    """A tiered store for card searches: hot tier, database and fetchers.
+
+    Use it as ``async with CompsStore(...) as store:``, or call :meth:`start` and
+    :meth:`close` from a framework's own lifespan. Keyword arguments other than
+    ``fetchers``, ``clock`` and ``valuator`` override :class:`StoreSettings` fields.
+    """
+
+    def __init__(
+        self,
+        settings: StoreSettings | None = None,
+        *,
+        fetchers: Mapping[SearchType | str, Fetcher] | None = None,
+        clock: Clock | None = None,
+        valuator: Valuator | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.settings = _settings(settings, overrides)
+        self._clock = clock or utcnow
+        self._metrics = Metrics()
+        self._hot = _hot_tier(self.settings, self._metrics, self._clock)
+        self._near = (
+            MemoryTier(self.settings.near_cache_size, self._clock)
+            if self.settings.redis_url is not None
+            and self.settings.near_cache_size > 0
+            and self.settings.near_cache_ttl.total_seconds() > 0
+            else None
+        )
+        self._database = (
+            Database(self.settings, self._metrics) if self.settings.mode != "cache_only" else None
+        )
+        self._writer = (
+            WriteBehind(
+                self._database,
+                self._metrics,
+                capacity=self.settings.write_buffer_size,
+                batch_size=self.settings.write_batch_size,
+                interval=self.settings.write_flush_interval.total_seconds(),
+            )
+            if self._database is not None
+            else None
+        )
+        self.comps = CompsRepository(
+            settings=self.settings,
+            clock=self._clock,
+            metrics=self._metrics,
+            hot=self._hot,
+            near=self._near,
+            database=self._database,
+            writer=self._writer,
+            fetchers={SearchType(k): v for k, v in (fetchers or {}).items()},
+            valuator=valuator or DefaultValuator(),
+        )
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"CompsStore(database_url={redact_url(self.settings.database_url)!r}, "
+            f"redis_url={redact_url(self.settings.redis_url)!r}, mode={self.settings.mode!r})"
+        )
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Start the background writer. Connections open lazily, so a down server never blocks."""
+        if self._writer is not None:
+            self._writer.start()
+
+    async def close(self, timeout: float | None = 30.0) -> None:
+        """Persist everything buffered (waiting at most ``timeout`` seconds), then disconnect."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            await self._writer.close(timeout)
+        await self._hot.close()
+        if self._near is not None:
+            await self._near.close()
+        if self._database is not None:
+            await self._database.close()
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every buffered write is persisted; ``False`` if ``timeout`` ran out."""
+        if self._writer is None:
+            return True
+        return await self._writer.flush(timeout)
+
+    async def create_schema(self) -> None:
+        """Migrate the database to the newest revision (a development convenience)."""
+        if self._database is not None:
+            await migrations.upgrade_async(self._database.engine)
+        else:
+            await migrations.upgrade_async(self.settings.database_url)
+
+    async def ping_redis(self) -> bool:
+        """True when Redis answers PING; ``False`` when it does not or none is configured."""
+        return self.settings.redis_url is not None and await self._hot.ping()
+
+    async def ping_database(self) -> bool:
+        """True when the database answers; ``False`` when it does not or is unused (``cache_only``)."""
+        return self._database is not None and await self._database.ping()
+
+    async def health(self) -> Health:
+        """Readiness: healthy, degraded (one configured part down) or unhealthy (nothing answers)."""
+        redis_ok = await self.ping_redis()
+        database_ok = await self.ping_database()
+        checks = []
+        if self.settings.redis_url is not None:
+            checks.append(redis_ok)
+        if self._database is not None:
+            checks.append(database_ok)
+        if not checks:  # cache_only on the memory tier: the process itself is the store
+            status = "healthy"
+        elif all(checks):
+            status = "healthy"
+        elif any(checks):
+            status = "degraded"
+        else:
+            status = "unhealthy"
+        return Health(status=status, redis=redis_ok, database=database_ok)
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters and timings as a plain dict (tier hits, API calls and calls saved, ...)."""
+        snap = self._metrics.snapshot()
+        c = snap["counters"]
+        t = snap["timings"]
+        hits = {name: c.get(f"hit_{name}", 0) for name in ("memory", "redis", "database", "stale")}
+        return {
+            "mode": self.settings.mode,
+            "hot_tier": self._hot.name,
+            "searches": c.get("searches", 0),
+            "tier_hits": hits,
+            "misses": c.get("misses", 0),
+            "api_calls": c.get("api_calls", 0),
+            "api_errors": c.get("api_errors", 0),
+            "api_calls_saved": c.get("api_calls_saved", 0),
+            "single_flight_waits": c.get("single_flight_waits", 0),
+            "corrupt_entries": c.get("corrupt_entries", 0),
+            "redis": {
+                "errors": c.get("redis_errors", 0),
+                "skipped": c.get("redis_skipped", 0),
+                "breaker_opens": c.get("redis_breaker_opens", 0),
+            },
+            "writes": {
+                "pending": self._writer.pending if self._writer is not None else 0,
+                "written": c.get("writes_written", 0),
+                "dropped": c.get("writes_dropped", 0),
+                "rejected": c.get("writes_rejected", 0),
+                "retries": c.get("write_retries", 0),
+            },
+            "database": {
+                "read_errors": c.get("db_read_errors", 0),
+                "slow_queries": c.get("db_slow_queries", 0),
+                "slow_query_threshold_ms": self.settings.slow_query_threshold.total_seconds() * 1000,
+                "queries": t.get("db_query", {"count": 0}),
+                "pool": self._database.pool_stats() if self._database is not None else {},
+            },
+            "latency": {"search": t.get("search", {"count": 0}), "fetch": t.get("fetch", {"count": 0})},
+        }

@@ -1,0 +1,114 @@
+"""The Redis hot tier: JSON values under versioned keys, behind a circuit breaker.
+
+Redis content is untrusted: a value that does not decode or validate is a miss (and is
+overwritten by the next fetch). A Redis that does not answer is a miss too; after
+``breaker_failure_threshold`` failures in a row the tier stops asking until
+``breaker_reset_after`` has passed, so requests do not each pay the timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import TypeVar
+
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError
+
+from kuya_store.breaker import CircuitBreaker
+from kuya_store.keys import ResultIdentity
+from kuya_store.metrics import Metrics
+from kuya_store.settings import StoreSettings
+from kuya_store.stored import CorruptEntryError, StoredResult, decode, encode
+
+__all__ = ["RedisTier"]
+
+_T = TypeVar("_T")
+_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
+
+
+class RedisTier:
+    """A :class:`~kuya_store.tiers.HotTier` on Redis."""
+
+    name = "redis"
+
+    def __init__(self, settings: StoreSettings, metrics: Metrics) -> None:
+        assert settings.redis_url is not None
+        self._prefix = settings.key_prefix
+        self._metrics = metrics
+        self._index_ttl_ms = int(max(settings.sold_ttl, settings.active_ttl).total_seconds() * 1000)
+        self.client: aioredis.Redis = aioredis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_socket_timeout.total_seconds(),
+            socket_connect_timeout=settings.redis_connect_timeout.total_seconds(),
+            max_connections=settings.redis_max_connections,
+            retry_on_timeout=False,
+        )
+        self.breaker = CircuitBreaker(
+            settings.breaker_failure_threshold,
+            settings.breaker_reset_after.total_seconds(),
+            on_open=lambda: metrics.incr("redis_breaker_opens"),
+        )
+
+    async def _call(self, operation: Callable[[], Awaitable[_T]]) -> tuple[bool, _T | None]:
+        if not self.breaker.allow():
+            self._metrics.incr("redis_skipped")
+            return False, None
+        try:
+            value = await operation()
+        except _FAILURES:
+            self.breaker.failure()
+            self._metrics.incr("redis_errors")
+            return False, None
+        self.breaker.success()
+        return True, value
+
+    async def get(self, identity: ResultIdentity) -> StoredResult | None:
+        key = identity.redis_key(self._prefix)
+        _, raw = await self._call(lambda: self.client.get(key))
+        if raw is None:
+            return None
+        try:
+            return decode(raw)
+        except CorruptEntryError:
+            self._metrics.incr("corrupt_entries")
+            return None
+
+    async def set(self, identity: ResultIdentity, result: StoredResult, ttl: timedelta) -> None:
+        ttl_ms = int(ttl.total_seconds() * 1000)
+        if ttl_ms <= 0:
+            return
+        key = identity.redis_key(self._prefix)
+        index = identity.redis_index_key(self._prefix)
+        payload = encode(result)
+
+        async def write() -> None:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.set(key, payload, px=ttl_ms)
+                pipe.sadd(index, key)
+                pipe.pexpire(index, self._index_ttl_ms)
+                await pipe.execute()
+
+        await self._call(write)
+
+    async def invalidate(self, identity: ResultIdentity) -> int:
+        index = identity.redis_index_key(self._prefix)
+
+        async def drop() -> int:
+            members = await self.client.smembers(index)
+            keys = [*members, index, identity.redis_key(self._prefix)]
+            await self.client.delete(*keys)
+            return len(members)
+
+        _, dropped = await self._call(drop)
+        return dropped or 0
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except _FAILURES:
+            return False
+
+    async def close(self) -> None:
+        await self.client.aclose()

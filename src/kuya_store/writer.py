@@ -1,0 +1,161 @@
+"""Writes behind the request: the search log and fetched results, in order, in batches.
+
+A search never waits on the database. Records queue in a bounded buffer; one task
+drains it, batching consecutive search-log rows into one statement and writing each
+fetched result in its own transaction. When the database is unreachable the batch
+stays at the head of the queue and is retried with jittered backoff, so the outage's
+writes are replayed in order once it is back. What the full buffer had to refuse is
+counted (``writes_dropped``), never silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import deque
+from collections.abc import Callable
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from kuya_store.metrics import Metrics
+from kuya_store.persistence import Database, FetchRecord, SearchRecord
+
+__all__ = ["WriteBehind", "is_transient"]
+
+_log = logging.getLogger("kuya_store.writer")
+Record = SearchRecord | FetchRecord
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed write is worth retrying (connection trouble, a locked SQLite file)."""
+    if isinstance(exc, OperationalError | OSError | asyncio.TimeoutError | ConnectionError):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        name = type(exc.orig).__name__ if exc.orig is not None else ""
+        return "Connection" in name or "CannotConnectNow" in name or "Shutdown" in name
+    return "Connection" in type(exc).__name__
+
+
+class WriteBehind:
+    """A bounded, ordered write buffer drained by one background task."""
+
+    def __init__(
+        self,
+        database: Database,
+        metrics: Metrics,
+        capacity: int,
+        batch_size: int,
+        interval: float,
+        on_fetch_written: Callable[[FetchRecord, int], None] | None = None,
+    ) -> None:
+        self._database = database
+        self._metrics = metrics
+        self._capacity = capacity
+        self._batch_size = batch_size
+        self._interval = interval
+        self._queue: deque[Record] = deque()
+        self._wakeup = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._task: asyncio.Task[None] | None = None
+        self._failures = 0
+        self._urgent = False
+        self._on_fetch_written = on_fetch_written
+
+    @property
+    def pending(self) -> int:
+        """Records waiting to be written (including a batch being written now)."""
+        return len(self._queue)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="kuya-write-behind")
+
+    def submit(self, record: Record) -> bool:
+        """Queue a record; ``False`` (and counted) when the buffer is full."""
+        if self._task is None:
+            self.start()
+        if len(self._queue) >= self._capacity:
+            self._metrics.incr("writes_dropped")
+            return False
+        self._queue.append(record)
+        self._drained.clear()
+        self._wakeup.set()
+        return True
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued so far is written; ``False`` if ``timeout`` passed."""
+        self._urgent = True
+        self._wakeup.set()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._drained.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self, timeout: float | None = None) -> bool:
+        """Flush, then stop the task; returns whether everything was written."""
+        done = await self.flush(timeout)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if not done:
+            self._metrics.incr("writes_dropped", len(self._queue))
+            _log.error("closing with %d unwritten records", len(self._queue))
+        return done
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                self._drained.set()
+                self._urgent = False
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                if not self._urgent and self._queue and len(self._queue) < self._batch_size:
+                    # Let a burst of hits gather into one statement.
+                    await asyncio.sleep(self._interval)
+            try:
+                await self._write_head()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not is_transient(exc):
+                    dropped = self._queue.popleft()
+                    self._metrics.incr("writes_rejected")
+                    _log.exception("write rejected by the database, dropped: %r", dropped)
+                    continue
+                self._failures += 1
+                self._metrics.incr("write_retries")
+                delay = min(2.0, 0.05 * 2 ** min(self._failures, 6)) * (0.5 + random.random())
+                _log.warning("database write failed (%s); retrying in %.2fs", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+            else:
+                if self._failures:
+                    self._metrics.incr("write_recoveries")
+                self._failures = 0
+
+    async def _write_head(self) -> None:
+        head = self._queue[0]
+        if isinstance(head, FetchRecord):
+            search_id = await self._database.persist_fetch(head)
+            self._queue.popleft()
+            self._metrics.incr("writes_written")
+            if self._on_fetch_written is not None:
+                self._on_fetch_written(head, search_id)
+            return
+        batch: list[SearchRecord] = []
+        for record in self._queue:
+            if not isinstance(record, SearchRecord) or len(batch) >= self._batch_size:
+                break
+            batch.append(record)
+        await self._database.log_searches(batch)
+        for _ in batch:
+            self._queue.popleft()
+        self._metrics.incr("writes_written", len(batch))

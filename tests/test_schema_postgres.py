@@ -1,0 +1,133 @@
+"""After ``upgrade``, PostgreSQL holds the seed's schema: the seed's DDL is run verbatim in a
+second database and both catalogues are compared column by column, constraint by constraint."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+from kuya_store import migrations
+
+SEED_DDL = (Path(__file__).parent / "data" / "seed_schema.sql").read_text()
+SEED_TABLES = ("searches", "price_snapshots", "listing_cache", "users", "saved_searches")
+
+# Everything the library adds on top of the seed, each explained in docs/schema.md.
+ADDED_COLUMNS = {
+    ("searches", "card_identifier"),
+    ("searches", "params"),
+    ("searches", "result_key"),
+}
+ADDED_INDEXES = {
+    "idx_searches_result_key",
+    "idx_searches_card_identifier",
+    "idx_price_snapshots_search_id",
+    "idx_listing_cache_search_id",
+    "idx_search_results_listing_id",
+    "search_results_pkey",
+    "kuya_store_alembic_version_pkc",
+}
+ADDED_TABLES = {"search_results", "kuya_store_alembic_version"}
+# Foreign keys the seed leaves at NO ACTION that must not block purging old searches.
+SET_NULL_FKS = {"price_snapshots_search_id_fkey", "listing_cache_search_id_fkey"}
+
+COLUMNS_SQL = """
+SELECT table_name, column_name, data_type, character_maximum_length,
+       numeric_precision, numeric_scale, is_nullable, column_default
+FROM information_schema.columns WHERE table_schema = 'public'
+"""
+INDEXES_SQL = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'"
+CONSTRAINTS_SQL = """
+SELECT tc.constraint_name, tc.table_name, tc.constraint_type, rc.delete_rule,
+       string_agg(kcu.column_name, ',' ORDER BY kcu.ordinal_position) AS columns
+FROM information_schema.table_constraints tc
+JOIN information_schema.key_column_usage kcu
+  ON kcu.constraint_name = tc.constraint_name AND kcu.table_schema = tc.table_schema
+LEFT JOIN information_schema.referential_constraints rc
+  ON rc.constraint_name = tc.constraint_name AND rc.constraint_schema = tc.table_schema
+WHERE tc.table_schema = 'public'
+GROUP BY tc.constraint_name, tc.table_name, tc.constraint_type, rc.delete_rule
+"""
+
+
+def _dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _catalogue(url: str) -> dict[str, Any]:
+    conn = await asyncpg.connect(_dsn(url))
+    try:
+        columns = {
+            (r["table_name"], r["column_name"]): (
+                r["data_type"],
+                r["character_maximum_length"],
+                r["numeric_precision"] if r["data_type"] == "numeric" else None,
+                r["numeric_scale"] if r["data_type"] == "numeric" else None,
+                r["is_nullable"],
+                r["column_default"],
+            )
+            for r in await conn.fetch(COLUMNS_SQL)
+        }
+        indexes = {r["indexname"]: r["indexdef"] for r in await conn.fetch(INDEXES_SQL)}
+        constraints = {
+            r["constraint_name"]: (r["table_name"], r["constraint_type"], r["columns"], r["delete_rule"])
+            for r in await conn.fetch(CONSTRAINTS_SQL)
+        }
+        tables = {
+            r["table_name"]
+            for r in await conn.fetch(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+            )
+        }
+    finally:
+        await conn.close()
+    return {"columns": columns, "indexes": indexes, "constraints": constraints, "tables": tables}
+
+
+@pytest.fixture
+async def seed_url(postgres_base_url: str) -> Any:
+    name = f"seed_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(_dsn(postgres_base_url))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(postgres_base_url).set(database=name).render_as_string(hide_password=False)
+    conn = await asyncpg.connect(_dsn(url))
+    await conn.execute(SEED_DDL)
+    await conn.close()
+    yield url
+    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+async def test_schema_matches_the_seed_ddl(postgres_url: str, seed_url: str) -> None:
+    await migrations.upgrade_async(postgres_url)
+    ours = await _catalogue(postgres_url)
+    seed = await _catalogue(seed_url)
+
+    assert seed["tables"] == set(SEED_TABLES)
+    assert ours["tables"] == set(SEED_TABLES) | ADDED_TABLES
+
+    for table in SEED_TABLES:
+        seed_cols = {c: v for (t, c), v in seed["columns"].items() if t == table}
+        our_cols = {c: v for (t, c), v in ours["columns"].items() if t == table}
+        for column, spec in seed_cols.items():
+            assert our_cols.get(column) == spec, f"{table}.{column}: {our_cols.get(column)} != {spec}"
+        extra = {(table, c) for c in our_cols.keys() - seed_cols.keys()}
+        assert extra <= ADDED_COLUMNS, f"undocumented columns {extra}"
+    for table, column in ADDED_COLUMNS:
+        assert ours["columns"][(table, column)][4] == "YES", "additions must be nullable"
+
+    for name, definition in seed["indexes"].items():
+        assert ours["indexes"].get(name) == definition, name
+    assert set(ours["indexes"]) - set(seed["indexes"]) == ADDED_INDEXES
+    assert "WHERE (sold = false)" in ours["indexes"]["idx_active_listings"]
+
+    for name, (table, kind, columns, rule) in seed["constraints"].items():
+        assert name in ours["constraints"], name
+        our_table, our_kind, our_columns, our_rule = ours["constraints"][name]
+        assert (our_table, our_kind, our_columns) == (table, kind, columns), name
+        expected_rule = "SET NULL" if name in SET_NULL_FKS else rule
+        assert our_rule == expected_rule, name
