@@ -51,7 +51,13 @@ def test_unreachable_database_exit_code(runner: CliRunner) -> None:
 
 
 def test_every_command_has_help(runner: CliRunner) -> None:
-    for args in (["--help"], ["db", "--help"], ["db", "upgrade", "--help"], ["demo", "--help"], ["health", "--help"]):
+    for args in (
+        ["--help"],
+        ["db", "--help"],
+        ["db", "upgrade", "--help"],
+        ["demo", "--help"],
+        ["health", "--help"],
+    ):
         result = runner.invoke(main, args)
         assert result.exit_code == 0
         assert "Usage" in result.output

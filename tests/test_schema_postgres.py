@@ -74,7 +74,12 @@ async def _catalogue(url: str) -> dict[str, Any]:
         }
         indexes = {r["indexname"]: r["indexdef"] for r in await conn.fetch(INDEXES_SQL)}
         constraints = {
-            r["constraint_name"]: (r["table_name"], r["constraint_type"], r["columns"], r["delete_rule"])
+            r["constraint_name"]: (
+                r["table_name"],
+                r["constraint_type"],
+                r["columns"],
+                r["delete_rule"],
+            )
             for r in await conn.fetch(CONSTRAINTS_SQL)
         }
         tables = {
@@ -114,7 +119,9 @@ async def test_schema_matches_the_seed_ddl(postgres_url: str, seed_url: str) -> 
         seed_cols = {c: v for (t, c), v in seed["columns"].items() if t == table}
         our_cols = {c: v for (t, c), v in ours["columns"].items() if t == table}
         for column, spec in seed_cols.items():
-            assert our_cols.get(column) == spec, f"{table}.{column}: {our_cols.get(column)} != {spec}"
+            assert our_cols.get(column) == spec, (
+                f"{table}.{column}: {our_cols.get(column)} != {spec}"
+            )
         extra = {(table, c) for c in our_cols.keys() - seed_cols.keys()}
         assert extra <= ADDED_COLUMNS, f"undocumented columns {extra}"
     for table, column in ADDED_COLUMNS:

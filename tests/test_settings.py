@@ -48,7 +48,10 @@ def test_kuya_variables_win_over_generic_ones(monkeypatch: pytest.MonkeyPatch) -
 
 def test_arguments_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KUYA_DATABASE_URL", "sqlite+aiosqlite:///./env.db")
-    assert ks.StoreSettings(database_url="sqlite:///arg.db").database_url == "sqlite+aiosqlite:///arg.db"
+    assert (
+        ks.StoreSettings(database_url="sqlite:///arg.db").database_url
+        == "sqlite+aiosqlite:///arg.db"
+    )
 
 
 def test_password_never_in_repr_str_or_store_repr() -> None:
@@ -56,7 +59,12 @@ def test_password_never_in_repr_str_or_store_repr() -> None:
         database_url=f"postgresql+asyncpg://kuya:{SECRET}@db:5432/comps",
         redis_url=f"redis://default:{SECRET}@cache:6379/0",
     )
-    for text in (repr(settings), str(settings), repr(settings.database), redact_url(settings.redis_url)):
+    for text in (
+        repr(settings),
+        str(settings),
+        repr(settings.database),
+        redact_url(settings.redis_url),
+    ):
         assert SECRET not in text
         assert "***" in text
     store = ks.CompsStore(settings)

@@ -13,7 +13,9 @@ from kuya_store.db.engine import create_engine
 from kuya_store.db.tables import metadata
 from kuya_store.settings import StoreSettings
 
-AMOUNTS = [Decimal(x) for x in ("0.00", "0.01", "0.10", "19.99", "1234567.89", "99999999.99", "33.33")]
+AMOUNTS = [
+    Decimal(x) for x in ("0.00", "0.01", "0.10", "19.99", "1234567.89", "99999999.99", "33.33")
+]
 
 
 @pytest.fixture
@@ -29,7 +31,10 @@ async def test_decimal_round_trip_is_exact(engine) -> None:  # type: ignore[no-u
     async with engine.begin() as conn:
         await conn.execute(
             table.insert(),
-            [{"item_id": str(i), "title": "t", "price": amount} for i, amount in enumerate(AMOUNTS)],
+            [
+                {"item_id": str(i), "title": "t", "price": amount}
+                for i, amount in enumerate(AMOUNTS)
+            ],
         )
     async with engine.connect() as conn:
         rows = (await conn.execute(sa.select(table.c.price).order_by(table.c.id))).scalars().all()
@@ -61,18 +66,24 @@ async def test_naive_datetimes_are_rejected(engine) -> None:  # type: ignore[no-
     table = metadata.tables["listing_cache"]
     async with engine.begin() as conn:
         with pytest.raises(StatementError, match="naive datetime"):
-            await conn.execute(table.insert(), {"item_id": "x", "title": "t", "ttl": datetime(2026, 1, 1)})
+            await conn.execute(
+                table.insert(), {"item_id": "x", "title": "t", "ttl": datetime(2026, 1, 1)}
+            )
 
 
 async def test_json_columns_round_trip(engine) -> None:  # type: ignore[no-untyped-def]
     table = metadata.tables["searches"]
     filters = {"raw_only": True, "base_only": False, "exclude_auto": True}
     async with engine.begin() as conn:
-        await conn.execute(table.insert(), {"query": "q", "search_type": "sold", "filters": filters})
+        await conn.execute(
+            table.insert(), {"query": "q", "search_type": "sold", "filters": filters}
+        )
         await conn.execute(table.insert(), {"query": "q", "search_type": "sold", "filters": None})
     async with engine.connect() as conn:
         rows = (await conn.execute(sa.select(table.c.filters).order_by(table.c.id))).scalars().all()
-        nulls = (await conn.execute(sa.select(sa.func.count()).where(table.c.filters.is_(None)))).scalar_one()
+        nulls = (
+            await conn.execute(sa.select(sa.func.count()).where(table.c.filters.is_(None)))
+        ).scalar_one()
     assert rows == [filters, None]
     assert nulls == 1  # a missing value is SQL NULL, not JSON 'null'
 

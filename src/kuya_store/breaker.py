@@ -12,7 +12,7 @@ State = Literal["closed", "open", "half_open"]
 
 
 class CircuitBreaker:
-    """Opens after ``threshold`` consecutive failures; lets one probe through after ``reset_after`` s.
+    """Opens after ``threshold`` failures in a row; after ``reset_after`` s lets one probe through.
 
     ``allow()`` says whether to try the call; report the outcome with ``success()`` or
     ``failure()``. Time comes from ``monotonic`` so tests can drive it.

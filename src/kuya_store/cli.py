@@ -6,7 +6,6 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -165,8 +164,12 @@ async def _demo(settings: StoreSettings, query: str, latency: float) -> None:
         result = await store.comps.search(text, kind, filters=SearchFilters(**options))
         elapsed = (time.perf_counter() - started) * 1000
         table.add_row(
-            label, text.strip(), result.source.value, str(len(result.listings)),
-            f"{elapsed:.1f}", str(market.call_count),
+            label,
+            text.strip(),
+            result.source.value,
+            str(len(result.listings)),
+            f"{elapsed:.1f}",
+            str(market.call_count),
         )
         return result
 
@@ -181,8 +184,10 @@ async def _demo(settings: StoreSettings, query: str, latency: float) -> None:
         await run(store, "after a restart: the database answers", query, {})
         saved += store.metrics()["api_calls_saved"]
     console.print(table)
-    console.print(f"upstream API calls: [bold]{market.call_count}[/] for {len(steps) + 1} searches; "
-                  f"calls saved: [bold green]{saved}[/]")
+    console.print(
+        f"upstream API calls: [bold]{market.call_count}[/] for {len(steps) + 1} searches; "
+        f"calls saved: [bold green]{saved}[/]"
+    )
     if first is not None and first.snapshot is not None:
         snap = first.snapshot
         console.print(

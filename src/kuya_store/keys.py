@@ -47,7 +47,9 @@ def validate_params(params: object) -> Params:
     clean: Params = {}
     for key, value in params.items():
         if not isinstance(key, str) or not key or len(key) > _MAX_PARAM_KEY or "\x00" in key:
-            raise InvalidInputError("params", f"option names must be 1..{_MAX_PARAM_KEY} characters")
+            raise InvalidInputError(
+                "params", f"option names must be 1..{_MAX_PARAM_KEY} characters"
+            )
         field = f"params.{key}"
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidInputError(field, "must be a finite number")
@@ -96,7 +98,13 @@ class ResultIdentity:
     def result_key(self) -> str:
         """64 hex characters naming this result in the database (``searches.result_key``)."""
         material = canonical_json(
-            [KEY_VERSION, self.search_type.value, self.card_identifier, self.params, self.upstream_filters]
+            [
+                KEY_VERSION,
+                self.search_type.value,
+                self.card_identifier,
+                self.params,
+                self.upstream_filters,
+            ]
         )
         return hashlib.sha256(material.encode()).hexdigest()
 

@@ -20,7 +20,13 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kuya_store.db.engine import create_engine
-from kuya_store.db.tables import ListingRow, PriceSnapshotRow, SearchResultRow, SearchRow
+from kuya_store.db.tables import (
+    ListingRow,
+    PriceSnapshotRow,
+    SearchResultRow,
+    SearchRow,
+    metadata,
+)
 from kuya_store.keys import ResultIdentity
 from kuya_store.metrics import Metrics
 from kuya_store.models import Listing, PriceSnapshot, SearchType
@@ -29,10 +35,10 @@ from kuya_store.stored import StoredResult
 
 __all__ = ["Database", "FetchRecord", "SearchRecord", "listing_ttl"]
 
-_searches = SearchRow.__table__
-_listings = ListingRow.__table__
-_links = SearchResultRow.__table__
-_snapshots = PriceSnapshotRow.__table__
+_searches = metadata.tables[SearchRow.__tablename__]
+_listings = metadata.tables[ListingRow.__tablename__]
+_links = metadata.tables[SearchResultRow.__tablename__]
+_snapshots = metadata.tables[PriceSnapshotRow.__tablename__]
 
 # Both drivers cap bind parameters near 32,767; listing rows carry 13 each.
 _LISTING_CHUNK = 1000
@@ -185,7 +191,11 @@ class Database:
                 await conn.execute(
                     sa.insert(_links),
                     [
-                        {"search_id": search_id, "position": i, "listing_id": listing_ids[x.item_id]}
+                        {
+                            "search_id": search_id,
+                            "position": i,
+                            "listing_id": listing_ids[x.item_id],
+                        }
                         for i, x in enumerate(record.result.listings)
                     ],
                 )
@@ -216,7 +226,7 @@ class Database:
                 }
                 for x in record.result.listings
             ),
-            key=lambda row: row["item_id"],
+            key=lambda row: str(row["item_id"]),
         )
         ids: dict[str, int] = {}
         for chunk in _chunks(rows, _LISTING_CHUNK):
@@ -341,6 +351,9 @@ class Database:
 
 def listing_ttl(settings: StoreSettings, search_type: SearchType, now: datetime) -> datetime:
     """When a listing seen now is due for a refresh: active ones change, sold ones rarely."""
-    after = settings.active_fresh_for if search_type is SearchType.ACTIVE else settings.listing_refresh_after
+    after = (
+        settings.active_fresh_for
+        if search_type is SearchType.ACTIVE
+        else settings.listing_refresh_after
+    )
     return now + after
-

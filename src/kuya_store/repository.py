@@ -47,7 +47,7 @@ Fetcher = Callable[[FetchRequest], Awaitable[FetchResult] | FetchResult]
 
 def _search_type(value: object) -> SearchType:
     try:
-        return SearchType(value)
+        return SearchType(value if isinstance(value, str) else repr(value))
     except ValueError:
         raise InvalidInputError("search_type", "must be 'sold' or 'active'") from None
 
@@ -246,7 +246,9 @@ class CompsRepository:
         self._metrics.incr("misses")
         return None, None
 
-    async def _fill_near(self, identity: ResultIdentity, result: StoredResult, now: datetime) -> None:
+    async def _fill_near(
+        self, identity: ResultIdentity, result: StoredResult, now: datetime
+    ) -> None:
         if self._near is not None:
             ttl = remaining(result.fetched_at, now, self._settings.hot_ttl(identity.search_type))
             await self._near.set(identity, result, min(ttl, self._settings.near_cache_ttl))

@@ -1,4 +1,4 @@
-"""Every knob of a store, read from arguments, ``KUYA_*`` variables or ``DATABASE_URL``/``REDIS_URL``."""
+"""Every knob of a store: from arguments, ``KUYA_*`` variables, ``DATABASE_URL``/``REDIS_URL``."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ class StoreSettings(BaseSettings):
     )
     mode: Mode = "read_through"
     filter_upstream: bool = False
-    """Send ``SearchFilters`` to the fetcher (and key results by them) instead of filtering titles."""
+    """Send ``SearchFilters`` upstream (and key results by them) instead of filtering titles."""
     key_prefix: str = Field("kuya", min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")
 
     # Hot tier TTLs (the seed's Redis cache: sold 30 min, active 5 min).
@@ -219,7 +219,7 @@ class StoreSettings(BaseSettings):
         db = parts.path.lstrip("/")
         if db and not db.isdigit() and parts.scheme != "unix":
             raise ValueError("has a database number that is not a non-negative integer")
-        return value
+        return str(value)
 
     def __init__(self, **values: Any) -> None:
         try:

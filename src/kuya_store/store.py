@@ -154,11 +154,11 @@ class CompsStore:
         return self.settings.redis_url is not None and await self._hot.ping()
 
     async def ping_database(self) -> bool:
-        """True when the database answers; ``False`` when it does not or is unused (``cache_only``)."""
+        """True when the database answers; ``False`` when down or unused (``cache_only``)."""
         return self._database is not None and await self._database.ping()
 
     async def health(self) -> Health:
-        """Readiness: healthy, degraded (one configured part down) or unhealthy (nothing answers)."""
+        """Readiness: healthy, degraded (a configured part is down), unhealthy (nothing answers)."""
         redis_ok = await self.ping_redis()
         database_ok = await self.ping_database()
         checks = []
@@ -166,9 +166,8 @@ class CompsStore:
             checks.append(redis_ok)
         if self._database is not None:
             checks.append(database_ok)
-        if not checks:  # cache_only on the memory tier: the process itself is the store
-            status = "healthy"
-        elif all(checks):
+        # With neither configured (cache_only on the memory tier) the process is the store.
+        if all(checks):
             status = "healthy"
         elif any(checks):
             status = "degraded"
@@ -208,9 +207,13 @@ class CompsStore:
             "database": {
                 "read_errors": c.get("db_read_errors", 0),
                 "slow_queries": c.get("db_slow_queries", 0),
-                "slow_query_threshold_ms": self.settings.slow_query_threshold.total_seconds() * 1000,
+                "slow_query_threshold_ms": self.settings.slow_query_threshold.total_seconds()
+                * 1000,
                 "queries": t.get("db_query", {"count": 0}),
                 "pool": self._database.pool_stats() if self._database is not None else {},
             },
-            "latency": {"search": t.get("search", {"count": 0}), "fetch": t.get("fetch", {"count": 0})},
+            "latency": {
+                "search": t.get("search", {"count": 0}),
+                "fetch": t.get("fetch", {"count": 0}),
+            },
         }

@@ -134,7 +134,9 @@ class WriteBehind:
                 self._failures += 1
                 self._metrics.incr("write_retries")
                 delay = min(2.0, 0.05 * 2 ** min(self._failures, 6)) * (0.5 + random.random())
-                _log.warning("database write failed (%s); retrying in %.2fs", type(exc).__name__, delay)
+                _log.warning(
+                    "database write failed (%s); retrying in %.2fs", type(exc).__name__, delay
+                )
                 await asyncio.sleep(delay)
             else:
                 if self._failures:

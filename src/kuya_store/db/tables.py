@@ -99,9 +99,7 @@ class PriceSnapshotRow(Base):
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
     card_identifier: Mapped[str] = mapped_column(sa.Text, nullable=False)
-    search_id: Mapped[int | None] = mapped_column(
-        sa.ForeignKey("searches.id", ondelete="SET NULL")
-    )
+    search_id: Mapped[int | None] = mapped_column(sa.ForeignKey("searches.id", ondelete="SET NULL"))
     snapshot_date: Mapped[date] = mapped_column(sa.Date, nullable=False)
     fmv_low: Mapped[Decimal | None] = mapped_column(Money)
     fmv_high: Mapped[Decimal | None] = mapped_column(Money)
@@ -143,9 +141,7 @@ class ListingRow(Base):
     first_seen: Mapped[datetime | None] = mapped_column(UTCDateTime, server_default=_now)
     last_updated: Mapped[datetime | None] = mapped_column(UTCDateTime, server_default=_now)
     ttl: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    search_id: Mapped[int | None] = mapped_column(
-        sa.ForeignKey("searches.id", ondelete="SET NULL")
-    )
+    search_id: Mapped[int | None] = mapped_column(sa.ForeignKey("searches.id", ondelete="SET NULL"))
 
     __table_args__ = (
         sa.Index("idx_listing_cache_item_id", "item_id"),

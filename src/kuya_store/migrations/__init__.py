@@ -127,9 +127,7 @@ async def upgrade_async(target: str | AsyncEngine, revision: str = "head") -> No
     """Async twin of :func:`upgrade`; accepts a URL or an existing ``AsyncEngine``."""
 
     async def work(connection: AsyncConnection) -> None:
-        await connection.run_sync(
-            lambda sync: command.upgrade(_config(connection=sync), revision)
-        )
+        await connection.run_sync(lambda sync: command.upgrade(_config(connection=sync), revision))
 
     await _with_connection(target, work)
 

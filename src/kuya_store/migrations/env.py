@@ -1,4 +1,4 @@
-"""Alembic environment for kuya-store's own migrations (version table ``kuya_store_alembic_version``)."""
+"""Alembic environment of kuya-store's own migrations (table ``kuya_store_alembic_version``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from kuya_store.migrations import ADVISORY_LOCK_KEY, VERSION_TABLE
 config = context.config
 
 
-def _include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+def _include_object(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
     # The host application's own tables share the database: never compare or touch them.
     if type_ == "table":
         return name in metadata.tables
@@ -35,7 +37,9 @@ def _run(connection: Connection) -> None:
     with context.begin_transaction():
         if connection.dialect.name == "postgresql":
             # Several processes may upgrade at once (a rolling deploy): one at a time.
-            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
+            connection.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
+            )
         context.run_migrations()
 
 

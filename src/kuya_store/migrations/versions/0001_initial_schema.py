@@ -86,10 +86,15 @@ def upgrade() -> None:
         sa.Column("created_at", _moment, server_default=sa.func.now()),
         sa.PrimaryKeyConstraint("id", name="price_snapshots_pkey"),
         sa.ForeignKeyConstraint(
-            ["search_id"], ["searches.id"], name="price_snapshots_search_id_fkey", ondelete="SET NULL"
+            ["search_id"],
+            ["searches.id"],
+            name="price_snapshots_search_id_fkey",
+            ondelete="SET NULL",
         ),
         sa.UniqueConstraint(
-            "card_identifier", "snapshot_date", name="price_snapshots_card_identifier_snapshot_date_key"
+            "card_identifier",
+            "snapshot_date",
+            name="price_snapshots_card_identifier_snapshot_date_key",
         ),
     )
     op.create_index("idx_price_snapshots_card", "price_snapshots", ["card_identifier"])
@@ -140,7 +145,10 @@ def upgrade() -> None:
             ["search_id"], ["searches.id"], name="search_results_search_id_fkey", ondelete="CASCADE"
         ),
         sa.ForeignKeyConstraint(
-            ["listing_id"], ["listing_cache.id"], name="search_results_listing_id_fkey", ondelete="CASCADE"
+            ["listing_id"],
+            ["listing_cache.id"],
+            name="search_results_listing_id_fkey",
+            ondelete="CASCADE",
         ),
     )
     op.create_index("idx_search_results_listing_id", "search_results", ["listing_id"])
