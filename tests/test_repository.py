@@ -54,6 +54,7 @@ async def make_store(
             "redis_url": redis_url,
             "key_prefix": key_prefix,
             "write_flush_interval": 0.01,
+            "fetch_backoff": 0.001,
         }
         options.update(overrides)
         fetchers = options.pop("fetchers", {"sold": market.sold, "active": market.active})
@@ -436,11 +437,12 @@ async def test_failing_fetcher_raises_fetcher_error_and_caches_nothing(
         calls += 1
         raise ConnectionError("upstream 503")
 
-    store = make_store(fetchers={"sold": broken})
+    store = make_store(fetchers={"sold": broken}, fetch_attempts=3)
     for _ in range(2):
         with pytest.raises(ks.FetcherError, match="upstream 503"):
             await store.comps.search(QUERY)
-    assert calls == 2
+    assert calls == 6  # three attempts per search, and the error was not cached
+    assert store.metrics()["api_errors"] == 6
 
 
 async def test_missing_fetcher_is_a_fetcher_error(make_store: MakeStore) -> None:

@@ -18,6 +18,7 @@ from kuya_store.errors import (
     NotFoundError,
     StorageUnavailableError,
 )
+from kuya_store.fetching import Fetcher
 from kuya_store.models import (
     CompsResult,
     FetchRequest,
@@ -30,7 +31,7 @@ from kuya_store.models import (
     Source,
 )
 from kuya_store.pricing import DefaultValuator, TitleInfo, Valuator, normalize_card, parse_title
-from kuya_store.repository import CompsRepository, Fetcher
+from kuya_store.repository import CompsRepository
 from kuya_store.settings import StoreSettings
 from kuya_store.store import CompsStore
 

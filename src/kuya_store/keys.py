@@ -118,6 +118,10 @@ class ResultIdentity:
         """The hot-tier key: namespaced and versioned."""
         return f"{prefix}:v{KEY_VERSION}:r:{self.search_type.value}:{self.result_key}"
 
+    def redis_lock_key(self, prefix: str) -> str:
+        """The cross-process single-flight lock of this result."""
+        return f"{prefix}:v{KEY_VERSION}:l:{self.result_key}"
+
     def redis_index_key(self, prefix: str) -> str:
         """The set of hot-tier keys holding a variant of this card (for ``invalidate``)."""
         return f"{prefix}:v{KEY_VERSION}:i:{self.card_key}"

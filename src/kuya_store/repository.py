@@ -7,24 +7,24 @@ it; every call, hits included, adds one row to the search log, written behind.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from kuya_store.breaker import CircuitBreaker
 from kuya_store.clock import Clock
 from kuya_store.errors import FetcherError, InvalidInputError, NotFoundError
+from kuya_store.fetching import FetchCoordinator, Fetcher
 from kuya_store.freshness import is_fresh, remaining
 from kuya_store.keys import ResultIdentity, validate_params, validate_query
 from kuya_store.metrics import Metrics
 from kuya_store.models import (
     CompsResult,
     FetchRequest,
-    FetchResult,
     Listing,
     Params,
     SearchFilters,
@@ -37,12 +37,9 @@ from kuya_store.settings import StoreSettings
 from kuya_store.stored import StoredResult
 from kuya_store.tiers import HotTier
 from kuya_store.tiers.memory import MemoryTier
-from kuya_store.writer import WriteBehind
+from kuya_store.writer import WriteBehind, is_transient
 
 __all__ = ["CompsRepository", "Fetcher"]
-
-Fetcher = Callable[[FetchRequest], Awaitable[FetchResult] | FetchResult]
-"""``async def fetcher(request) -> FetchResult``; a plain function runs in a worker thread."""
 
 
 def _search_type(value: object) -> SearchType:
@@ -73,35 +70,6 @@ def _user_id(value: object) -> int | None:
     return value
 
 
-def _fetch_result(value: object) -> FetchResult:
-    """Validate what a fetcher returned; a bad payload is the fetcher's input error."""
-    try:
-        if isinstance(value, FetchResult):
-            result = value
-        elif isinstance(value, list | tuple):
-            result = FetchResult.model_validate({"listings": list(value)})
-        else:
-            result = FetchResult.model_validate(value, from_attributes=True)
-    except ValidationError as exc:
-        raise InvalidInputError.from_validation_error(exc, "fetcher") from None
-    seen: set[str] = set()
-    for index, listing in enumerate(result.listings):
-        if listing.item_id in seen:
-            raise InvalidInputError(
-                f"fetcher.listings[{index}].item_id", f"duplicate item_id {listing.item_id!r}"
-            )
-        seen.add(listing.item_id)
-    return result
-
-
-async def _call(fetcher: Fetcher, request: FetchRequest) -> object:
-    call = getattr(fetcher, "__call__", None)  # noqa: B004 - async callable objects too
-    if inspect.iscoroutinefunction(fetcher) or inspect.iscoroutinefunction(call):
-        return await fetcher(request)  # type: ignore[misc]
-    outcome = await asyncio.to_thread(fetcher, request)
-    return await outcome if inspect.isawaitable(outcome) else outcome
-
-
 class CompsRepository:
     """The tiered read/write path for card searches (``store.comps``)."""
 
@@ -126,9 +94,21 @@ class CompsRepository:
         self._database = database
         self._writer = writer
         self._fetchers = dict(fetchers)
-        self._valuator = valuator
-        self._inflight: dict[ResultIdentity, asyncio.Future[StoredResult]] = {}
         self._reads_database = settings.mode == "read_through" and database is not None
+        self._fetching = FetchCoordinator(
+            settings=settings,
+            clock=clock,
+            metrics=metrics,
+            hot=hot,
+            fill=self._fill,
+            valuator=valuator,
+        )
+        # A database that does not answer costs one failure per request until this opens.
+        self._db_breaker = CircuitBreaker(
+            settings.breaker_failure_threshold,
+            settings.breaker_reset_after.total_seconds(),
+            on_open=lambda: metrics.incr("db_breaker_opens"),
+        )
 
     def register_fetcher(self, search_type: SearchType | str, fetcher: Fetcher) -> None:
         """Set the fetcher that answers misses of one search type."""
@@ -175,13 +155,24 @@ class CompsRepository:
             chosen = fetcher or self._fetchers.get(kind)
             if chosen is None:
                 raise FetcherError(f"no fetcher registered for {kind.value!r} searches")
-            stored, owner = await self._single_flight(identity, text, wanted, options, chosen)
-            source = Source.API
+            request = FetchRequest(
+                query=text,
+                search_type=kind,
+                filters=wanted if upstream else SearchFilters(),
+                params=options,
+            )
+            try:
+                stored, source, owner = await self._fetching.fetch(identity, request, chosen)
+            except FetcherError:
+                stored = await self._stale(identity, now)
+                if stored is None:
+                    raise
+                source = Source.STALE
 
         listings = stored.listings if upstream else apply_filters(stored.listings, wanted)
-        elapsed_ms = int((time.perf_counter() - started) * 1000)
+        elapsed = (time.perf_counter() - started) * 1000
         self._metrics.incr("searches")
-        self._metrics.observe("search", (time.perf_counter() - started) * 1000)
+        self._metrics.observe("search", elapsed)
         record = SearchRecord(
             query=text,
             card_identifier=card,
@@ -189,7 +180,7 @@ class CompsRepository:
             filters=wanted.as_dict(),
             params=options,
             created_at=stored.fetched_at if owner else now,
-            execution_time_ms=elapsed_ms,
+            execution_time_ms=int(elapsed),
             cache_hit=not owner,
             pages_scraped=stored.pages_scraped,
             items_count=len(listings),
@@ -214,7 +205,7 @@ class CompsRepository:
             cache_hit=not owner,
             snapshot=stored.snapshot,
             pages_scraped=stored.pages_scraped,
-            execution_time_ms=elapsed_ms,
+            execution_time_ms=int(elapsed),
         )
 
     async def _lookup(
@@ -232,19 +223,48 @@ class CompsRepository:
             await self._fill_near(identity, hit, now)
             return hit, Source(self._hot.name)
         if self._reads_database:
-            assert self._database is not None
             window = self._settings.fresh_for(identity.search_type)
-            try:
-                hit = await self._database.newest_result(identity, since=now - window)
-            except Exception:
-                self._metrics.incr("db_read_errors")
-                hit = None
+            hit = await self._read_database(identity, since=now - window)
             if hit is not None and is_fresh(hit.fetched_at, now, window):
                 self._metrics.incr("hit_database")
                 await self._fill(identity, hit, now)
                 return hit, Source.DATABASE
         self._metrics.incr("misses")
         return None, None
+
+    async def _read_database(
+        self, identity: ResultIdentity, since: datetime
+    ) -> StoredResult | None:
+        """The newest stored fetch since ``since``; ``None`` when the database cannot say."""
+        assert self._database is not None
+        if not self._db_breaker.allow():
+            self._metrics.incr("db_read_skipped")
+            return None
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._settings.db_retry_attempts),
+            wait=wait_random_exponential(multiplier=0.02, max=0.2),
+            retry=retry_if_exception(is_transient),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    result = await self._database.newest_result(identity, since)
+        except Exception:
+            self._db_breaker.failure()
+            self._metrics.incr("db_read_errors")
+            return None
+        self._db_breaker.success()
+        return result
+
+    async def _stale(self, identity: ResultIdentity, now: datetime) -> StoredResult | None:
+        """When the fetcher failed: the newest stored result up to ``max_stale`` old."""
+        if not self._reads_database:
+            return None
+        stale = await self._read_database(identity, since=now - self._settings.max_stale)
+        if stale is not None:
+            self._metrics.incr("hit_stale")
+        return stale
 
     async def _fill_near(
         self, identity: ResultIdentity, result: StoredResult, now: datetime
@@ -257,86 +277,6 @@ class CompsRepository:
         ttl = remaining(result.fetched_at, now, self._settings.hot_ttl(identity.search_type))
         await self._hot.set(identity, result, ttl)
         await self._fill_near(identity, result, now)
-
-    async def _single_flight(
-        self,
-        identity: ResultIdentity,
-        text: str,
-        wanted: SearchFilters,
-        options: Params,
-        fetcher: Fetcher,
-    ) -> tuple[StoredResult, bool]:
-        """One fetcher call per identity at a time; concurrent callers share its outcome."""
-        pending = self._inflight.get(identity)
-        if pending is not None:
-            self._metrics.incr("single_flight_waits")
-            return await asyncio.shield(pending), False
-        future: asyncio.Future[StoredResult] = asyncio.get_running_loop().create_future()
-        self._inflight[identity] = future
-        try:
-            stored = await self._fetch(identity, text, wanted, options, fetcher)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved here, so a lone caller leaves no warning behind
-            raise
-        else:
-            future.set_result(stored)
-            return stored, True
-        finally:
-            del self._inflight[identity]
-
-    async def _fetch(
-        self,
-        identity: ResultIdentity,
-        text: str,
-        wanted: SearchFilters,
-        options: Params,
-        fetcher: Fetcher,
-    ) -> StoredResult:
-        upstream_filters = wanted if self._settings.filter_upstream else SearchFilters()
-        request = FetchRequest(
-            query=text, search_type=identity.search_type, filters=upstream_filters, params=options
-        )
-        self._metrics.incr("api_calls")
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(self._settings.fetch_timeout.total_seconds()):
-                raw = await _call(fetcher, request)
-        except InvalidInputError:
-            self._metrics.incr("api_errors")
-            raise
-        except TimeoutError:
-            self._metrics.incr("api_errors")
-            raise FetcherError(
-                f"fetcher for {identity.search_type.value!r} timed out after "
-                f"{self._settings.fetch_timeout.total_seconds():g}s"
-            ) from None
-        except Exception as exc:
-            self._metrics.incr("api_errors")
-            raise FetcherError(
-                f"fetcher for {identity.search_type.value!r} failed: {type(exc).__name__}: {exc}"
-            ) from exc
-        finally:
-            self._metrics.observe("fetch", (time.perf_counter() - started) * 1000)
-        fetched = _fetch_result(raw)
-        now = self._clock()
-        snapshot = None
-        if identity.search_type is SearchType.SOLD:
-            snapshot = self._valuator.value(
-                identity.card_identifier, fetched.listings, snapshot_date=now.date(), now=now
-            )
-        stored = StoredResult(
-            query=text,
-            card_identifier=identity.card_identifier,
-            search_type=identity.search_type,
-            params=options,
-            listings=fetched.listings,
-            fetched_at=now,
-            pages_scraped=fetched.pages_scraped,
-            snapshot=snapshot,
-        )
-        await self._fill(identity, stored, now)
-        return stored
 
     def _persist(self, record: SearchRecord, stored: StoredResult) -> None:
         if self._writer is None:

@@ -10,11 +10,12 @@ from typing import Any, Self
 from kuya_store import migrations
 from kuya_store.clock import Clock, utcnow
 from kuya_store.errors import KuyaStoreError
+from kuya_store.fetching import Fetcher
 from kuya_store.metrics import Metrics
 from kuya_store.models import Health, SearchType
 from kuya_store.persistence import Database
 from kuya_store.pricing import DefaultValuator, Valuator
-from kuya_store.repository import CompsRepository, Fetcher
+from kuya_store.repository import CompsRepository
 from kuya_store.settings import StoreSettings, redact_url
 from kuya_store.tiers import HotTier
 from kuya_store.tiers.memory import MemoryTier

@@ -9,9 +9,10 @@ overwritten by the next fetch). A Redis that does not answer is a miss too; afte
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
@@ -26,6 +27,17 @@ __all__ = ["RedisTier"]
 
 _T = TypeVar("_T")
 _FAILURES = (RedisError, OSError, asyncio.TimeoutError)
+
+# Delete the lock only if it still holds our token: a holder whose lock expired must not
+# release the next holder's lock.
+_RELEASE = """
+if redis.call("get", KEYS[1]) == ARGV[1] then
+    return redis.call("del", KEYS[1])
+end
+return 0
+"""
+
+LockState = Literal["acquired", "held", "unavailable"]
 
 
 class RedisTier:
@@ -103,6 +115,34 @@ class RedisTier:
 
         _, dropped = await self._call(drop)
         return dropped or 0
+
+    # -- cross-process single-flight ---------------------------------------------------
+
+    async def try_lock(self, identity: ResultIdentity, ttl: timedelta) -> tuple[LockState, str]:
+        """Try to become the one process fetching this result.
+
+        Returns ``("acquired", token)``, ``("held", "")`` when another process fetches it,
+        or ``("unavailable", "")`` when Redis cannot arbitrate (then fetch without a lock).
+        """
+        token = secrets.token_hex(16)
+        key = identity.redis_lock_key(self._prefix)
+        ms = max(int(ttl.total_seconds() * 1000), 1)
+        ok, acquired = await self._call(lambda: self.client.set(key, token, nx=True, px=ms))
+        if not ok:
+            return "unavailable", ""
+        return ("acquired", token) if acquired else ("held", "")
+
+    async def is_locked(self, identity: ResultIdentity) -> bool:
+        """Whether some process holds the fetch lock of this result (``False`` if unknown)."""
+        _, exists = await self._call(
+            lambda: self.client.exists(identity.redis_lock_key(self._prefix))
+        )
+        return bool(exists)
+
+    async def unlock(self, identity: ResultIdentity, token: str) -> None:
+        """Release the lock if, and only if, it is still ours."""
+        key = identity.redis_lock_key(self._prefix)
+        await self._call(lambda: self.client.eval(_RELEASE, 1, key, token))  # type: ignore[misc]
 
     async def ping(self) -> bool:
         try:
