@@ -84,6 +84,8 @@ class CompsStore:
                 capacity=self.settings.write_buffer_size,
                 batch_size=self.settings.write_batch_size,
                 interval=self.settings.write_flush_interval.total_seconds(),
+                attempts=self.settings.db_retry_attempts,
+                pause=min(self.settings.breaker_reset_after.total_seconds(), 2.0),
             )
             if self._database is not None
             else None
@@ -191,7 +193,10 @@ class CompsStore:
             "api_calls": c.get("api_calls", 0),
             "api_errors": c.get("api_errors", 0),
             "api_calls_saved": c.get("api_calls_saved", 0),
+            "api_retries": c.get("api_retries", 0),
             "single_flight_waits": c.get("single_flight_waits", 0),
+            "lock_waits": c.get("lock_waits", 0),
+            "lock_wait_timeouts": c.get("lock_wait_timeouts", 0),
             "corrupt_entries": c.get("corrupt_entries", 0),
             "redis": {
                 "errors": c.get("redis_errors", 0),
@@ -204,9 +209,12 @@ class CompsStore:
                 "dropped": c.get("writes_dropped", 0),
                 "rejected": c.get("writes_rejected", 0),
                 "retries": c.get("write_retries", 0),
+                "recoveries": c.get("write_recoveries", 0),
             },
             "database": {
                 "read_errors": c.get("db_read_errors", 0),
+                "reads_skipped": c.get("db_read_skipped", 0),
+                "breaker_opens": c.get("db_breaker_opens", 0),
                 "slow_queries": c.get("db_slow_queries", 0),
                 "slow_query_threshold_ms": self.settings.slow_query_threshold.total_seconds()
                 * 1000,

@@ -13,11 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections import deque
-from collections.abc import Callable
 
 from sqlalchemy.exc import DBAPIError, OperationalError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
 from kuya_store.metrics import Metrics
 from kuya_store.persistence import Database, FetchRecord, SearchRecord
@@ -50,21 +55,23 @@ class WriteBehind:
         capacity: int,
         batch_size: int,
         interval: float,
-        on_fetch_written: Callable[[FetchRecord, int], None] | None = None,
+        attempts: int = 3,
+        pause: float = 1.0,
     ) -> None:
         self._database = database
         self._metrics = metrics
         self._capacity = capacity
         self._batch_size = batch_size
         self._interval = interval
+        self._attempts = attempts
+        self._pause = pause
         self._queue: deque[Record] = deque()
         self._wakeup = asyncio.Event()
         self._drained = asyncio.Event()
         self._drained.set()
         self._task: asyncio.Task[None] | None = None
-        self._failures = 0
+        self._outage = False
         self._urgent = False
-        self._on_fetch_written = on_fetch_written
 
     @property
     def pending(self) -> int:
@@ -122,7 +129,15 @@ class WriteBehind:
                     # Let a burst of hits gather into one statement.
                     await asyncio.sleep(self._interval)
             try:
-                await self._write_head()
+                async for attempt in AsyncRetrying(
+                    stop=stop_after_attempt(self._attempts),
+                    wait=wait_random_exponential(multiplier=0.05, max=self._pause),
+                    retry=retry_if_exception(is_transient),
+                    before_sleep=self._count_retry,
+                    reraise=True,
+                ):
+                    with attempt:
+                        await self._write_head()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -131,26 +146,29 @@ class WriteBehind:
                     self._metrics.incr("writes_rejected")
                     _log.exception("write rejected by the database, dropped: %r", dropped)
                     continue
-                self._failures += 1
+                # The database is down: keep everything, in order, and try again later.
+                if not self._outage:
+                    _log.warning("database unreachable (%s); buffering writes", type(exc).__name__)
+                self._outage = True
                 self._metrics.incr("write_retries")
-                delay = min(2.0, 0.05 * 2 ** min(self._failures, 6)) * (0.5 + random.random())
-                _log.warning(
-                    "database write failed (%s); retrying in %.2fs", type(exc).__name__, delay
-                )
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self._pause)
             else:
-                if self._failures:
+                if self._outage:
                     self._metrics.incr("write_recoveries")
-                self._failures = 0
+                    _log.info(
+                        "database reachable again; %d writes still buffered", len(self._queue)
+                    )
+                self._outage = False
+
+    def _count_retry(self, state: RetryCallState) -> None:
+        self._metrics.incr("write_retries")
 
     async def _write_head(self) -> None:
         head = self._queue[0]
         if isinstance(head, FetchRecord):
-            search_id = await self._database.persist_fetch(head)
+            await self._database.persist_fetch(head)
             self._queue.popleft()
             self._metrics.incr("writes_written")
-            if self._on_fetch_written is not None:
-                self._on_fetch_written(head, search_id)
             return
         batch: list[SearchRecord] = []
         for record in self._queue:

@@ -142,7 +142,7 @@ class RedisTier:
     async def unlock(self, identity: ResultIdentity, token: str) -> None:
         """Release the lock if, and only if, it is still ours."""
         key = identity.redis_lock_key(self._prefix)
-        await self._call(lambda: self.client.eval(_RELEASE, 1, key, token))  # type: ignore[misc]
+        await self._call(lambda: self.client.eval(_RELEASE, 1, key, token))
 
     async def ping(self) -> bool:
         try:
