@@ -135,6 +135,12 @@ class FetchCoordinator:
         self, identity: ResultIdentity, request: FetchRequest, fetcher: Fetcher
     ) -> Outcome:
         hot = self._hot
+        # A search whose lookup began before another task's fetch filled the hot tier
+        # arrives here after that fetch is over: look once more before paying for a call.
+        ready = await self._ready(identity)
+        if ready is not None:
+            self._metrics.incr("single_flight_waits")
+            return ready, Source(hot.name), False
         if not isinstance(hot, _Locking):
             return await self._upstream(identity, request, fetcher), Source.API, True
         lock_ttl = self._settings.single_flight_lock_ttl

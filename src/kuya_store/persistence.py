@@ -8,7 +8,7 @@ lock rows in the same order and never deadlock.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -40,8 +40,6 @@ _listings = metadata.tables[ListingRow.__tablename__]
 _links = metadata.tables[SearchResultRow.__tablename__]
 _snapshots = metadata.tables[PriceSnapshotRow.__tablename__]
 
-# Both drivers cap bind parameters near 32,767; listing rows carry 13 each.
-_LISTING_CHUNK = 1000
 _LISTING_UPDATE_COLUMNS = (
     "title",
     "price",
@@ -102,11 +100,6 @@ class FetchRecord:
     result: StoredResult
     listing_ttl: datetime
     snapshot: PriceSnapshot | None = None
-
-
-def _chunks(rows: Sequence[dict[str, Any]], size: int) -> Iterator[Sequence[dict[str, Any]]]:
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]
 
 
 def _listing_from_row(row: Row[Any]) -> Listing:
@@ -228,14 +221,17 @@ class Database:
             ),
             key=lambda row: str(row["item_id"]),
         )
+        # One statement executed with many parameter sets: SQLAlchemy's "insertmanyvalues"
+        # turns it into multi-row INSERTs, paged under the drivers' bind-parameter limits,
+        # and the compiled statement is cached across calls.
+        stmt = self._insert(_listings)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[_listings.c.item_id],
+            set_={name: stmt.excluded[name] for name in _LISTING_UPDATE_COLUMNS},
+        ).returning(_listings.c.id, _listings.c.item_id, sort_by_parameter_order=True)
         ids: dict[str, int] = {}
-        for chunk in _chunks(rows, _LISTING_CHUNK):
-            stmt = self._insert(_listings).values(list(chunk))
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[_listings.c.item_id],
-                set_={name: stmt.excluded[name] for name in _LISTING_UPDATE_COLUMNS},
-            ).returning(_listings.c.id, _listings.c.item_id)
-            for listing_id, item_id in await conn.execute(stmt):
+        if rows:
+            for listing_id, item_id in await conn.execute(stmt, rows):
                 ids[item_id] = listing_id
         return ids
 
