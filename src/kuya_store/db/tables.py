@@ -187,8 +187,18 @@ class SavedSearchRow(Base):
     alert_threshold: Mapped[Decimal | None] = mapped_column(Money)
     created_at: Mapped[datetime | None] = mapped_column(UTCDateTime, server_default=_now)
     last_run: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Additions (docs/schema.md): which feed the alert watches, and what it last fired on.
+    search_type: Mapped[str] = mapped_column(sa.String(20), nullable=False, server_default="sold")
+    last_alert_observation: Mapped[str | None] = mapped_column(sa.String(200))
+    last_alerted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         sa.UniqueConstraint("user_id", "name"),
         sa.Index("idx_saved_searches_user", "user_id"),
+        sa.Index(
+            "idx_saved_searches_alerts",
+            "id",
+            postgresql_where=sa.text("alert_enabled = true"),
+            sqlite_where=sa.text("alert_enabled = 1"),
+        ),
     )

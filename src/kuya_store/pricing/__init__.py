@@ -1,0 +1,22 @@
+"""Pricing domain: card identifiers, title parsing, title filters and valuation.
+
+Pure code: no I/O. See ``docs/pricing.md`` for the rules and formulas.
+"""
+
+from __future__ import annotations
+
+from kuya_store.pricing.cards import normalize_card
+from kuya_store.pricing.filters import apply_filters, keep_listing
+from kuya_store.pricing.titles import TitleInfo, clear_title_cache, parse_title
+from kuya_store.pricing.valuation import DefaultValuator, Valuator
+
+__all__ = [
+    "DefaultValuator",
+    "TitleInfo",
+    "Valuator",
+    "apply_filters",
+    "clear_title_cache",
+    "keep_listing",
+    "normalize_card",
+    "parse_title",
+]

@@ -1,0 +1,32 @@
+"""Title filters: every filter combination is served from one upstream fetch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kuya_store.models import Listing, SearchFilters
+from kuya_store.pricing.titles import parse_title
+
+__all__ = ["apply_filters", "keep_listing"]
+
+
+def keep_listing(listing: Listing, filters: SearchFilters) -> bool:
+    """Whether ``listing`` passes ``filters`` (each flag narrows; no flag keeps everything).
+
+    * ``raw_only`` drops graded (slabbed) cards;
+    * ``base_only`` keeps only base cards (:attr:`TitleInfo.is_base`);
+    * ``exclude_auto`` drops autographed cards.
+    """
+    if not (filters.raw_only or filters.base_only or filters.exclude_auto):
+        return True
+    info = parse_title(listing.title)
+    if filters.raw_only and info.graded:
+        return False
+    if filters.base_only and not info.is_base:
+        return False
+    return not (filters.exclude_auto and info.autograph)
+
+
+def apply_filters(listings: Sequence[Listing], filters: SearchFilters) -> list[Listing]:
+    """The listings that pass ``filters``, in their original order."""
+    return [listing for listing in listings if keep_listing(listing, filters)]
