@@ -67,7 +67,8 @@ async def test_200_concurrent_identical_misses_make_one_call(
     ) as store:
         results = await asyncio.gather(*(store.comps.search(QUERY) for _ in range(200)))
         assert market.call_count == 1
-        assert sum(r.source == "api" for r in results) == 200  # all share the one fresh fetch
+        # All share the one fresh fetch: through the in-flight call, or the tier it filled.
+        assert {r.source for r in results} <= {"api", "memory", "redis"}
         assert sum(not r.cache_hit for r in results) == 1
         assert store.metrics()["api_calls_saved"] == 199
         await store.flush()

@@ -10,6 +10,9 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from kuya_store import migrations
+from kuya_store.accounts import Accounts, Alert, SavedSearch, User
+from kuya_store.analytics import Analytics, PriceTrend, SearchStats, TopSearch, TrendPoint
+from kuya_store.chart import render_price_chart
 from kuya_store.clock import ManualClock
 from kuya_store.errors import (
     FetcherError,
@@ -41,6 +44,9 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "Accounts",
+    "Alert",
+    "Analytics",
     "CompsRepository",
     "CompsResult",
     "CompsStore",
@@ -56,15 +62,22 @@ __all__ = [
     "ManualClock",
     "NotFoundError",
     "PriceSnapshot",
+    "PriceTrend",
+    "SavedSearch",
     "SearchFilters",
+    "SearchStats",
     "SearchType",
     "Source",
     "StorageUnavailableError",
     "StoreSettings",
     "TitleInfo",
+    "TopSearch",
+    "TrendPoint",
+    "User",
     "Valuator",
     "__version__",
     "migrations",
     "normalize_card",
     "parse_title",
+    "render_price_chart",
 ]

@@ -182,7 +182,7 @@ class PriceSnapshot(_Frozen):
     market_value: Money | None = None
     quick_sale: Money | None = None
     patient_sale: Money | None = None
-    sample_size: Annotated[int, Field(ge=0)] = 0
+    sample_size: Annotated[int, Field(ge=0)] | None = 0
     min_price: Money | None = None
     max_price: Money | None = None
     avg_price: Money | None = None

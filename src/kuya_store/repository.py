@@ -209,27 +209,28 @@ class CompsRepository:
         )
 
     async def _lookup(
-        self, identity: ResultIdentity, now: datetime
+        self, identity: ResultIdentity, now: datetime, count: bool = True
     ) -> tuple[StoredResult | None, Source | None]:
+        incr = self._metrics.incr if count else (lambda name, amount=1: None)
         ttl = self._settings.hot_ttl(identity.search_type)
         if self._near is not None:
             hit = await self._near.get(identity)
             if hit is not None and is_fresh(hit.fetched_at, now, ttl):
-                self._metrics.incr("hit_memory")
+                incr("hit_memory")
                 return hit, Source.MEMORY
         hit = await self._hot.get(identity)
         if hit is not None and is_fresh(hit.fetched_at, now, ttl):
-            self._metrics.incr(f"hit_{self._hot.name}")
+            incr(f"hit_{self._hot.name}")
             await self._fill_near(identity, hit, now)
             return hit, Source(self._hot.name)
         if self._reads_database:
             window = self._settings.fresh_for(identity.search_type)
             hit = await self._read_database(identity, since=now - window)
             if hit is not None and is_fresh(hit.fetched_at, now, window):
-                self._metrics.incr("hit_database")
+                incr("hit_database")
                 await self._fill(identity, hit, now)
                 return hit, Source.DATABASE
-        self._metrics.incr("misses")
+        incr("misses")
         return None, None
 
     async def _read_database(
@@ -288,6 +289,46 @@ class CompsRepository:
                 listing_ttl=listing_ttl(self._settings, record.search_type, stored.fetched_at),
                 snapshot=stored.snapshot,
             )
+        )
+
+    async def peek(
+        self,
+        query: str,
+        search_type: SearchType | str = SearchType.SOLD,
+        filters: SearchFilters | Mapping[str, bool] | None = None,
+        params: Params | None = None,
+    ) -> CompsResult | None:
+        """The newest stored answer, without calling the fetcher or logging a search.
+
+        Fresh results come back as from :meth:`search`; an older stored one (up to
+        ``max_stale``) comes back with ``source="stale"``; ``None`` when nothing is stored.
+        """
+        text = validate_query(query)
+        kind = _search_type(search_type)
+        wanted = _filters(filters)
+        options = validate_params(params)
+        card = normalize_card(text)
+        upstream = self._settings.filter_upstream
+        identity = ResultIdentity.of(card, kind, options, wanted if upstream else None)
+        now = self._clock()
+        stored, source = await self._lookup(identity, now, count=False)
+        if stored is None and self._reads_database:
+            stored = await self._read_database(identity, since=now - self._settings.max_stale)
+            source = Source.STALE
+        if stored is None or source is None:
+            return None
+        return CompsResult(
+            query=text,
+            card_identifier=card,
+            search_type=kind,
+            filters=wanted,
+            params=options,
+            listings=stored.listings if upstream else apply_filters(stored.listings, wanted),
+            source=source,
+            fetched_at=stored.fetched_at,
+            cache_hit=True,
+            snapshot=stored.snapshot,
+            pages_scraped=stored.pages_scraped,
         )
 
     async def invalidate(self, query: str, search_type: SearchType | str) -> None:

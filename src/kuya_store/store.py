@@ -8,6 +8,8 @@ from types import TracebackType
 from typing import Any, Self
 
 from kuya_store import migrations
+from kuya_store.accounts import Accounts
+from kuya_store.analytics import Analytics
 from kuya_store.clock import Clock, utcnow
 from kuya_store.errors import KuyaStoreError
 from kuya_store.fetching import Fetcher
@@ -101,6 +103,9 @@ class CompsStore:
             fetchers={SearchType(k): v for k, v in (fetchers or {}).items()},
             valuator=valuator or DefaultValuator(),
         )
+        engine = self._database.engine if self._database is not None else None
+        self.analytics = Analytics(engine, self._clock)
+        self.accounts = Accounts(engine, self._clock, self.comps)
         self._closed = False
 
     def __repr__(self) -> str:

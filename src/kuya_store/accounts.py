@@ -1,0 +1,445 @@
+"""``store.accounts``: users, their saved searches, and price alerts on them.
+
+Passwords are hashed with argon2id (argon2-cffi) in a worker thread and never stored,
+logged or echoed. Every saved-search call is scoped to its user: another user's saved
+search is ``NotFoundError``, exactly like one that does not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal
+
+import sqlalchemy as sa
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from kuya_store.clock import Clock
+from kuya_store.db.tables import metadata
+from kuya_store.errors import (
+    FetcherError,
+    InvalidInputError,
+    NotFoundError,
+    StorageUnavailableError,
+)
+from kuya_store.keys import validate_query
+from kuya_store.models import CompsResult, SearchFilters, SearchType, _Frozen, to_money
+
+if TYPE_CHECKING:
+    from kuya_store.repository import CompsRepository
+
+__all__ = ["Accounts", "Alert", "SavedSearch", "User"]
+
+_users = metadata.tables["users"]
+_saved = metadata.tables["saved_searches"]
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
+# Verified when the email is unknown, so a wrong email costs as long as a wrong password.
+_DUMMY_HASH = _hasher.hash("not a real password, only for timing")
+
+
+class User(_Frozen):
+    """An account (never carries the password or its hash)."""
+
+    id: int
+    email: str
+    display_name: str | None
+    created_at: datetime | None
+    last_login: datetime | None
+    is_active: bool
+
+
+class SavedSearch(_Frozen):
+    """A user's named search, with an optional price alert."""
+
+    id: int
+    user_id: int
+    name: str
+    query: str
+    search_type: SearchType
+    filters: SearchFilters
+    alert_enabled: bool
+    alert_threshold: Decimal | None
+    created_at: datetime | None
+    last_run: datetime | None
+
+
+class Alert(_Frozen):
+    """A saved search whose watched price fell below its threshold."""
+
+    saved_search_id: int
+    user_id: int
+    name: str
+    query: str
+    search_type: SearchType
+    threshold: Decimal
+    observed_price: Decimal
+    observed_at: datetime
+    kind: Literal["market_value", "cheapest_listing"]
+    item_id: str | None = None
+
+
+def _email(value: object) -> str:
+    if not isinstance(value, str):
+        raise InvalidInputError("email", "must be a string")
+    email = value.strip().lower()
+    if len(email) > 255 or not _EMAIL.match(email) or "\x00" in email:
+        raise InvalidInputError("email", "is not a valid email address")
+    return email
+
+
+def _password(value: object) -> str:
+    if not isinstance(value, str):
+        raise InvalidInputError("password", "must be a string")
+    if not 8 <= len(value) <= 1024 or "\x00" in value:
+        raise InvalidInputError("password", "must be 8 to 1024 characters, without NUL")
+    return value
+
+
+def _text(value: object, field: str, limit: int, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value.strip()) > limit:
+        raise InvalidInputError(field, f"must be 1 to {limit} characters")
+    if "\x00" in value:
+        raise InvalidInputError(field, "must not contain NUL characters")
+    return value.strip()
+
+
+def _id(value: object, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidInputError(field, "must be a positive integer")
+    return value
+
+
+def _threshold(value: object) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        return to_money(value)
+    except ValueError as exc:
+        raise InvalidInputError("alert_threshold", str(exc)) from None
+
+
+def _filters(value: object) -> SearchFilters:
+    from kuya_store.repository import _filters as parse
+
+    return parse(value)
+
+
+def _user(row: Any) -> User:
+    return User(
+        id=row.id,
+        email=row.email,
+        display_name=row.display_name,
+        created_at=row.created_at,
+        last_login=row.last_login,
+        is_active=bool(row.is_active),
+    )
+
+
+def _saved_search(row: Any) -> SavedSearch:
+    return SavedSearch(
+        id=row.id,
+        user_id=row.user_id,
+        name=row.name,
+        query=row.query,
+        search_type=SearchType(row.search_type),
+        filters=SearchFilters(**(row.filters or {})),
+        alert_enabled=bool(row.alert_enabled),
+        alert_threshold=row.alert_threshold,
+        created_at=row.created_at,
+        last_run=row.last_run,
+    )
+
+
+class Accounts:
+    """Users, saved searches and alerts over the persistent tier."""
+
+    def __init__(self, engine: AsyncEngine | None, clock: Clock, comps: CompsRepository) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._comps = comps
+
+    def _require(self) -> AsyncEngine:
+        if self._engine is None:
+            raise StorageUnavailableError(
+                "accounts live in the database, which cache_only mode never uses"
+            )
+        return self._engine
+
+    # -- users --------------------------------------------------------------------------
+
+    async def create_user(self, email: str, password: str, display_name: str | None = None) -> User:
+        """Register a user; the email is unique regardless of case."""
+        address = _email(email)
+        secret = _password(password)
+        name = _text(display_name, "display_name", 100, optional=True)
+        hashed = await asyncio.to_thread(_hasher.hash, secret)
+        try:
+            async with self._require().begin() as conn:
+                row = (
+                    await conn.execute(
+                        sa.insert(_users)
+                        .values(
+                            email=address,
+                            password_hash=hashed,
+                            display_name=name,
+                            created_at=self._clock(),
+                        )
+                        .returning(_users)
+                    )
+                ).one()
+        except IntegrityError:
+            raise InvalidInputError("email", "is already registered") from None
+        return _user(row)
+
+    async def authenticate(self, email: str, password: str) -> User | None:
+        """The user, if the password is right and the account active; else ``None``."""
+        try:
+            address, secret = _email(email), _password(password)
+        except InvalidInputError:
+            return None
+        engine = self._require()
+        async with engine.connect() as conn:
+            row = (await conn.execute(sa.select(_users).where(_users.c.email == address))).first()
+        stored = row.password_hash if row is not None and row.password_hash else _DUMMY_HASH
+        try:
+            await asyncio.to_thread(_hasher.verify, stored, secret)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return None
+        if row is None or not row.is_active:
+            return None
+        now = self._clock()
+        values: dict[str, Any] = {"last_login": now}
+        if _hasher.check_needs_rehash(stored):
+            values["password_hash"] = await asyncio.to_thread(_hasher.hash, secret)
+        async with engine.begin() as conn:
+            updated = (
+                await conn.execute(
+                    sa.update(_users)
+                    .where(_users.c.id == row.id)
+                    .values(**values)
+                    .returning(_users)
+                )
+            ).one()
+        return _user(updated)
+
+    async def get_user(self, user_id: int) -> User:
+        """One user, or ``NotFoundError``."""
+        uid = _id(user_id, "user_id")
+        async with self._require().connect() as conn:
+            row = (await conn.execute(sa.select(_users).where(_users.c.id == uid))).first()
+        if row is None:
+            raise NotFoundError(f"no user {uid}")
+        return _user(row)
+
+    async def set_active(self, user_id: int, is_active: bool) -> User:
+        """Activate or deactivate an account; inactive users cannot authenticate."""
+        uid = _id(user_id, "user_id")
+        if not isinstance(is_active, bool):
+            raise InvalidInputError("is_active", "must be a boolean")
+        async with self._require().begin() as conn:
+            row = (
+                await conn.execute(
+                    sa.update(_users)
+                    .where(_users.c.id == uid)
+                    .values(is_active=is_active)
+                    .returning(_users)
+                )
+            ).first()
+        if row is None:
+            raise NotFoundError(f"no user {uid}")
+        return _user(row)
+
+    # -- saved searches -----------------------------------------------------------------
+
+    async def save_search(
+        self,
+        user_id: int,
+        name: str,
+        query: str,
+        filters: SearchFilters | Mapping[str, bool] | None = None,
+        alert_threshold: Decimal | float | str | None = None,
+        *,
+        search_type: SearchType | str = SearchType.SOLD,
+    ) -> SavedSearch:
+        """Save a named search for a user; a threshold turns its price alert on."""
+        from kuya_store.repository import _search_type
+
+        uid = _id(user_id, "user_id")
+        values = {
+            "user_id": uid,
+            "name": _text(name, "name", 100),
+            "query": validate_query(query),
+            "search_type": _search_type(search_type).value,
+            "filters": _filters(filters).as_dict(),
+            "alert_threshold": _threshold(alert_threshold),
+            "alert_enabled": alert_threshold is not None,
+            "created_at": self._clock(),
+        }
+        try:
+            async with self._require().begin() as conn:
+                if (
+                    await conn.execute(sa.select(_users.c.id).where(_users.c.id == uid))
+                ).first() is None:
+                    raise NotFoundError(f"no user {uid}")
+                row = (
+                    await conn.execute(sa.insert(_saved).values(**values).returning(_saved))
+                ).one()
+        except IntegrityError:
+            raise InvalidInputError("name", "is already used by another saved search") from None
+        return _saved_search(row)
+
+    async def list_saved_searches(self, user_id: int) -> list[SavedSearch]:
+        """A user's saved searches, oldest first."""
+        uid = _id(user_id, "user_id")
+        async with self._require().connect() as conn:
+            rows = await conn.execute(
+                sa.select(_saved).where(_saved.c.user_id == uid).order_by(_saved.c.id)
+            )
+            return [_saved_search(r) for r in rows]
+
+    async def _update_own(self, user_id: int, saved_search_id: int, **values: Any) -> SavedSearch:
+        uid, sid = _id(user_id, "user_id"), _id(saved_search_id, "saved_search_id")
+        try:
+            async with self._require().begin() as conn:
+                row = (
+                    await conn.execute(
+                        sa.update(_saved)
+                        .where(_saved.c.id == sid, _saved.c.user_id == uid)
+                        .values(**values)
+                        .returning(_saved)
+                    )
+                ).first()
+        except IntegrityError:
+            raise InvalidInputError("name", "is already used by another saved search") from None
+        if row is None:
+            raise NotFoundError(f"no saved search {sid} for user {uid}")
+        return _saved_search(row)
+
+    async def rename_saved_search(
+        self, user_id: int, saved_search_id: int, name: str
+    ) -> SavedSearch:
+        """Rename one of the user's saved searches."""
+        return await self._update_own(user_id, saved_search_id, name=_text(name, "name", 100))
+
+    async def set_alert(
+        self, user_id: int, saved_search_id: int, alert_threshold: Decimal | float | str | None
+    ) -> SavedSearch:
+        """Set (or with ``None`` turn off) the price alert of one of the user's saved searches."""
+        threshold = _threshold(alert_threshold)
+        return await self._update_own(
+            user_id,
+            saved_search_id,
+            alert_threshold=threshold,
+            alert_enabled=threshold is not None,
+            last_alert_observation=None,
+        )
+
+    async def delete_saved_search(self, user_id: int, saved_search_id: int) -> None:
+        """Delete one of the user's saved searches."""
+        uid, sid = _id(user_id, "user_id"), _id(saved_search_id, "saved_search_id")
+        async with self._require().begin() as conn:
+            result = await conn.execute(
+                sa.delete(_saved).where(_saved.c.id == sid, _saved.c.user_id == uid)
+            )
+        if not result.rowcount:
+            raise NotFoundError(f"no saved search {sid} for user {uid}")
+
+    # -- alerts -------------------------------------------------------------------------
+
+    async def run_alerts(self, refresh_budget: int = 0) -> list[Alert]:
+        """Evaluate every enabled alert once; return those that fire.
+
+        An alert fires when the latest market value (sold) or the cheapest active listing
+        is below its threshold, and never twice for the same observation. Stored data is
+        used first; up to ``refresh_budget`` saved searches whose data is not fresh are
+        refreshed through the fetcher (each such refresh is one API call at most).
+        """
+        if (
+            isinstance(refresh_budget, bool)
+            or not isinstance(refresh_budget, int)
+            or refresh_budget < 0
+        ):
+            raise InvalidInputError("refresh_budget", "must be a non-negative integer")
+        engine = self._require()
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(_saved)
+                    .where(_saved.c.alert_enabled.is_(True), _saved.c.alert_threshold.is_not(None))
+                    .order_by(_saved.c.id)
+                )
+            ).all()
+        budget = refresh_budget
+        fired: list[Alert] = []
+        for row in rows:
+            saved = _saved_search(row)
+            result = await self._comps.peek(saved.query, saved.search_type, saved.filters)
+            if (result is None or result.source == "stale") and budget > 0:
+                try:
+                    result = await self._comps.search(
+                        saved.query, saved.search_type, saved.filters, user_id=saved.user_id
+                    )
+                    if not result.cache_hit:
+                        budget -= 1
+                except FetcherError:
+                    pass  # keep what was stored, if anything
+            observation = _observe(result, saved.search_type)
+            now = self._clock()
+            values: dict[str, Any] = {"last_run": now}
+            assert saved.alert_threshold is not None
+            if (
+                observation is not None
+                and observation[1] < saved.alert_threshold
+                and observation[0] != row.last_alert_observation
+            ):
+                key, price, item_id, observed_at = observation
+                values.update(last_alert_observation=key, last_alerted_at=now)
+                fired.append(
+                    Alert(
+                        saved_search_id=saved.id,
+                        user_id=saved.user_id,
+                        name=saved.name,
+                        query=saved.query,
+                        search_type=saved.search_type,
+                        threshold=saved.alert_threshold,
+                        observed_price=price,
+                        observed_at=observed_at,
+                        kind="market_value"
+                        if saved.search_type is SearchType.SOLD
+                        else "cheapest_listing",
+                        item_id=item_id,
+                    )
+                )
+            async with engine.begin() as conn:
+                await conn.execute(
+                    sa.update(_saved).where(_saved.c.id == saved.id).values(**values)
+                )
+        return fired
+
+
+def _observe(
+    result: CompsResult | None, kind: SearchType
+) -> tuple[str, Decimal, str | None, datetime] | None:
+    """What an alert watches, with a key that names this exact observation."""
+    if result is None:
+        return None
+    if kind is SearchType.SOLD:
+        snapshot = result.snapshot
+        if snapshot is None or snapshot.market_value is None:
+            return None
+        key = f"sold|{snapshot.card_identifier}|{snapshot.snapshot_date}|{snapshot.market_value}"
+        return key[:200], snapshot.market_value, None, result.fetched_at
+    if not result.listings:
+        return None
+    cheapest = min(result.listings, key=lambda x: (x.price, x.item_id))
+    key = f"active|{result.card_identifier}|{cheapest.item_id}|{cheapest.price}"
+    return key[:200], cheapest.price, cheapest.item_id, result.fetched_at

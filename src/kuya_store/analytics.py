@@ -1,0 +1,261 @@
+"""``store.analytics``: price history and trends, search statistics, the most searched cards."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from kuya_store.clock import Clock
+from kuya_store.db.tables import metadata
+from kuya_store.errors import InvalidInputError, StorageUnavailableError
+from kuya_store.models import PriceSnapshot, _Frozen
+from kuya_store.pricing import normalize_card
+
+__all__ = ["Analytics", "PriceTrend", "SearchStats", "TopSearch", "TrendPoint", "TypeStats"]
+
+_snapshots = metadata.tables["price_snapshots"]
+_searches = metadata.tables["searches"]
+_CENT = Decimal("0.01")
+
+
+class TrendPoint(_Frozen):
+    """One day's market value."""
+
+    snapshot_date: date
+    market_value: Decimal
+
+
+class PriceTrend(_Frozen):
+    """How a card's market value moved over a window of days."""
+
+    card_identifier: str
+    days: int
+    points: list[TrendPoint]
+    change_pct: Decimal | None
+    """Last over first market value, in percent; ``None`` with fewer than two points."""
+    slope_per_day: Decimal | None
+    """Least-squares change of market value per day; ``None`` with fewer than two points."""
+    direction: Literal["up", "down", "flat", "unknown"]
+
+
+class TypeStats(_Frozen):
+    """Search statistics of one search type (or of all)."""
+
+    total: int
+    cache_hits: int
+    cache_hit_rate: float
+    api_calls: int
+    api_calls_saved: int
+    p50_ms: int | None
+    p95_ms: int | None
+
+
+class SearchStats(TypeStats):
+    """Search statistics over a window, overall and per search type."""
+
+    since: datetime | None
+    by_type: dict[str, TypeStats]
+
+
+class TopSearch(_Frozen):
+    """A card and how often it was searched."""
+
+    card_identifier: str
+    query: str
+    searches: int
+    cache_hits: int
+    last_searched_at: datetime
+
+
+def _as_datetime(value: date | datetime | None, field: str) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise InvalidInputError(field, "must be timezone-aware")
+        return value
+    raise InvalidInputError(field, "must be a datetime")
+
+
+def _as_date(value: date | datetime | None, field: str) -> date | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    raise InvalidInputError(field, "must be a date or datetime")
+
+
+def _slope(points: list[TrendPoint]) -> Decimal:
+    origin = points[0].snapshot_date
+    xs = [Decimal((p.snapshot_date - origin).days) for p in points]
+    ys = [p.market_value for p in points]
+    n = Decimal(len(points))
+    mean_x = sum(xs, Decimal(0)) / n
+    mean_y = sum(ys, Decimal(0)) / n
+    spread = sum(((x - mean_x) ** 2 for x in xs), Decimal(0))
+    if spread == 0:
+        return Decimal("0.00")
+    covariance = sum(((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)), Decimal(0))
+    return (covariance / spread).quantize(_CENT, rounding=ROUND_HALF_UP)
+
+
+class Analytics:
+    """Read-only analytics over the persistent tier (the seed's Phase 4)."""
+
+    def __init__(self, engine: AsyncEngine | None, clock: Clock) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    def _require(self) -> AsyncEngine:
+        if self._engine is None:
+            raise StorageUnavailableError(
+                "analytics read the database, which cache_only mode never uses"
+            )
+        return self._engine
+
+    @staticmethod
+    def history_statement(
+        card_identifier: str, start: date | None, end: date | None
+    ) -> sa.Select[Any]:
+        """The query behind :meth:`price_history` (one index range scan per card)."""
+        stmt = sa.select(_snapshots).where(_snapshots.c.card_identifier == card_identifier)
+        if start is not None:
+            stmt = stmt.where(_snapshots.c.snapshot_date >= start)
+        if end is not None:
+            stmt = stmt.where(_snapshots.c.snapshot_date <= end)
+        return stmt.order_by(_snapshots.c.snapshot_date)
+
+    async def price_history(
+        self, card: str, start: date | datetime | None = None, end: date | datetime | None = None
+    ) -> list[PriceSnapshot]:
+        """A card's daily snapshots between ``start`` and ``end`` (inclusive), oldest first.
+
+        ``card`` is what a user would type; it is normalised like a search.
+        """
+        card_identifier = normalize_card(card)
+        first, last = _as_date(start, "start"), _as_date(end, "end")
+        if first is not None and last is not None and first > last:
+            raise InvalidInputError("start", "must not be after end")
+        async with self._require().connect() as conn:
+            rows = await conn.execute(self.history_statement(card_identifier, first, last))
+            return [
+                PriceSnapshot.model_validate({k: getattr(r, k) for k in PriceSnapshot.model_fields})
+                for r in rows
+            ]
+
+    async def price_trend(self, card: str, days: int = 30) -> PriceTrend:
+        """Change in percent and slope per day of the market value over the last ``days``."""
+        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 3650:
+            raise InvalidInputError("days", "must be an integer from 1 to 3650")
+        today = self._clock().date()
+        history = await self.price_history(card, today - timedelta(days=days), today)
+        points = [
+            TrendPoint(snapshot_date=s.snapshot_date, market_value=s.market_value)
+            for s in history
+            if s.market_value is not None
+        ]
+        change = slope = None
+        direction: Literal["up", "down", "flat", "unknown"] = "unknown"
+        if len(points) >= 2:
+            first, last = points[0].market_value, points[-1].market_value
+            if first > 0:
+                change = ((last - first) / first * 100).quantize(_CENT, rounding=ROUND_HALF_UP)
+            slope = _slope(points)
+            direction = "up" if slope > 0 else "down" if slope < 0 else "flat"
+        return PriceTrend(
+            card_identifier=normalize_card(card),
+            days=days,
+            points=points,
+            change_pct=change,
+            slope_per_day=slope,
+            direction=direction,
+        )
+
+    async def search_stats(self, since: datetime | None = None) -> SearchStats:
+        """Totals, cache hit rate, API calls (made and saved) and latency percentiles."""
+        start = _as_datetime(since, "since")
+        where = [_searches.c.created_at >= start] if start is not None else []
+        hit = sa.case((_searches.c.cache_hit.is_(True), 1), else_=0)
+        async with self._require().connect() as conn:
+            rows = await conn.execute(
+                sa.select(_searches.c.search_type, sa.func.count(), sa.func.sum(hit))
+                .where(*where)
+                .group_by(_searches.c.search_type)
+            )
+            counts = {r[0]: (int(r[1]), int(r[2] or 0)) for r in rows}
+            by_type = {
+                kind: await self._type_stats(
+                    conn, total, hits, [*where, _searches.c.search_type == kind]
+                )
+                for kind, (total, hits) in sorted(counts.items())
+            }
+            total = sum(t for t, _ in counts.values())
+            hits = sum(h for _, h in counts.values())
+            overall = await self._type_stats(conn, total, hits, where)
+        return SearchStats(**overall.model_dump(), since=start, by_type=by_type)
+
+    async def _type_stats(self, conn: Any, total: int, hits: int, where: list[Any]) -> TypeStats:
+        return TypeStats(
+            total=total,
+            cache_hits=hits,
+            cache_hit_rate=round(hits / total, 4) if total else 0.0,
+            api_calls=total - hits,
+            api_calls_saved=hits,
+            p50_ms=await self._percentile(conn, where, 50, total),
+            p95_ms=await self._percentile(conn, where, 95, total),
+        )
+
+    @staticmethod
+    async def _percentile(conn: Any, where: list[Any], p: int, total: int) -> int | None:
+        # Nearest rank by ORDER BY .. OFFSET: the same SQL on PostgreSQL and SQLite.
+        if total == 0:
+            return None
+        offset = min(total - 1, max(0, -(-p * total // 100) - 1))
+        value = (
+            await conn.execute(
+                sa.select(_searches.c.execution_time_ms)
+                .where(*where, _searches.c.execution_time_ms.is_not(None))
+                .order_by(_searches.c.execution_time_ms)
+                .offset(offset)
+                .limit(1)
+            )
+        ).scalar()
+        return int(value) if value is not None else None
+
+    async def top_searches(self, limit: int = 10, since: datetime | None = None) -> list[TopSearch]:
+        """The most searched cards, most searched first."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InvalidInputError("limit", "must be an integer from 1 to 1000")
+        start = _as_datetime(since, "since")
+        card = sa.func.coalesce(_searches.c.card_identifier, sa.func.lower(_searches.c.query))
+        hit = sa.case((_searches.c.cache_hit.is_(True), 1), else_=0)
+        count = sa.func.count().label("searches")
+        last = sa.func.max(_searches.c.created_at).label("last")
+        stmt = (
+            sa.select(
+                card.label("card"), sa.func.max(_searches.c.query), count, sa.func.sum(hit), last
+            )
+            .group_by(card)
+            .order_by(count.desc(), last.desc(), card)
+            .limit(limit)
+        )
+        if start is not None:
+            stmt = stmt.where(_searches.c.created_at >= start)
+        async with self._require().connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [
+            TopSearch(
+                card_identifier=r[0],
+                query=r[1],
+                searches=int(r[2]),
+                cache_hits=int(r[3] or 0),
+                last_searched_at=r[4],
+            )
+            for r in rows
+        ]
