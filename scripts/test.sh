@@ -5,4 +5,9 @@ set -euo pipefail
 source "$(dirname "$0")/bootstrap.sh"
 # The servers themselves are started by the test suite (tests/servers.py), which
 # installs redis-server or PostgreSQL with apt when this machine lacks them.
+# The dashboard's end-to-end test drives Debian's headless Chromium.
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
 exec nox --sessions lint typecheck tests "$@"

@@ -516,3 +516,18 @@ async def test_a_fetch_larger_than_the_bind_parameter_limit(
     assert await _count(migrated_url, "listing_cache") == 3000
     assert await _count(migrated_url, "search_results") == 3000
     assert store.metrics()["writes"]["rejected"] == 0
+
+
+async def test_flush_on_an_empty_buffer_keeps_the_writer_alive(
+    make_store: MakeStore, migrated_url: str
+) -> None:
+    store = make_store()
+    assert await store.flush(timeout=5)
+    assert await store.flush(timeout=5)
+    await store.comps.search(QUERY)
+    await store.comps.search(QUERY)
+    assert await store.flush(timeout=5)
+    assert await store.flush(timeout=5)
+    await store.comps.search(QUERY)
+    assert await store.flush(timeout=5)
+    assert await _count(migrated_url, "searches") == 3

@@ -37,6 +37,7 @@ from kuya_store.pricing import DefaultValuator, TitleInfo, Valuator, normalize_c
 from kuya_store.repository import CompsRepository
 from kuya_store.settings import StoreSettings
 from kuya_store.store import CompsStore
+from kuya_store.sync import SyncCompsStore
 
 try:
     __version__ = version("kuya-store")
@@ -70,6 +71,7 @@ __all__ = [
     "Source",
     "StorageUnavailableError",
     "StoreSettings",
+    "SyncCompsStore",
     "TitleInfo",
     "TopSearch",
     "TrendPoint",

@@ -335,6 +335,16 @@ class Database:
             )
             return [_listing_from_row(row) for row in rows]
 
+    async def size_bytes(self) -> int:
+        """How much space the database takes (PostgreSQL: the database; SQLite: the file)."""
+        async with self.engine.connect() as conn:
+            if self.dialect == "postgresql":
+                query = "SELECT pg_database_size(current_database())"
+                return int((await conn.execute(sa.text(query))).scalar_one())
+            pages = (await conn.execute(sa.text("PRAGMA page_count"))).scalar_one()
+            size = (await conn.execute(sa.text("PRAGMA page_size"))).scalar_one()
+            return int(pages) * int(size)
+
     def pool_stats(self) -> dict[str, Any]:
         pool = self.engine.pool
         stats: dict[str, Any] = {"class": type(pool).__name__}

@@ -106,6 +106,7 @@ class CompsStore:
         engine = self._database.engine if self._database is not None else None
         self.analytics = Analytics(engine, self._clock)
         self.accounts = Accounts(engine, self._clock, self.comps)
+        self._database_size: int | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -164,6 +165,16 @@ class CompsStore:
     async def ping_database(self) -> bool:
         """True when the database answers; ``False`` when down or unused (``cache_only``)."""
         return self._database is not None and await self._database.ping()
+
+    async def database_size(self) -> int | None:
+        """Bytes the database takes (``None`` if unused or down); remembered for ``metrics()``."""
+        if self._database is None:
+            return None
+        try:
+            self._database_size = await self._database.size_bytes()
+        except Exception:
+            return None
+        return self._database_size
 
     async def health(self) -> Health:
         """Readiness: healthy, degraded (a configured part is down), unhealthy (nothing answers)."""
@@ -225,6 +236,7 @@ class CompsStore:
                 * 1000,
                 "queries": t.get("db_query", {"count": 0}),
                 "pool": self._database.pool_stats() if self._database is not None else {},
+                "size_bytes": self._database_size,
             },
             "latency": {
                 "search": t.get("search", {"count": 0}),

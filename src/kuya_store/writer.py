@@ -84,7 +84,8 @@ class WriteBehind:
 
     def submit(self, record: Record) -> bool:
         """Queue a record; ``False`` (and counted) when the buffer is full."""
-        if self._task is None:
+        if self._task is None or self._task.done():
+            self._task = None
             self.start()
         if len(self._queue) >= self._capacity:
             self._metrics.incr("writes_dropped")
@@ -128,6 +129,7 @@ class WriteBehind:
                 if not self._urgent and self._queue and len(self._queue) < self._batch_size:
                     # Let a burst of hits gather into one statement.
                     await asyncio.sleep(self._interval)
+                continue  # woken by flush() with nothing queued, or ready to write
             try:
                 async for attempt in AsyncRetrying(
                     stop=stop_after_attempt(self._attempts),
@@ -142,6 +144,9 @@ class WriteBehind:
                 raise
             except Exception as exc:
                 if not is_transient(exc):
+                    if not self._queue:  # pragma: no cover - defensive: keep the task alive
+                        _log.exception("unexpected error in the write-behind task")
+                        continue
                     dropped = self._queue.popleft()
                     self._metrics.incr("writes_rejected")
                     _log.exception("write rejected by the database, dropped: %r", dropped)

@@ -1,0 +1,150 @@
+"""A FastAPI app on kuya-store: the plan's endpoints, health checks, metrics and a dashboard.
+
+Run it offline with realistic fake listings:
+
+    pip install "kuya-store[fastapi,prometheus]" uvicorn
+    uvicorn examples.fastapi_app:app
+
+Configure it like any store: ``KUYA_DATABASE_URL``, ``KUYA_REDIS_URL``, ``KUYA_MODE``, ...
+Replace ``FakeMarketplace`` with your sold-listings and browse API clients.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+import kuya_store as ks
+from kuya_store.dashboard import render_dashboard
+from kuya_store.demo import FakeMarketplace
+from kuya_store.integrations.fastapi import StoreDep, lifespan
+from kuya_store.integrations.prometheus import exposition
+
+
+def create_app(create_schema: bool = True, **store_kwargs: Any) -> FastAPI:
+    """The app; keyword arguments go to ``CompsStore`` (URLs, mode, fetchers, clock...)."""
+    market = FakeMarketplace()
+    store_kwargs.setdefault("fetchers", {"sold": market.sold, "active": market.active})
+    app = FastAPI(
+        title="Kuya Comps", lifespan=lifespan(create_schema=create_schema, **store_kwargs)
+    )
+
+    @app.exception_handler(ks.InvalidInputError)
+    async def invalid(request: Request, exc: ks.InvalidInputError) -> JSONResponse:
+        return JSONResponse({"field": exc.field, "detail": exc.reason}, status_code=422)
+
+    @app.exception_handler(ks.FetcherError)
+    async def upstream(request: Request, exc: ks.FetcherError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=502)
+
+    @app.exception_handler(ks.StorageUnavailableError)
+    async def unavailable(request: Request, exc: ks.StorageUnavailableError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    async def _search(
+        store: ks.CompsStore,
+        kind: str,
+        query: str,
+        raw_only: bool,
+        base_only: bool,
+        exclude_auto: bool,
+        pages: int,
+        sort_by: str | None,
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {"pages": pages}
+        if sort_by:
+            params["sort_by"] = sort_by
+        result = await store.comps.search(
+            query,
+            kind,
+            filters=ks.SearchFilters(
+                raw_only=raw_only, base_only=base_only, exclude_auto=exclude_auto
+            ),
+            params=params,
+        )
+        return result.model_dump(mode="json")
+
+    @app.get("/comps")
+    async def comps(
+        store: StoreDep,
+        query: Annotated[str, Query(max_length=500)],
+        raw_only: bool = False,
+        base_only: bool = False,
+        exclude_auto: bool = False,
+        pages: Annotated[int, Query(ge=1, le=10)] = 1,
+        sort_by: str | None = None,
+    ) -> dict[str, Any]:
+        """Sold listings and the card's price snapshot."""
+        return await _search(
+            store, "sold", query, raw_only, base_only, exclude_auto, pages, sort_by
+        )
+
+    @app.get("/active")
+    async def active(
+        store: StoreDep,
+        query: Annotated[str, Query(max_length=500)],
+        raw_only: bool = False,
+        base_only: bool = False,
+        exclude_auto: bool = False,
+        pages: Annotated[int, Query(ge=1, le=10)] = 1,
+        sort_by: str | None = None,
+    ) -> dict[str, Any]:
+        """Active listings."""
+        return await _search(
+            store, "active", query, raw_only, base_only, exclude_auto, pages, sort_by
+        )
+
+    @app.get("/analytics/{card}")
+    async def analytics(card: str, store: StoreDep, days: int = 30) -> dict[str, Any]:
+        """A card's price history and trend, with the chart's address."""
+        await store.flush(timeout=2.0)  # include the searches just made (written behind)
+        history = await store.analytics.price_history(card)
+        trend = await store.analytics.price_trend(card, days=days)
+        return {
+            "card_identifier": ks.normalize_card(card),
+            "history": [h.model_dump(mode="json") for h in history],
+            "trend": trend.model_dump(mode="json"),
+            "chart": f"/analytics/{quote(card, safe='')}/chart.svg" if history else None,
+        }
+
+    @app.get("/analytics/{card}/chart.svg")
+    async def chart(card: str, store: StoreDep) -> Response:
+        """The card's SVG price chart ("no data" picture when there is no history)."""
+        await store.flush(timeout=2.0)
+        history = await store.analytics.price_history(card)
+        return Response(ks.render_price_chart(history), media_type="image/svg+xml")
+
+    @app.get("/health/live")
+    async def live() -> dict[str, str]:
+        """The process answers."""
+        return {"status": "alive"}
+
+    @app.get("/health/ready")
+    async def ready(store: StoreDep) -> JSONResponse:
+        """The plan's readiness check: 503 only when both Redis and the database are down."""
+        health = await store.health()
+        body = {"status": health.status, "redis": health.redis, "database": health.database}
+        return JSONResponse(body, status_code=503 if health.status == "unhealthy" else 200)
+
+    @app.get("/metrics")
+    async def metrics(store: StoreDep) -> Response:
+        """Prometheus exposition."""
+        await store.database_size()
+        body, content_type = exposition(store)
+        return Response(body, media_type=content_type)
+
+    @app.get("/admin", response_class=HTMLResponse)
+    async def admin(store: StoreDep) -> str:
+        """The admin dashboard: top searches, hit rate, API calls saved, a price chart."""
+        await store.flush(timeout=2.0)
+        stats = await store.analytics.search_stats()
+        top = await store.analytics.top_searches(limit=10)
+        return render_dashboard(stats, top, store.metrics())
+
+    return app
+
+
+app = create_app()

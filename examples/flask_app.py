@@ -1,0 +1,130 @@
+"""A Flask app on kuya-store: the plan's endpoints, health checks, metrics and a dashboard.
+
+Run it offline with realistic fake listings:
+
+    pip install "kuya-store[flask,prometheus]"
+    flask --app examples.flask_app:create_app run
+
+Configure it through ``app.config`` or the environment: ``KUYA_DATABASE_URL``,
+``KUYA_REDIS_URL``, ``KUYA_MODE``, ... Replace ``FakeMarketplace`` with your API clients.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from flask import Flask, Response, jsonify, request
+
+import kuya_store as ks
+from kuya_store.dashboard import render_dashboard
+from kuya_store.demo import FakeMarketplace
+from kuya_store.integrations.flask import KuyaStore
+from kuya_store.integrations.prometheus import exposition
+
+
+def _flag(name: str) -> bool:
+    return request.args.get(name, "false").lower() in ("1", "true", "yes", "on")
+
+
+def create_app(
+    config: dict[str, Any] | None = None, create_schema: bool = True, **store_kwargs: Any
+) -> Flask:
+    """The app; ``config`` goes to ``app.config``, keyword arguments to ``CompsStore``."""
+    app = Flask(__name__)
+    app.config.update(config or {})
+    market = FakeMarketplace()
+    store_kwargs.setdefault("fetchers", {"sold": market.sold, "active": market.active})
+    kuya = KuyaStore(create_schema=create_schema, **store_kwargs)
+    kuya.init_app(app)
+
+    @app.errorhandler(ks.InvalidInputError)
+    def invalid(exc: ks.InvalidInputError) -> tuple[Response, int]:
+        return jsonify(field=exc.field, detail=exc.reason), 422
+
+    @app.errorhandler(ks.FetcherError)
+    def upstream(exc: ks.FetcherError) -> tuple[Response, int]:
+        return jsonify(detail=str(exc)), 502
+
+    @app.errorhandler(ks.StorageUnavailableError)
+    def unavailable(exc: ks.StorageUnavailableError) -> tuple[Response, int]:
+        return jsonify(detail=str(exc)), 503
+
+    def search(kind: str) -> dict[str, Any]:
+        try:
+            pages = int(request.args.get("pages", "1"))
+        except ValueError:
+            raise ks.InvalidInputError("pages", "must be an integer") from None
+        params: dict[str, Any] = {"pages": pages}
+        if sort_by := request.args.get("sort_by"):
+            params["sort_by"] = sort_by
+        result = kuya.store.comps.search(
+            request.args.get("query", ""),
+            kind,
+            filters=ks.SearchFilters(
+                raw_only=_flag("raw_only"),
+                base_only=_flag("base_only"),
+                exclude_auto=_flag("exclude_auto"),
+            ),
+            params=params,
+        )
+        return dict(result.model_dump(mode="json"))
+
+    @app.get("/comps")
+    def comps() -> dict[str, Any]:
+        """Sold listings and the card's price snapshot."""
+        return search("sold")
+
+    @app.get("/active")
+    def active() -> dict[str, Any]:
+        """Active listings."""
+        return search("active")
+
+    @app.get("/analytics/<path:card>/chart.svg")
+    def chart(card: str) -> Response:
+        """The card's SVG price chart ("no data" picture when there is no history)."""
+        kuya.store.flush(timeout=2.0)
+        history = kuya.store.analytics.price_history(card)
+        return Response(ks.render_price_chart(history), mimetype="image/svg+xml")
+
+    @app.get("/analytics/<path:card>")
+    def analytics(card: str) -> dict[str, Any]:
+        """A card's price history and trend, with the chart's address."""
+        kuya.store.flush(timeout=2.0)  # include the searches just made (written behind)
+        history = kuya.store.analytics.price_history(card)
+        trend = kuya.store.analytics.price_trend(card, days=int(request.args.get("days", "30")))
+        return {
+            "card_identifier": ks.normalize_card(card),
+            "history": [h.model_dump(mode="json") for h in history],
+            "trend": trend.model_dump(mode="json"),
+            "chart": f"/analytics/{quote(card, safe='')}/chart.svg" if history else None,
+        }
+
+    @app.get("/health/live")
+    def live() -> dict[str, str]:
+        """The process answers."""
+        return {"status": "alive"}
+
+    @app.get("/health/ready")
+    def ready() -> tuple[dict[str, Any], int]:
+        """The plan's readiness check: 503 only when both Redis and the database are down."""
+        health = kuya.store.health()
+        body = {"status": health.status, "redis": health.redis, "database": health.database}
+        return body, 503 if health.status == "unhealthy" else 200
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        """Prometheus exposition."""
+        kuya.store.database_size()
+        body, content_type = exposition(kuya.store)
+        return Response(body, content_type=content_type)
+
+    @app.get("/admin")
+    def admin() -> str:
+        """The admin dashboard: top searches, hit rate, API calls saved, a price chart."""
+        kuya.store.flush(timeout=2.0)
+        stats = kuya.store.analytics.search_stats()
+        top = kuya.store.analytics.top_searches(limit=10)
+        return render_dashboard(stats, top, kuya.store.metrics())
+
+    return app

@@ -1,0 +1,98 @@
+"""The admin dashboard page: top searches, hit rate, API calls saved and a price chart.
+
+A framework-free HTML renderer, so every integration serves the same page. The numbers are
+rendered on the server; a small script then loads the chart of whichever card is picked
+from ``chart_url`` (so the page works without JavaScript, and is richer with it).
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from kuya_store.analytics import SearchStats, TopSearch
+
+__all__ = ["render_dashboard"]
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2rem;color:#24292f;background:#f6f8fa}
+h1{font-size:1.4rem}section{background:#fff;border:1px solid #d0d7de;border-radius:8px;
+padding:1rem 1.25rem;margin-bottom:1rem}.tiles{display:flex;gap:1rem;flex-wrap:wrap}
+.tile{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:.75rem 1rem;
+min-width:10rem}
+.tile b{display:block;font-size:1.5rem}table{border-collapse:collapse;width:100%}
+td,th{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #eaeef2}
+button{cursor:pointer;border:none;background:none;color:#0969da;padding:0;font:inherit}
+"""
+
+_SCRIPT = """
+(function () {
+  const chart = document.getElementById("chart");
+  const caption = document.getElementById("chart-card");
+  async function show(card) {
+    caption.textContent = card;
+    const response = await fetch(chart.dataset.url.replace("{card}", encodeURIComponent(card)));
+    chart.innerHTML = response.ok ? await response.text() : "<p>No chart for this card.</p>";
+    chart.dataset.loaded = card;
+  }
+  document.querySelectorAll("button[data-card]").forEach(function (button) {
+    button.addEventListener("click", function () { show(button.dataset.card); });
+  });
+  const first = document.querySelector("button[data-card]");
+  if (first) { show(first.dataset.card); }
+})();
+"""
+
+
+def _tile(label: str, value: str, name: str) -> str:
+    return f'<div class="tile" id="{name}">{escape(label)}<b>{escape(value)}</b></div>'
+
+
+def render_dashboard(
+    stats: SearchStats,
+    top: list[TopSearch],
+    metrics: dict[str, Any],
+    *,
+    chart_url: str = "/analytics/{card}/chart.svg",
+    title: str = "kuya-store dashboard",
+) -> str:
+    """An HTML page of search analytics; ``chart_url`` has a ``{card}`` placeholder."""
+    rows = (
+        "".join(
+            "<tr>"
+            f'<td><button type="button" data-card="{escape(t.card_identifier)}">'
+            f"{escape(t.query)}</button></td>"
+            f"<td>{t.searches}</td><td>{t.cache_hits}</td>"
+            f"<td>{escape(t.last_searched_at.strftime('%Y-%m-%d %H:%M'))} UTC</td>"
+            "</tr>"
+            for t in top
+        )
+        or '<tr><td colspan="4">No searches yet.</td></tr>'
+    )
+    tiers = metrics.get("tier_hits", {})
+    tier_text = ", ".join(f"{escape(k)} {v}" for k, v in tiers.items())
+    tiles = "".join(
+        (
+            _tile("Searches", f"{stats.total:,}", "searches"),
+            _tile("Cache hit rate", f"{stats.cache_hit_rate:.1%}", "hit-rate"),
+            _tile("API calls", f"{stats.api_calls:,}", "api-calls"),
+            _tile("API calls saved", f"{stats.api_calls_saved:,}", "api-calls-saved"),
+            _tile(
+                "p95 latency", f"{stats.p95_ms} ms" if stats.p95_ms is not None else "n/a", "p95"
+            ),
+        )
+    )
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>"
+        f'<h1>{escape(title)}</h1><div class="tiles">{tiles}</div>'
+        f'<section><h2>Top searches</h2><table id="top-searches"><thead><tr><th>card</th>'
+        f"<th>searches</th><th>cache hits</th><th>last searched</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table></section>"
+        f'<section><h2>Price history: <span id="chart-card">pick a card</span></h2>'
+        f'<div id="chart" data-url="{escape(chart_url)}"></div></section>'
+        f'<section><h2>Tiers since start</h2><p id="tiers">{tier_text}; '
+        f"mode {escape(str(metrics.get('mode', '')))}, hot tier "
+        f"{escape(str(metrics.get('hot_tier', '')))}</p></section>"
+        f"<script>{_SCRIPT}</script></body></html>"
+    )

@@ -1,0 +1,147 @@
+"""The example apps, driven through their frameworks' test clients on real backends."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import pytest
+from fastapi.testclient import TestClient
+
+from servers import free_port
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+CARD = "2023 Topps Chrome Victor Wembanyama #1"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"kuya_examples_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class Client(Protocol):
+    def get(self, url: str, **kwargs: Any) -> Any: ...
+
+
+def _json(response: Any) -> Any:
+    return (
+        response.json()
+        if hasattr(response, "json") and callable(response.json)
+        else response.get_json()
+    )
+
+
+@pytest.fixture(params=["fastapi", "flask"])
+def make_client(request: pytest.FixtureRequest) -> Iterator[Any]:
+    opened: list[Any] = []
+
+    def make(**store_kwargs: Any) -> Client:
+        if request.param == "fastapi":
+            app = _load("fastapi_app").create_app(**store_kwargs)
+            client = TestClient(app)
+            client.__enter__()
+            opened.append(lambda: client.__exit__(None, None, None))
+            return client
+        module = _load("flask_app")
+        app = module.create_app(**store_kwargs)
+        opened.append(lambda: module.KuyaStore.close(app))
+        return app.test_client()
+
+    yield make
+    for close in opened:
+        close()
+
+
+def _body(response: Any) -> str:
+    return (
+        response.text
+        if hasattr(response, "text") and isinstance(response.text, str)
+        else response.get_data(as_text=True)
+    )
+
+
+def test_endpoints_end_to_end(
+    make_client: Any, database_url: str, redis_base_url: str, key_prefix: str
+) -> None:
+    client = make_client(database_url=database_url, redis_url=redis_base_url, key_prefix=key_prefix)
+
+    first = (
+        client.get("/comps", params={"query": CARD})
+        if hasattr(client, "base_url")
+        else client.get("/comps", query_string={"query": CARD})
+    )
+    assert first.status_code == 200, _body(first)
+    data = _json(first)
+    assert data["source"] == "api" and data["listings"] and data["snapshot"]["market_value"]
+    assert isinstance(data["listings"][0]["price"], str)  # money travels as exact text
+
+    def get(url: str, **query: Any) -> Any:
+        if hasattr(client, "base_url"):
+            return client.get(url, params=query)
+        return client.get(url, query_string=query)
+
+    again = get("/comps", query=CARD.lower(), raw_only="true")
+    assert _json(again)["source"] in ("memory", "redis") and _json(again)["cache_hit"]
+    assert len(_json(again)["listings"]) <= len(data["listings"])
+    assert _json(get("/active", query=CARD))["search_type"] == "active"
+
+    bad = get("/comps", query="  ")
+    assert bad.status_code == 422
+    assert _json(bad)["field"] == "query"
+
+    card = quote(CARD, safe="")  # "#1" would otherwise start a URL fragment
+    analytics = get(f"/analytics/{card}")
+    assert analytics.status_code == 200
+    payload = _json(analytics)
+    assert len(payload["history"]) == 1 and payload["chart"]
+    assert payload["chart"] == f"/analytics/{card}/chart.svg"
+    svg = get(payload["chart"])
+    assert svg.headers["content-type"].startswith("image/svg+xml")
+    ET.fromstring(_body(svg))
+    empty = ET.fromstring(_body(get("/analytics/no such card/chart.svg")))
+    assert any(
+        t.text == "No price data yet" for t in empty.iter("{http://www.w3.org/2000/svg}text")
+    )
+
+    assert _json(get("/health/live")) == {"status": "alive"}
+    ready = get("/health/ready")
+    assert ready.status_code == 200
+    assert _json(ready) == {"status": "healthy", "redis": True, "database": True}
+
+    metrics = _body(get("/metrics"))
+    assert "kuya_searches_total" in metrics and 'kuya_tier_hits_total{tier="' in metrics
+    assert "kuya_api_calls_saved_total" in metrics and "kuya_database_size_bytes" in metrics
+
+    dashboard = _body(get("/admin"))
+    assert "Top searches" in dashboard and "API calls saved" in dashboard
+    assert (
+        "2023 Topps Chrome Victor Wembanyama #1" in dashboard or "wembanyama" in dashboard.lower()
+    )
+
+
+def test_ready_is_503_only_when_both_are_down(
+    make_client: Any, sqlite_url: str, postgres_base_url: str
+) -> None:
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    dead_db = f"postgresql+asyncpg://kuya:pw@127.0.0.1:{free_port()}/gone"
+
+    def status(client: Any) -> tuple[int, Any]:
+        response = client.get("/health/ready")
+        return response.status_code, _json(response)
+
+    degraded = make_client(database_url=sqlite_url, redis_url=dead_redis)
+    assert status(degraded) == (200, {"status": "degraded", "redis": False, "database": True})
+    down = make_client(database_url=dead_db, redis_url=dead_redis, create_schema=False)
+    assert status(down) == (503, {"status": "unhealthy", "redis": False, "database": False})
+    live = down.get("/health/live")
+    assert live.status_code == 200
