@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Literal, TypeVar
@@ -39,6 +40,8 @@ return 0
 
 LockState = Literal["acquired", "held", "unavailable"]
 
+_DECODED_ENTRIES = 512
+
 
 class RedisTier:
     """A :class:`~kuya_store.tiers.HotTier` on Redis."""
@@ -49,6 +52,9 @@ class RedisTier:
         assert settings.redis_url is not None
         self._prefix = settings.key_prefix
         self._metrics = metrics
+        # The last value read or written per key, with its exact bytes: a hot key read again
+        # with identical bytes is the same validated result, so it is not decoded again.
+        self._decoded: OrderedDict[str, tuple[bytes, StoredResult]] = OrderedDict()
         self._index_ttl_ms = int(max(settings.sold_ttl, settings.active_ttl).total_seconds() * 1000)
         self.client: aioredis.Redis = aioredis.Redis.from_url(
             settings.redis_url,
@@ -81,11 +87,24 @@ class RedisTier:
         _, raw = await self._call(lambda: self.client.get(key))
         if raw is None:
             return None
+        known = self._decoded.get(key)
+        if known is not None and known[0] == raw:
+            self._decoded.move_to_end(key)
+            return known[1]
         try:
-            return decode(raw)
+            result = decode(raw)
         except CorruptEntryError:
+            self._decoded.pop(key, None)
             self._metrics.incr("corrupt_entries")
             return None
+        self._remember(key, raw, result)
+        return result
+
+    def _remember(self, key: str, raw: bytes, result: StoredResult) -> None:
+        self._decoded[key] = (raw, result)
+        self._decoded.move_to_end(key)
+        if len(self._decoded) > _DECODED_ENTRIES:
+            self._decoded.popitem(last=False)
 
     async def set(self, identity: ResultIdentity, result: StoredResult, ttl: timedelta) -> None:
         ttl_ms = int(ttl.total_seconds() * 1000)
@@ -102,13 +121,18 @@ class RedisTier:
                 pipe.pexpire(index, self._index_ttl_ms)
                 await pipe.execute()
 
-        await self._call(write)
+        ok, _ = await self._call(write)
+        if ok:
+            self._remember(key, payload, result)
 
     async def invalidate(self, identity: ResultIdentity) -> int:
         index = identity.redis_index_key(self._prefix)
 
         async def drop() -> int:
             members = await self.client.smembers(index)
+            for member in members:
+                self._decoded.pop(member.decode() if isinstance(member, bytes) else member, None)
+            self._decoded.pop(identity.redis_key(self._prefix), None)
             keys = [*members, index, identity.redis_key(self._prefix)]
             await self.client.delete(*keys)
             return len(members)
