@@ -28,7 +28,7 @@ from kuya_store.errors import (
     NotFoundError,
     StorageUnavailableError,
 )
-from kuya_store.keys import validate_query
+from kuya_store.keys import validate_filters, validate_query, validate_search_type
 from kuya_store.models import CompsResult, SearchFilters, SearchType, _Frozen, to_money
 
 if TYPE_CHECKING:
@@ -125,12 +125,6 @@ def _threshold(value: object) -> Decimal | None:
         return to_money(value)
     except ValueError as exc:
         raise InvalidInputError("alert_threshold", str(exc)) from None
-
-
-def _filters(value: object) -> SearchFilters:
-    from kuya_store.repository import _filters as parse
-
-    return parse(value)
 
 
 def _user(row: Any) -> User:
@@ -271,15 +265,13 @@ class Accounts:
         search_type: SearchType | str = SearchType.SOLD,
     ) -> SavedSearch:
         """Save a named search for a user; a threshold turns its price alert on."""
-        from kuya_store.repository import _search_type
-
         uid = _id(user_id, "user_id")
         values = {
             "user_id": uid,
             "name": _text(name, "name", 100),
             "query": validate_query(query),
-            "search_type": _search_type(search_type).value,
-            "filters": _filters(filters).as_dict(),
+            "search_type": validate_search_type(search_type).value,
+            "filters": validate_filters(filters).as_dict(),
             "alert_threshold": _threshold(alert_threshold),
             "alert_enabled": alert_threshold is not None,
             "created_at": self._clock(),

@@ -5,13 +5,25 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from pydantic import ValidationError
 
 from kuya_store.errors import InvalidInputError
 from kuya_store.models import Params, SearchFilters, SearchType
 
-__all__ = ["KEY_VERSION", "MAX_QUERY_LENGTH", "ResultIdentity", "validate_params", "validate_query"]
+__all__ = [
+    "KEY_VERSION",
+    "MAX_QUERY_LENGTH",
+    "ResultIdentity",
+    "validate_filters",
+    "validate_params",
+    "validate_query",
+    "validate_search_type",
+    "validate_user_id",
+]
 
 KEY_VERSION = 1
 """Bumped whenever the stored value's layout changes, so old entries are simply never read."""
@@ -59,6 +71,37 @@ def validate_params(params: object) -> Params:
             raise InvalidInputError(field, "must be a JSON scalar (string, number, boolean, null)")
         clean[key] = value
     return clean
+
+
+def validate_search_type(value: object) -> SearchType:
+    """A ``SearchType`` from an enum member or its value, or ``InvalidInputError``."""
+    try:
+        return SearchType(value if isinstance(value, str) else repr(value))
+    except ValueError:
+        raise InvalidInputError("search_type", "must be 'sold' or 'active'") from None
+
+
+def validate_filters(value: object) -> SearchFilters:
+    """``SearchFilters`` from the model, a mapping or ``None``, or ``InvalidInputError``."""
+    if value is None:
+        return SearchFilters()
+    if isinstance(value, SearchFilters):
+        return value
+    if isinstance(value, Mapping):
+        try:
+            return SearchFilters.model_validate(dict(value))
+        except ValidationError as exc:
+            raise InvalidInputError.from_validation_error(exc, "filters") from None
+    raise InvalidInputError("filters", "must be SearchFilters, a mapping or None")
+
+
+def validate_user_id(value: object) -> int | None:
+    """A positive user id or ``None``, or ``InvalidInputError``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidInputError("user_id", "must be a positive integer or None")
+    return value
 
 
 def canonical_json(value: Any) -> str:

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from kuya_store.breaker import CircuitBreaker
@@ -20,7 +19,14 @@ from kuya_store.clock import Clock
 from kuya_store.errors import FetcherError, InvalidInputError, NotFoundError
 from kuya_store.fetching import FetchCoordinator, Fetcher
 from kuya_store.freshness import is_fresh, remaining
-from kuya_store.keys import ResultIdentity, validate_params, validate_query
+from kuya_store.keys import (
+    ResultIdentity,
+    validate_filters,
+    validate_params,
+    validate_query,
+    validate_search_type,
+    validate_user_id,
+)
 from kuya_store.metrics import Metrics
 from kuya_store.models import (
     CompsResult,
@@ -40,34 +46,6 @@ from kuya_store.tiers.memory import MemoryTier
 from kuya_store.writer import WriteBehind, is_transient
 
 __all__ = ["CompsRepository", "Fetcher"]
-
-
-def _search_type(value: object) -> SearchType:
-    try:
-        return SearchType(value if isinstance(value, str) else repr(value))
-    except ValueError:
-        raise InvalidInputError("search_type", "must be 'sold' or 'active'") from None
-
-
-def _filters(value: object) -> SearchFilters:
-    if value is None:
-        return SearchFilters()
-    if isinstance(value, SearchFilters):
-        return value
-    if isinstance(value, Mapping):
-        try:
-            return SearchFilters.model_validate(dict(value))
-        except ValidationError as exc:
-            raise InvalidInputError.from_validation_error(exc, "filters") from None
-    raise InvalidInputError("filters", "must be SearchFilters, a mapping or None")
-
-
-def _user_id(value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidInputError("user_id", "must be a positive integer or None")
-    return value
 
 
 class CompsRepository:
@@ -112,7 +90,7 @@ class CompsRepository:
 
     def register_fetcher(self, search_type: SearchType | str, fetcher: Fetcher) -> None:
         """Set the fetcher that answers misses of one search type."""
-        self._fetchers[_search_type(search_type)] = fetcher
+        self._fetchers[validate_search_type(search_type)] = fetcher
 
     async def search(
         self,
@@ -140,10 +118,10 @@ class CompsRepository:
         """
         started = time.perf_counter()
         text = validate_query(query)
-        kind = _search_type(search_type)
-        wanted = _filters(filters)
+        kind = validate_search_type(search_type)
+        wanted = validate_filters(filters)
         options = validate_params(params)
-        user = _user_id(user_id)
+        user = validate_user_id(user_id)
         card = normalize_card(text)
         upstream = self._settings.filter_upstream
         identity = ResultIdentity.of(card, kind, options, wanted if upstream else None)
@@ -304,8 +282,8 @@ class CompsRepository:
         ``max_stale``) comes back with ``source="stale"``; ``None`` when nothing is stored.
         """
         text = validate_query(query)
-        kind = _search_type(search_type)
-        wanted = _filters(filters)
+        kind = validate_search_type(search_type)
+        wanted = validate_filters(filters)
         options = validate_params(params)
         card = normalize_card(text)
         upstream = self._settings.filter_upstream
@@ -323,7 +301,9 @@ class CompsRepository:
             search_type=kind,
             filters=wanted,
             params=options,
-            listings=stored.listings if upstream else apply_filters(stored.listings, wanted),
+            listings=stored.listings
+            if upstream
+            else apply_filters(stored.listings, wanted),
             source=source,
             fetched_at=stored.fetched_at,
             cache_hit=True,
@@ -337,7 +317,7 @@ class CompsRepository:
         The database keeps its rows (history is never lost) but they no longer answer.
         """
         text = validate_query(query)
-        kind = _search_type(search_type)
+        kind = validate_search_type(search_type)
         identity = ResultIdentity.of(normalize_card(text), kind, {})
         if self._near is not None:
             await self._near.invalidate(identity)

@@ -87,6 +87,7 @@ class RedisTier:
         _, raw = await self._call(lambda: self.client.get(key))
         if raw is None:
             return None
+        raw = raw.encode() if isinstance(raw, str) else raw
         known = self._decoded.get(key)
         if known is not None and known[0] == raw:
             self._decoded.move_to_end(key)
