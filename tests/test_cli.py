@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -75,3 +78,69 @@ def test_demo_runs_offline_and_shows_each_tier(runner: CliRunner, sqlite_url: st
     for source in ("api", "memory", "database"):
         assert source in result.output
     assert "calls saved" in result.output
+
+
+def _seed(url: str) -> None:
+    import kuya_store as ks
+    from kuya_store.demo import FakeMarketplace
+
+    market = FakeMarketplace(listings=8)
+    with ks.SyncCompsStore(database_url=url, fetchers={"sold": market.sold}) as store:
+        store.create_schema()
+        for card in ("1986 Fleer Michael Jordan #57", "2003 Topps Chrome LeBron James #111"):
+            store.comps.search(card)
+            store.comps.search(card)
+
+
+def test_stats_export_import_and_purge(
+    runner: CliRunner, database_url: str, tmp_path: Path
+) -> None:
+    _seed(database_url)
+    stats = runner.invoke(main, ["stats", "--database-url", database_url])
+    assert stats.exit_code == 0, stats.output
+    assert "searches 4" in stats.output and "cache hit rate 50.0%" in stats.output
+
+    csv_file = tmp_path / "prices.csv"
+    exported = runner.invoke(
+        main, ["export", "snapshots", str(csv_file), "--database-url", database_url]
+    )
+    assert exported.exit_code == 0, exported.output
+    assert "2 snapshot(s) written" in exported.output
+    assert csv_file.read_text().startswith("id,card_identifier,search_id,snapshot_date")
+
+    imported = runner.invoke(
+        main, ["import", "snapshots", str(csv_file), "--database-url", database_url]
+    )
+    assert imported.exit_code == 0, imported.output
+    assert "2 row(s)" in imported.output
+
+    bad = tmp_path / "bad.csv"
+    rows = list(csv.reader(csv_file.read_text().splitlines()))
+    rows[1][rows[0].index("market_value")] = "-5.00"
+    with bad.open("w", newline="") as out:
+        csv.writer(out).writerows(rows[:2])
+    rejected = runner.invoke(
+        main, ["import", "snapshots", str(bad), "--database-url", database_url]
+    )
+    assert rejected.exit_code == 2
+    assert "line 2" in rejected.output and "market_value" in rejected.output
+
+    refused = runner.invoke(
+        main, ["purge-since", "2000-01-01", "--database-url", database_url], input="n\n"
+    )
+    assert refused.exit_code == 1  # asked, answered no: nothing deleted
+    purged = runner.invoke(
+        main, ["purge-since", "2000-01-01", "--yes", "--database-url", database_url]
+    )
+    assert purged.exit_code == 0, purged.output
+    assert "deleted 4 search(es)" in purged.output and "2 snapshot(s)" in purged.output
+
+
+def test_demo_writes_a_chart(runner: CliRunner, sqlite_url: str, tmp_path: Path) -> None:
+    chart = tmp_path / "chart.svg"
+    result = runner.invoke(
+        main, ["demo", "--database-url", sqlite_url, "--latency", "0", "--chart", str(chart)]
+    )
+    assert result.exit_code == 0, result.output
+    assert chart.read_text().startswith("<svg")
+    assert "chart (1 day(s)) written" in result.output

@@ -19,7 +19,9 @@ def _examples() -> list[tuple[str, str]]:
         for index, code in enumerate(BLOCK.findall(page.read_text())):
             # Complete programs only; fragments show one call in context.
             complete = ("asyncio.run(main())", "with ks.SyncCompsStore(", "KuyaStore.close(app)")
-            if any(m in code for m in complete) or code.startswith("import kuya_store as ks\n\nurl"):
+            if any(m in code for m in complete) or code.startswith(
+                "import kuya_store as ks\n\nurl"
+            ):
                 found.append((f"{page.name}#{index}", code))
     return found
 

@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from kuya_store import migrations
 from kuya_store.accounts import Accounts, Alert, SavedSearch, User
 from kuya_store.analytics import Analytics, PriceTrend, SearchStats, TopSearch, TrendPoint
+from kuya_store.backup import Backup, ImportReport, PurgeReport
 from kuya_store.chart import render_price_chart
 from kuya_store.clock import ManualClock
 from kuya_store.errors import (
@@ -48,6 +49,7 @@ __all__ = [
     "Accounts",
     "Alert",
     "Analytics",
+    "Backup",
     "CompsRepository",
     "CompsResult",
     "CompsStore",
@@ -57,6 +59,7 @@ __all__ = [
     "Fetcher",
     "FetcherError",
     "Health",
+    "ImportReport",
     "InvalidInputError",
     "KuyaStoreError",
     "Listing",
@@ -64,6 +67,7 @@ __all__ = [
     "NotFoundError",
     "PriceSnapshot",
     "PriceTrend",
+    "PurgeReport",
     "SavedSearch",
     "SearchFilters",
     "SearchStats",

@@ -6,15 +6,19 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 import sqlalchemy as sa
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from kuya_store import migrations
-from kuya_store.errors import KuyaStoreError
+from kuya_store.chart import render_price_chart
+from kuya_store.errors import InvalidInputError, KuyaStoreError
 from kuya_store.settings import StoreSettings, redact_url
 
 __all__ = ["main"]
@@ -34,12 +38,15 @@ def _settings(database_url: str | None, redis_url: str | None = None) -> StoreSe
 
 
 def _run(work: Callable[[], _T]) -> _T:
-    """Run a command body; turn the library's errors into a message and exit code."""
+    """Run a command body; errors become a message and an exit code (2 bad input, 1 other)."""
     try:
         return work()
-    except KuyaStoreError as exc:
+    except InvalidInputError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         sys.exit(2)
+    except KuyaStoreError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        sys.exit(1)
     except (sa.exc.OperationalError, sa.exc.InterfaceError, OSError) as exc:
         err.print(
             f"[bold red]error:[/] cannot reach the database: {type(exc).__name__}. "
@@ -136,12 +143,20 @@ def health(database_url: str | None, redis_url: str | None) -> None:
 @database_option
 @click.option("--query", default="2023 Topps Chrome Victor Wembanyama #1", show_default=True)
 @click.option("--latency", default=0.4, show_default=True, help="Simulated API latency (s).")
-def demo(database_url: str | None, query: str, latency: float) -> None:
+@click.option(
+    "--chart",
+    "chart_path",
+    default="kuya-price-history.svg",
+    show_default=True,
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Where to write the card's price-history chart (SVG).",
+)
+def demo(database_url: str | None, query: str, latency: float, chart_path: Path) -> None:
     """Show each tier answering, with timings and the API calls saved (offline)."""
-    _run(lambda: _aio(_demo(_settings(database_url), query, latency)))
+    _run(lambda: _aio(_demo(_settings(database_url), query, latency, chart_path)))
 
 
-async def _demo(settings: StoreSettings, query: str, latency: float) -> None:
+async def _demo(settings: StoreSettings, query: str, latency: float, chart_path: Path) -> None:
     from kuya_store.demo import FakeMarketplace
     from kuya_store.models import SearchFilters
     from kuya_store.store import CompsStore
@@ -183,6 +198,8 @@ async def _demo(settings: StoreSettings, query: str, latency: float) -> None:
     async with CompsStore(settings, fetchers=fetchers) as store:
         await run(store, "after a restart: the database answers", query, {})
         saved += store.metrics()["api_calls_saved"]
+        history = await store.analytics.price_history(query)
+    await asyncio.to_thread(chart_path.write_text, render_price_chart(history))
     console.print(table)
     console.print(
         f"upstream API calls: [bold]{market.call_count}[/] for {len(steps) + 1} searches; "
@@ -196,6 +213,7 @@ async def _demo(settings: StoreSettings, query: str, latency: float) -> None:
             f"(FMV {snap.fmv_low}..{snap.fmv_high}, {snap.sample_size} sales, "
             f"confidence {snap.volume_confidence})"
         )
+    console.print(f"price-history chart ({len(history)} day(s)) written to [bold]{chart_path}[/]")
     await _print_counts(settings)
 
 
@@ -214,8 +232,125 @@ async def _print_counts(settings: StoreSettings) -> None:
     console.print("database now holds: " + ", ".join(counts))
 
 
-def _entry() -> None:  # pragma: no cover
-    main()
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+@main.command()
+@database_option
+@click.option("--since", type=click.DateTime(), help="Only searches after this UTC moment.")
+def stats(database_url: str | None, since: datetime | None) -> None:
+    """Search statistics and the most searched cards."""
+    from kuya_store.store import CompsStore
+
+    async def collect() -> Any:
+        async with CompsStore(_settings(database_url)) as store:
+            moment = since.replace(tzinfo=UTC) if since is not None else None
+            return (
+                await store.analytics.search_stats(moment),
+                await store.analytics.top_searches(10, moment),
+            )
+
+    summary, top = _run(lambda: _aio(collect()))
+    console.print(
+        f"searches {summary.total}, cache hit rate {summary.cache_hit_rate:.1%}, "
+        f"API calls {summary.api_calls}, API calls saved {summary.api_calls_saved}, "
+        f"p50 {summary.p50_ms} ms, p95 {summary.p95_ms} ms"
+    )
+    table = Table("card", "searches", "cache hits", "last searched (UTC)")
+    for row in top:
+        table.add_row(
+            row.query,
+            str(row.searches),
+            str(row.cache_hits),
+            f"{row.last_searched_at:%Y-%m-%d %H:%M}",
+        )
+    console.print(table)
+
+
+@main.group("export")
+def export_group() -> None:
+    """Export data (the plan's "critical data only" backup)."""
+
+
+@export_group.command("snapshots")
+@database_option
+@click.argument("file", type=click.Path(dir_okay=False, writable=True, path_type=Path))
+def export_snapshots(database_url: str | None, file: Path) -> None:
+    """Write every price snapshot to FILE as CSV (as psql's COPY .. CSV HEADER would)."""
+    from kuya_store.store import CompsStore
+
+    async def work() -> int:
+        async with CompsStore(_settings(database_url)) as store:
+            total = await store.backup.count_snapshots()
+            with _progress() as bar:
+                task = bar.add_task("exporting snapshots", total=total)
+                count = await store.backup.export_snapshots_csv(
+                    file, progress=lambda n: bar.update(task, completed=n)
+                )
+                bar.update(task, completed=count)
+            return count
+
+    count = _run(lambda: _aio(work()))
+    console.print(f"{count} snapshot(s) written to {file}")
+
+
+@main.group("import")
+def import_group() -> None:
+    """Import data exported by 'kuya-store export' or psql COPY."""
+
+
+@import_group.command("snapshots")
+@database_option
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def import_snapshots(database_url: str | None, file: Path) -> None:
+    """Upsert the price snapshots of a CSV FILE; all rows or none."""
+    from kuya_store.store import CompsStore
+
+    async def work() -> Any:
+        lines = max(sum(1 for _ in file.open("rb")) - 1, 0)
+        async with CompsStore(_settings(database_url)) as store:
+            with _progress() as bar:
+                task = bar.add_task("importing snapshots", total=lines)
+                return await store.backup.import_snapshots_csv(
+                    file, progress=lambda n: bar.update(task, completed=n)
+                )
+
+    report = _run(lambda: _aio(work()))
+    console.print(f"{report.rows} row(s): {report.inserted} inserted, {report.updated} updated")
+
+
+@main.command("purge-since")
+@database_option
+@click.argument("moment", type=click.DateTime())
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def purge_since(database_url: str | None, moment: datetime, yes: bool) -> None:
+    """Delete the searches and snapshots created after MOMENT (UTC): a partial rollback."""
+    from kuya_store.store import CompsStore
+
+    aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    if not yes:
+        click.confirm(
+            f"Delete every search and price snapshot created after {aware.isoformat()}?",
+            abort=True,
+        )
+
+    async def work() -> Any:
+        async with CompsStore(_settings(database_url)) as store:
+            return await store.backup.purge_since(aware)
+
+    report = _run(lambda: _aio(work()))
+    console.print(
+        f"deleted {report.searches} search(es), {report.search_results} link(s), "
+        f"{report.snapshots} snapshot(s)"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

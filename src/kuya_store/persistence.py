@@ -193,7 +193,9 @@ class Database:
                     ],
                 )
             if record.snapshot is not None:
-                await self._upsert_snapshot(conn, record.snapshot, search_id)
+                await self._upsert_snapshot(
+                    conn, record.snapshot, search_id, record.search.created_at
+                )
         return search_id
 
     async def _upsert_listings(
@@ -236,10 +238,15 @@ class Database:
         return ids
 
     async def _upsert_snapshot(
-        self, conn: AsyncConnection, snapshot: PriceSnapshot, search_id: int | None
+        self,
+        conn: AsyncConnection,
+        snapshot: PriceSnapshot,
+        search_id: int | None,
+        created_at: datetime,
     ) -> None:
         values = snapshot.model_dump(mode="python")
         values["search_id"] = search_id
+        values["created_at"] = created_at  # the store's clock, as for every other row
         stmt = self._insert(_snapshots).values(values)
         stmt = stmt.on_conflict_do_update(
             index_elements=[_snapshots.c.card_identifier, _snapshots.c.snapshot_date],

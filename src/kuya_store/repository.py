@@ -301,9 +301,7 @@ class CompsRepository:
             search_type=kind,
             filters=wanted,
             params=options,
-            listings=stored.listings
-            if upstream
-            else apply_filters(stored.listings, wanted),
+            listings=stored.listings if upstream else apply_filters(stored.listings, wanted),
             source=source,
             fetched_at=stored.fetched_at,
             cache_hit=True,

@@ -10,6 +10,7 @@ from typing import Any, Self
 from kuya_store import migrations
 from kuya_store.accounts import Accounts
 from kuya_store.analytics import Analytics
+from kuya_store.backup import Backup
 from kuya_store.clock import Clock, utcnow
 from kuya_store.errors import KuyaStoreError
 from kuya_store.fetching import Fetcher
@@ -106,6 +107,7 @@ class CompsStore:
         engine = self._database.engine if self._database is not None else None
         self.analytics = Analytics(engine, self._clock)
         self.accounts = Accounts(engine, self._clock, self.comps)
+        self.backup = Backup(engine, self._clock)
         self._database_size: int | None = None
         self._closed = False
 

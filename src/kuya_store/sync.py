@@ -99,8 +99,7 @@ class SyncCompsStore:
             raise
         self.settings = self._store.settings
         for part in self._PARTS:
-            if hasattr(self._store, part):
-                setattr(self, part, _Blocking(getattr(self._store, part), self._portal))
+            setattr(self, part, _Blocking(getattr(self._store, part), self._portal))
         self._closed = False
         self._lock = threading.Lock()
 
