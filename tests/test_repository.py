@@ -531,3 +531,43 @@ async def test_flush_on_an_empty_buffer_keeps_the_writer_alive(
     await store.comps.search(QUERY)
     assert await store.flush(timeout=5)
     assert await _count(migrated_url, "searches") == 3
+
+
+async def test_filters_sent_upstream_when_asked(
+    make_store: MakeStore, market: FakeMarketplace
+) -> None:
+    store = make_store(filter_upstream=True)
+    raw = await store.comps.search(QUERY, filters={"raw_only": True})
+    everything = await store.comps.search(QUERY)
+    assert (raw.source, everything.source) == ("api", "api")  # filters are part of the key now
+    assert [c.filters for c in market.calls] == [
+        ks.SearchFilters(raw_only=True),
+        ks.SearchFilters(),
+    ]
+    assert raw.listings == everything.listings  # the fetcher filtered; the store did not
+    assert (await store.comps.search(QUERY, filters={"raw_only": True})).cache_hit
+
+
+class HalfPrice:
+    """A valuator that an application plugs in through the settings."""
+
+    def value(
+        self, card_identifier: str, listings: Any, *, snapshot_date: Any, now: Any
+    ) -> ks.PriceSnapshot:
+        prices = sorted(x.price for x in listings)
+        return ks.PriceSnapshot(
+            card_identifier=card_identifier,
+            snapshot_date=snapshot_date,
+            sample_size=len(prices),
+            market_value=prices[len(prices) // 2] / 2,
+        )
+
+
+async def test_valuator_from_settings_and_constructor(make_store: MakeStore) -> None:
+    by_setting = make_store(valuator=f"{__name__}:HalfPrice")
+    snapshot = (await by_setting.comps.search(QUERY)).snapshot
+    assert snapshot is not None and snapshot.volume_confidence is None  # not the default's
+    with pytest.raises(ks.InvalidInputError, match="^valuator"):
+        make_store(valuator="kuya_store.models:to_money")
+    default = make_store(key_prefix="d" + by_setting.settings.key_prefix, mode="cache_only")
+    assert (await default.comps.search(QUERY)).snapshot.volume_confidence is not None  # type: ignore[union-attr]

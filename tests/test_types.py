@@ -102,3 +102,22 @@ async def test_sqlite_runs_with_wal(sqlite_url: str) -> None:
         keys = (await conn.execute(sa.text("PRAGMA foreign_keys"))).scalar_one()
     await engine.dispose()
     assert (mode, keys) == ("wal", 1)
+
+
+def test_postgres_engine_uses_a_checked_pool_and_statement_cache(postgres_url: str) -> None:
+    engine = create_engine(
+        StoreSettings(database_url=postgres_url, pool_size=7, statement_cache_size=321)
+    )
+    pool = engine.sync_engine.pool
+    assert pool._pre_ping is True  # type: ignore[attr-defined]
+    assert pool.size() == 7  # type: ignore[attr-defined]
+    import asyncio
+
+    async def probe() -> int:
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            # The driver adapter's LRU of prepared statements, sized by the setting.
+            return int(raw.dbapi_connection._prepared_statement_cache.capacity)  # type: ignore[union-attr]
+
+    assert asyncio.run(probe()) == 321
+    asyncio.run(engine.dispose())

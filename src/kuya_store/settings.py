@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any, Literal
 from urllib.parse import SplitResult, urlsplit
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ImportString, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -87,6 +87,8 @@ class StoreSettings(BaseSettings):
         repr=False,
     )
     mode: Mode = "read_through"
+    valuator: ImportString[Any] | None = None
+    """A ``Valuator`` class or factory as ``"package.module:Name"``; ``None`` is the default."""
     filter_upstream: bool = False
     """Send ``SearchFilters`` upstream (and key results by them) instead of filtering titles."""
     key_prefix: str = Field("kuya", min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")

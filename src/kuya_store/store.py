@@ -12,7 +12,7 @@ from kuya_store.accounts import Accounts
 from kuya_store.analytics import Analytics
 from kuya_store.backup import Backup
 from kuya_store.clock import Clock, utcnow
-from kuya_store.errors import KuyaStoreError
+from kuya_store.errors import InvalidInputError, KuyaStoreError
 from kuya_store.fetching import Fetcher
 from kuya_store.metrics import Metrics
 from kuya_store.models import Health, SearchType
@@ -49,12 +49,25 @@ def _hot_tier(settings: StoreSettings, metrics: Metrics, clock: Clock) -> HotTie
     return RedisTier(settings, metrics)
 
 
+def _valuator(settings: StoreSettings) -> Valuator:
+    if settings.valuator is None:
+        return DefaultValuator()
+    try:
+        made = settings.valuator() if callable(settings.valuator) else settings.valuator
+    except TypeError:
+        made = None
+    if not callable(getattr(made, "value", None)):
+        raise InvalidInputError("valuator", "must name a Valuator class or factory")
+    return made  # type: ignore[no-any-return]
+
+
 class CompsStore:
     """A tiered store for card searches: hot tier, database and fetchers.
 
     Use it as ``async with CompsStore(...) as store:``, or call :meth:`start` and
     :meth:`close` from a framework's own lifespan. Keyword arguments other than
-    ``fetchers``, ``clock`` and ``valuator`` override :class:`StoreSettings` fields.
+    ``fetchers``, ``clock`` and ``valuator`` (an object, or an import path like the
+    setting) override :class:`StoreSettings` fields.
     """
 
     def __init__(
@@ -63,9 +76,11 @@ class CompsStore:
         *,
         fetchers: Mapping[SearchType | str, Fetcher] | None = None,
         clock: Clock | None = None,
-        valuator: Valuator | None = None,
+        valuator: Valuator | str | None = None,
         **overrides: Any,
     ) -> None:
+        if isinstance(valuator, str):  # an import path: the ``valuator`` setting
+            overrides["valuator"], valuator = valuator, None
         self.settings = _settings(settings, overrides)
         self._clock = clock or utcnow
         self._metrics = Metrics()
@@ -102,7 +117,7 @@ class CompsStore:
             database=self._database,
             writer=self._writer,
             fetchers={SearchType(k): v for k, v in (fetchers or {}).items()},
-            valuator=valuator or DefaultValuator(),
+            valuator=valuator or _valuator(self.settings),
         )
         engine = self._database.engine if self._database is not None else None
         self.analytics = Analytics(engine, self._clock)
