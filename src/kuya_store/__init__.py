@@ -10,7 +10,8 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from kuya_store import migrations
-from kuya_store.accounts import Accounts, Alert, SavedSearch, User
+from kuya_store.accounts import Accounts, SavedSearch, User
+from kuya_store.alerts import Alert
 from kuya_store.analytics import Analytics, PriceTrend, SearchStats, TopSearch, TrendPoint
 from kuya_store.backup import Backup, ImportReport, PurgeReport
 from kuya_store.chart import render_price_chart

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from argon2 import PasswordHasher
@@ -20,21 +20,21 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from kuya_store.alerts import Alert, run_alerts
 from kuya_store.clock import Clock
 from kuya_store.db.tables import metadata
 from kuya_store.errors import (
-    FetcherError,
     InvalidInputError,
     NotFoundError,
     StorageUnavailableError,
 )
 from kuya_store.keys import validate_filters, validate_query, validate_search_type
-from kuya_store.models import CompsResult, SearchFilters, SearchType, _Frozen, to_money
+from kuya_store.models import SearchFilters, SearchType, _Frozen, to_money
 
 if TYPE_CHECKING:
     from kuya_store.repository import CompsRepository
 
-__all__ = ["Accounts", "Alert", "SavedSearch", "User"]
+__all__ = ["Accounts", "SavedSearch", "User"]
 
 _users = metadata.tables["users"]
 _saved = metadata.tables["saved_searches"]
@@ -68,21 +68,6 @@ class SavedSearch(_Frozen):
     alert_threshold: Decimal | None
     created_at: datetime | None
     last_run: datetime | None
-
-
-class Alert(_Frozen):
-    """A saved search whose watched price fell below its threshold."""
-
-    saved_search_id: int
-    user_id: int
-    name: str
-    query: str
-    search_type: SearchType
-    threshold: Decimal
-    observed_price: Decimal
-    observed_at: datetime
-    kind: Literal["market_value", "cheapest_listing"]
-    item_id: str | None = None
 
 
 def _email(value: object) -> str:
@@ -348,90 +333,5 @@ class Accounts:
     # -- alerts -------------------------------------------------------------------------
 
     async def run_alerts(self, refresh_budget: int = 0) -> list[Alert]:
-        """Evaluate every enabled alert once; return those that fire.
-
-        An alert fires when the latest market value (sold) or the cheapest active listing
-        is below its threshold, and never twice for the same observation. Stored data is
-        used first; up to ``refresh_budget`` saved searches whose data is not fresh are
-        refreshed through the fetcher (each such refresh is one API call at most).
-        """
-        if (
-            isinstance(refresh_budget, bool)
-            or not isinstance(refresh_budget, int)
-            or refresh_budget < 0
-        ):
-            raise InvalidInputError("refresh_budget", "must be a non-negative integer")
-        engine = self._require()
-        async with engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(_saved)
-                    .where(_saved.c.alert_enabled.is_(True), _saved.c.alert_threshold.is_not(None))
-                    .order_by(_saved.c.id)
-                )
-            ).all()
-        budget = refresh_budget
-        fired: list[Alert] = []
-        for row in rows:
-            saved = _saved_search(row)
-            result = await self._comps.peek(saved.query, saved.search_type, saved.filters)
-            if (result is None or result.source == "stale") and budget > 0:
-                try:
-                    result = await self._comps.search(
-                        saved.query, saved.search_type, saved.filters, user_id=saved.user_id
-                    )
-                    if not result.cache_hit:
-                        budget -= 1
-                except FetcherError:
-                    pass  # keep what was stored, if anything
-            observation = _observe(result, saved.search_type)
-            now = self._clock()
-            values: dict[str, Any] = {"last_run": now}
-            assert saved.alert_threshold is not None
-            if (
-                observation is not None
-                and observation[1] < saved.alert_threshold
-                and observation[0] != row.last_alert_observation
-            ):
-                key, price, item_id, observed_at = observation
-                values.update(last_alert_observation=key, last_alerted_at=now)
-                fired.append(
-                    Alert(
-                        saved_search_id=saved.id,
-                        user_id=saved.user_id,
-                        name=saved.name,
-                        query=saved.query,
-                        search_type=saved.search_type,
-                        threshold=saved.alert_threshold,
-                        observed_price=price,
-                        observed_at=observed_at,
-                        kind="market_value"
-                        if saved.search_type is SearchType.SOLD
-                        else "cheapest_listing",
-                        item_id=item_id,
-                    )
-                )
-            async with engine.begin() as conn:
-                await conn.execute(
-                    sa.update(_saved).where(_saved.c.id == saved.id).values(**values)
-                )
-        return fired
-
-
-def _observe(
-    result: CompsResult | None, kind: SearchType
-) -> tuple[str, Decimal, str | None, datetime] | None:
-    """What an alert watches, with a key that names this exact observation."""
-    if result is None:
-        return None
-    if kind is SearchType.SOLD:
-        snapshot = result.snapshot
-        if snapshot is None or snapshot.market_value is None:
-            return None
-        key = f"sold|{snapshot.card_identifier}|{snapshot.snapshot_date}|{snapshot.market_value}"
-        return key[:200], snapshot.market_value, None, result.fetched_at
-    if not result.listings:
-        return None
-    cheapest = min(result.listings, key=lambda x: (x.price, x.item_id))
-    key = f"active|{result.card_identifier}|{cheapest.item_id}|{cheapest.price}"
-    return key[:200], cheapest.price, cheapest.item_id, result.fetched_at
+        """Evaluate every enabled alert once; return those that fire (see ``kuya_store.alerts``)."""
+        return await run_alerts(self._require(), self._clock, self._comps, refresh_budget)
