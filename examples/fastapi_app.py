@@ -16,12 +16,24 @@ from urllib.parse import quote
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, Field
 
 import kuya_store as ks
 from kuya_store.dashboard import render_dashboard
 from kuya_store.demo import FakeMarketplace
 from kuya_store.integrations.fastapi import StoreDep, lifespan
 from kuya_store.integrations.prometheus import exposition
+
+
+class SearchQuery(BaseModel):
+    """The query string of ``/comps`` and ``/active``."""
+
+    query: Annotated[str, Field(max_length=500)]
+    raw_only: bool = False
+    base_only: bool = False
+    exclude_auto: bool = False
+    pages: Annotated[int, Field(ge=1, le=10)] = 1
+    sort_by: str | None = None
 
 
 def create_app(create_schema: bool = True, **store_kwargs: Any) -> FastAPI:
@@ -44,58 +56,25 @@ def create_app(create_schema: bool = True, **store_kwargs: Any) -> FastAPI:
     async def unavailable(request: Request, exc: ks.StorageUnavailableError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503)
 
-    async def _search(
-        store: ks.CompsStore,
-        kind: str,
-        query: str,
-        raw_only: bool,
-        base_only: bool,
-        exclude_auto: bool,
-        pages: int,
-        sort_by: str | None,
-    ) -> dict[str, Any]:
-        params: dict[str, Any] = {"pages": pages}
-        if sort_by:
-            params["sort_by"] = sort_by
-        result = await store.comps.search(
-            query,
-            kind,
-            filters=ks.SearchFilters(
-                raw_only=raw_only, base_only=base_only, exclude_auto=exclude_auto
-            ),
-            params=params,
+    async def _search(store: ks.CompsStore, kind: str, asked: SearchQuery) -> dict[str, Any]:
+        params: dict[str, Any] = {"pages": asked.pages}
+        if asked.sort_by:
+            params["sort_by"] = asked.sort_by
+        filters = ks.SearchFilters(
+            raw_only=asked.raw_only, base_only=asked.base_only, exclude_auto=asked.exclude_auto
         )
+        result = await store.comps.search(asked.query, kind, filters=filters, params=params)
         return result.model_dump(mode="json")
 
     @app.get("/comps")
-    async def comps(
-        store: StoreDep,
-        query: Annotated[str, Query(max_length=500)],
-        raw_only: bool = False,
-        base_only: bool = False,
-        exclude_auto: bool = False,
-        pages: Annotated[int, Query(ge=1, le=10)] = 1,
-        sort_by: str | None = None,
-    ) -> dict[str, Any]:
+    async def comps(store: StoreDep, asked: Annotated[SearchQuery, Query()]) -> dict[str, Any]:
         """Sold listings and the card's price snapshot."""
-        return await _search(
-            store, "sold", query, raw_only, base_only, exclude_auto, pages, sort_by
-        )
+        return await _search(store, "sold", asked)
 
     @app.get("/active")
-    async def active(
-        store: StoreDep,
-        query: Annotated[str, Query(max_length=500)],
-        raw_only: bool = False,
-        base_only: bool = False,
-        exclude_auto: bool = False,
-        pages: Annotated[int, Query(ge=1, le=10)] = 1,
-        sort_by: str | None = None,
-    ) -> dict[str, Any]:
+    async def active(store: StoreDep, asked: Annotated[SearchQuery, Query()]) -> dict[str, Any]:
         """Active listings."""
-        return await _search(
-            store, "active", query, raw_only, base_only, exclude_auto, pages, sort_by
-        )
+        return await _search(store, "active", asked)
 
     @app.get("/analytics/{card}")
     async def analytics(card: str, store: StoreDep, days: int = 30) -> dict[str, Any]:

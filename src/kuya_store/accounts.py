@@ -22,11 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kuya_store.alerts import Alert, run_alerts
 from kuya_store.clock import Clock
+from kuya_store.db.engine import DatabaseFeature
 from kuya_store.db.tables import metadata
 from kuya_store.errors import (
     InvalidInputError,
     NotFoundError,
-    StorageUnavailableError,
 )
 from kuya_store.keys import validate_filters, validate_query, validate_search_type
 from kuya_store.models import SearchFilters, SearchType, _Frozen, to_money
@@ -138,20 +138,14 @@ def _saved_search(row: Any) -> SavedSearch:
     )
 
 
-class Accounts:
+class Accounts(DatabaseFeature):
     """Users, saved searches and alerts over the persistent tier."""
 
-    def __init__(self, engine: AsyncEngine | None, clock: Clock, comps: CompsRepository) -> None:
-        self._engine = engine
-        self._clock = clock
-        self._comps = comps
+    _purpose = "accounts live in the database"
 
-    def _require(self) -> AsyncEngine:
-        if self._engine is None:
-            raise StorageUnavailableError(
-                "accounts live in the database, which cache_only mode never uses"
-            )
-        return self._engine
+    def __init__(self, engine: AsyncEngine | None, clock: Clock, comps: CompsRepository) -> None:
+        super().__init__(engine, clock)
+        self._comps = comps
 
     # -- users --------------------------------------------------------------------------
 

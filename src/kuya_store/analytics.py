@@ -7,11 +7,10 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kuya_store.clock import Clock
+from kuya_store.db.engine import DatabaseFeature
 from kuya_store.db.tables import metadata
-from kuya_store.errors import InvalidInputError, StorageUnavailableError
+from kuya_store.errors import InvalidInputError
 from kuya_store.models import PriceSnapshot, _Frozen
 from kuya_store.pricing import normalize_card
 
@@ -105,19 +104,10 @@ def _slope(points: list[TrendPoint]) -> Decimal:
     return (covariance / spread).quantize(_CENT, rounding=ROUND_HALF_UP)
 
 
-class Analytics:
+class Analytics(DatabaseFeature):
     """Read-only analytics over the persistent tier (the seed's Phase 4)."""
 
-    def __init__(self, engine: AsyncEngine | None, clock: Clock) -> None:
-        self._engine = engine
-        self._clock = clock
-
-    def _require(self) -> AsyncEngine:
-        if self._engine is None:
-            raise StorageUnavailableError(
-                "analytics read the database, which cache_only mode never uses"
-            )
-        return self._engine
+    _purpose = "analytics read the database"
 
     @staticmethod
     def history_statement(

@@ -25,11 +25,11 @@ from typing import IO, Annotated, Any
 import sqlalchemy as sa
 from pydantic import BeforeValidator, ValidationError
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from kuya_store.clock import Clock
+from kuya_store.db.engine import DatabaseFeature
 from kuya_store.db.tables import metadata
-from kuya_store.errors import InvalidInputError, StorageUnavailableError
+from kuya_store.errors import InvalidInputError
 from kuya_store.models import PriceSnapshot, UTCDateTime, _Frozen
 
 __all__ = ["Backup", "ImportReport", "PurgeReport"]
@@ -261,19 +261,10 @@ async def _opened(dest: Source) -> AsyncIterator[IO[bytes]]:
         raise
 
 
-class Backup:
+class Backup(DatabaseFeature):
     """CSV export and import of ``price_snapshots``, and the partial rollback."""
 
-    def __init__(self, engine: AsyncEngine | None, clock: Clock) -> None:
-        self._engine = engine
-        self._clock = clock
-
-    def _require(self) -> AsyncEngine:
-        if self._engine is None:
-            raise StorageUnavailableError(
-                "backup reads and writes the database, which cache_only mode never uses"
-            )
-        return self._engine
+    _purpose = "backup reads and writes the database"
 
     async def count_snapshots(self) -> int:
         """How many ``price_snapshots`` rows there are (a total for progress bars)."""

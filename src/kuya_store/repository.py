@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
@@ -46,6 +46,15 @@ from kuya_store.tiers.memory import MemoryTier
 from kuya_store.writer import WriteBehind, is_transient
 
 __all__ = ["CompsRepository", "Fetcher"]
+
+
+class _Asked(NamedTuple):
+    text: str
+    kind: SearchType
+    wanted: SearchFilters
+    options: Params
+    card: str
+    identity: ResultIdentity
 
 
 class CompsRepository:
@@ -88,6 +97,18 @@ class CompsRepository:
             on_open=lambda: metrics.incr("db_breaker_opens"),
         )
 
+    def _ask(self, query: object, search_type: object, filters: object, params: object) -> _Asked:
+        """Validate what a search asks for, and name the stored result that answers it."""
+        text = validate_query(query)
+        kind = validate_search_type(search_type)
+        wanted = validate_filters(filters)
+        options = validate_params(params)
+        card = normalize_card(text)
+        upstream = wanted if self._settings.filter_upstream else None
+        return _Asked(
+            text, kind, wanted, options, card, ResultIdentity.of(card, kind, options, upstream)
+        )
+
     def register_fetcher(self, search_type: SearchType | str, fetcher: Fetcher) -> None:
         """Set the fetcher that answers misses of one search type."""
         self._fetchers[validate_search_type(search_type)] = fetcher
@@ -117,14 +138,9 @@ class CompsRepository:
             FetcherError: the fetcher failed and no stored result may stand in.
         """
         started = time.perf_counter()
-        text = validate_query(query)
-        kind = validate_search_type(search_type)
-        wanted = validate_filters(filters)
-        options = validate_params(params)
+        text, kind, wanted, options, card, identity = self._ask(query, search_type, filters, params)
         user = validate_user_id(user_id)
-        card = normalize_card(text)
         upstream = self._settings.filter_upstream
-        identity = ResultIdentity.of(card, kind, options, wanted if upstream else None)
         now = self._clock()
 
         stored, source = await self._lookup(identity, now)
@@ -281,13 +297,8 @@ class CompsRepository:
         Fresh results come back as from :meth:`search`; an older stored one (up to
         ``max_stale``) comes back with ``source="stale"``; ``None`` when nothing is stored.
         """
-        text = validate_query(query)
-        kind = validate_search_type(search_type)
-        wanted = validate_filters(filters)
-        options = validate_params(params)
-        card = normalize_card(text)
+        text, kind, wanted, options, card, identity = self._ask(query, search_type, filters, params)
         upstream = self._settings.filter_upstream
-        identity = ResultIdentity.of(card, kind, options, wanted if upstream else None)
         now = self._clock()
         stored, source = await self._lookup(identity, now, count=False)
         if stored is None and self._reads_database:

@@ -8,9 +8,11 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
+from kuya_store.clock import Clock
+from kuya_store.errors import StorageUnavailableError
 from kuya_store.settings import StoreSettings
 
-__all__ = ["create_engine"]
+__all__ = ["DatabaseFeature", "create_engine"]
 
 
 def _sqlite_pragmas(settings: StoreSettings, in_memory: bool) -> Any:
@@ -57,3 +59,21 @@ def create_engine(settings: StoreSettings) -> AsyncEngine:
             "server_settings": {"application_name": "kuya-store"},
         },
     )
+
+
+class DatabaseFeature:
+    """A part of the store that works on the database (analytics, accounts, backup).
+
+    In ``cache_only`` mode there is no database: every call raises ``StorageUnavailableError``.
+    """
+
+    _purpose = "this feature needs the database"
+
+    def __init__(self, engine: AsyncEngine | None, clock: Clock) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    def _require(self) -> AsyncEngine:
+        if self._engine is None:
+            raise StorageUnavailableError(f"{self._purpose}, which cache_only mode never uses")
+        return self._engine
