@@ -94,8 +94,9 @@ def test_4_processes_x_50_concurrent_misses_make_one_call(
     assert len(calls_file.read_text().split()) == 1  # one upstream call for 200 searches
     sources = [s for r in reports for s in r["sources"]]
     assert len(sources) == 200
-    assert sum(s == "redis" for s in sources) == 150  # three processes took the holder's result
-    assert sum(r["lock_waits"] for r in reports) == 3
+    # The other three processes took the holder's result from Redis: after waiting on its
+    # lock, or, when they arrived after it finished, straight from the hot tier.
+    assert sum(s == "redis" for s in sources) == 150
 
 
 async def test_lock_holder_that_dies_is_taken_over(redis_base_url: str, key_prefix: str) -> None:

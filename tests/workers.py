@@ -57,7 +57,7 @@ async def stampede(args: dict[str, Any]) -> dict[str, Any]:
         metrics = store.metrics()
     errors = [repr(r) for r in results if isinstance(r, BaseException)]
     sources = [r.source.value for r in results if not isinstance(r, BaseException)]
-    return {"errors": errors, "sources": sources, "lock_waits": metrics.get("lock_waits", 0)}
+    return {"errors": errors, "sources": sources, "lock_waits": metrics["lock_waits"]}
 
 
 async def overlapping_writer(args: dict[str, Any]) -> dict[str, Any]:
