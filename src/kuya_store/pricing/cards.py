@@ -16,6 +16,7 @@ The rules are listed in ``docs/pricing.md``; in short:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -224,7 +225,12 @@ def normalize_card(text: str) -> str:
         InvalidInputError: ``field="query"`` when ``text`` is empty, whitespace only, holds
             a NUL character, is longer than 500 characters or has nothing searchable.
     """
-    text = _validate(text)
+    return _normalize(_validate(text))
+
+
+# Every search normalises its query; the same queries recur, so the result is memoised.
+@functools.lru_cache(maxsize=16_384)
+def _normalize(text: str) -> str:
     s = ascii_fold(text).lower().replace("_", " ")
     tcg = _TCG_WORDS.search(s) is not None
     s = _NOISE_PHRASES.sub(" ", s)

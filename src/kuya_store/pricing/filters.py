@@ -29,4 +29,6 @@ def keep_listing(listing: Listing, filters: SearchFilters) -> bool:
 
 def apply_filters(listings: Sequence[Listing], filters: SearchFilters) -> list[Listing]:
     """The listings that pass ``filters``, in their original order."""
+    if not (filters.raw_only or filters.base_only or filters.exclude_auto):
+        return list(listings)
     return [listing for listing in listings if keep_listing(listing, filters)]
