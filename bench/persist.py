@@ -10,10 +10,13 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import kuya_store as ks
+from bench.stats import Target
 from kuya_store.db.tables import ListingRow, SearchResultRow, SearchRow
 from kuya_store.metrics import Metrics
 from kuya_store.persistence import Database, FetchRecord, SearchRecord
 from kuya_store.stored import StoredResult
+
+TARGET = 10.0
 
 
 def _listings(round_: int) -> list[ks.Listing]:
@@ -91,7 +94,7 @@ async def _naive(session: AsyncSession, record: FetchRecord) -> None:
     await session.commit()
 
 
-async def run(pg_url: str, scale: float) -> None:
+async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
     rounds = max(5, int(30 * scale))
     print(f"\n## persist one 200-listing fetch on PostgreSQL ({rounds} fetches each)")
     database = Database(ks.StoreSettings(database_url=pg_url), Metrics())
@@ -115,4 +118,13 @@ async def run(pg_url: str, scale: float) -> None:
     print(f"{'naive per-row ORM loop (baseline)':<52} median {naive_ms:8.1f} ms")
     print(f"{'kuya-store persist_fetch (bulk ON CONFLICT)':<52} median {bulk_ms:8.1f} ms")
     rate = 200 / (bulk_ms / 1000)
-    print(f"ratio: {naive_ms / bulk_ms:.1f}x faster; {rate:,.0f} listings/s upserted")
+    ratio = naive_ms / bulk_ms
+    print(f"ratio: {ratio:.1f}x faster; {rate:,.0f} listings/s upserted")
+    return [
+        Target(
+            "persist one 200-listing fetch vs naive loop",
+            f">= {TARGET:.0f}x faster",
+            f"{ratio:.1f}x ({bulk_ms:.1f} vs {naive_ms:.1f} ms)",
+            ratio >= TARGET,
+        )
+    ]
