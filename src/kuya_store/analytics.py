@@ -12,6 +12,7 @@ from kuya_store.db.engine import DatabaseFeature
 from kuya_store.db.tables import metadata
 from kuya_store.errors import InvalidInputError
 from kuya_store.models import PriceSnapshot, _Frozen
+from kuya_store.persistence import snapshot_from_row
 from kuya_store.pricing import normalize_card
 
 __all__ = ["Analytics", "PriceTrend", "SearchStats", "TopSearch", "TrendPoint", "TypeStats"]
@@ -134,10 +135,7 @@ class Analytics(DatabaseFeature):
             raise InvalidInputError("start", "must not be after end")
         async with self._require().connect() as conn:
             rows = await conn.execute(self.history_statement(card_identifier, first, last))
-            return [
-                PriceSnapshot.model_validate({k: getattr(r, k) for k in PriceSnapshot.model_fields})
-                for r in rows
-            ]
+            return [snapshot_from_row(r) for r in rows]
 
     async def price_trend(self, card: str, days: int = 30) -> PriceTrend:
         """Change in percent and slope per day of the market value over the last ``days``."""

@@ -150,11 +150,10 @@ class FetchCoordinator:
             state, token = await hot.try_lock(identity, lock_ttl)
             if state == "acquired":
                 try:
-                    if waited:
-                        # The holder may have finished between our last look and the lock.
-                        ready = await self._ready(identity)
-                        if ready is not None:
-                            return ready, Source.REDIS, False
+                    # Another process may have fetched it between our last look and the lock.
+                    ready = await self._ready(identity)
+                    if ready is not None:
+                        return ready, Source.REDIS, False
                     return await self._upstream(identity, request, fetcher), Source.API, True
                 finally:
                     await hot.unlock(identity, token)

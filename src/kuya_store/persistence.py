@@ -33,7 +33,7 @@ from kuya_store.models import Listing, PriceSnapshot, SearchType
 from kuya_store.settings import StoreSettings
 from kuya_store.stored import StoredResult
 
-__all__ = ["Database", "FetchRecord", "SearchRecord", "listing_ttl"]
+__all__ = ["Database", "FetchRecord", "SearchRecord", "listing_ttl", "snapshot_from_row"]
 
 _searches = metadata.tables[SearchRow.__tablename__]
 _listings = metadata.tables[ListingRow.__tablename__]
@@ -116,10 +116,12 @@ def _listing_from_row(row: Row[Any]) -> Listing:
     )
 
 
-def _snapshot_from_row(row: Row[Any]) -> PriceSnapshot:
-    return PriceSnapshot.model_validate(
-        {name: getattr(row, name) for name in PriceSnapshot.model_fields}
-    )
+_SNAPSHOT_FIELDS = tuple(PriceSnapshot.model_fields)
+
+
+def snapshot_from_row(row: Row[Any]) -> PriceSnapshot:
+    """A stored snapshot; the column types already give exact money and aware dates."""
+    return PriceSnapshot.model_construct(**{name: getattr(row, name) for name in _SNAPSHOT_FIELDS})
 
 
 class Database:
@@ -131,6 +133,17 @@ class Database:
         self.engine: AsyncEngine = create_engine(settings)
         self.dialect = self.engine.dialect.name
         self._time_queries(settings.slow_query_threshold.total_seconds() * 1000)
+        # Built once: executed with fresh parameters for every fetch.
+        listings = self._insert(_listings)
+        self._upsert_listings_stmt = listings.on_conflict_do_update(
+            index_elements=[_listings.c.item_id],
+            set_={name: listings.excluded[name] for name in _LISTING_UPDATE_COLUMNS},
+        ).returning(_listings.c.id, _listings.c.item_id, sort_by_parameter_order=True)
+        snapshots = self._insert(_snapshots)
+        self._upsert_snapshot_stmt = snapshots.on_conflict_do_update(
+            index_elements=[_snapshots.c.card_identifier, _snapshots.c.snapshot_date],
+            set_={name: snapshots.excluded[name] for name in (*_SNAPSHOT_COLUMNS, "search_id")},
+        )
 
     def _time_queries(self, slow_ms: float) -> None:
         metrics = self.metrics
@@ -224,16 +237,10 @@ class Database:
             key=lambda row: str(row["item_id"]),
         )
         # One statement executed with many parameter sets: SQLAlchemy's "insertmanyvalues"
-        # turns it into multi-row INSERTs, paged under the drivers' bind-parameter limits,
-        # and the compiled statement is cached across calls.
-        stmt = self._insert(_listings)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[_listings.c.item_id],
-            set_={name: stmt.excluded[name] for name in _LISTING_UPDATE_COLUMNS},
-        ).returning(_listings.c.id, _listings.c.item_id, sort_by_parameter_order=True)
+        # turns it into multi-row INSERTs, paged under the drivers' bind-parameter limits.
         ids: dict[str, int] = {}
         if rows:
-            for listing_id, item_id in await conn.execute(stmt, rows):
+            for listing_id, item_id in await conn.execute(self._upsert_listings_stmt, rows):
                 ids[item_id] = listing_id
         return ids
 
@@ -247,12 +254,7 @@ class Database:
         values = snapshot.model_dump(mode="python")
         values["search_id"] = search_id
         values["created_at"] = created_at  # the store's clock, as for every other row
-        stmt = self._insert(_snapshots).values(values)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[_snapshots.c.card_identifier, _snapshots.c.snapshot_date],
-            set_={name: stmt.excluded[name] for name in (*_SNAPSHOT_COLUMNS, "search_id")},
-        )
-        await conn.execute(stmt)
+        await conn.execute(self._upsert_snapshot_stmt, values)
 
     async def detach_results(self, identity: ResultIdentity) -> int:
         """Stop stored fetches of this card and search type from answering (``invalidate``).
@@ -313,7 +315,7 @@ class Database:
                         )
                     )
                 ).first()
-                snapshot = _snapshot_from_row(row) if row is not None else None
+                snapshot = snapshot_from_row(row) if row is not None else None
         return StoredResult(
             query=head.query,
             card_identifier=identity.card_identifier,

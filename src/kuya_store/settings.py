@@ -125,6 +125,7 @@ class StoreSettings(BaseSettings):
     redis_socket_timeout: timedelta = timedelta(milliseconds=250)
     redis_connect_timeout: timedelta = timedelta(milliseconds=500)
     redis_max_connections: int = Field(50, ge=1)
+    redis_pool_timeout: timedelta = timedelta(seconds=1)
     breaker_failure_threshold: int = Field(3, ge=1)
     breaker_reset_after: timedelta = timedelta(seconds=5)
 
@@ -156,6 +157,7 @@ class StoreSettings(BaseSettings):
         "slow_query_threshold",
         "redis_socket_timeout",
         "redis_connect_timeout",
+        "redis_pool_timeout",
         "breaker_reset_after",
         "fetch_timeout",
         "fetch_backoff",

@@ -56,13 +56,17 @@ class RedisTier:
         # with identical bytes is the same validated result, so it is not decoded again.
         self._decoded: OrderedDict[str, tuple[bytes, StoredResult]] = OrderedDict()
         self._index_ttl_ms = int(max(settings.sold_ttl, settings.active_ttl).total_seconds() * 1000)
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
+        # A burst larger than the pool waits for a free connection instead of failing,
+        # which would look like a Redis outage and open the breaker.
+        pool = aioredis.BlockingConnectionPool.from_url(
             settings.redis_url,
+            max_connections=settings.redis_max_connections,
+            timeout=settings.redis_pool_timeout.total_seconds(),
             socket_timeout=settings.redis_socket_timeout.total_seconds(),
             socket_connect_timeout=settings.redis_connect_timeout.total_seconds(),
-            max_connections=settings.redis_max_connections,
             retry_on_timeout=False,
         )
+        self.client: aioredis.Redis = aioredis.Redis.from_pool(pool)
         self.breaker = CircuitBreaker(
             settings.breaker_failure_threshold,
             settings.breaker_reset_after.total_seconds(),
