@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from datetime import UTC, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -571,3 +571,41 @@ async def test_valuator_from_settings_and_constructor(make_store: MakeStore) -> 
         make_store(valuator="kuya_store.models:to_money")
     default = make_store(key_prefix="d" + by_setting.settings.key_prefix, mode="cache_only")
     assert (await default.comps.search(QUERY)).snapshot.volume_confidence is not None  # type: ignore[union-attr]
+
+
+async def test_fetcher_values_are_normalised_before_storing(make_store: MakeStore) -> None:
+    from datetime import datetime, timezone
+
+    manila = timezone(timedelta(hours=8))
+
+    async def fetch(request: ks.FetchRequest) -> list[dict[str, Any]]:
+        return [
+            {
+                "item_id": "F1",
+                "title": "card",
+                "price": 0.1 + 0.2,
+                "sold": True,
+                "sold_date": datetime(2026, 11, 25, 20, 0, tzinfo=manila),
+            },
+            {"item_id": "F2", "title": "card", "price": "19.999", "sold": True},
+        ]
+
+    store = make_store()
+    result = await store.comps.search(QUERY, fetcher=fetch)
+    first, second = result.listings
+    assert (first.price, second.price) == (Decimal("0.30"), Decimal("20.00"))
+    assert first.sold_date is not None and first.sold_date.utcoffset() == timedelta(0)
+    assert first.sold_date == datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    assert json.loads(result.model_dump_json())["listings"][0]["price"] == "0.30"
+
+
+async def test_oversized_display_data_is_rejected(make_store: MakeStore, migrated_url: str) -> None:
+    async def fetch(request: ks.FetchRequest) -> list[dict[str, Any]]:
+        return [{"item_id": "X", "title": "card", "price": "1.00", "extra": {"blob": "x" * 10_000}}]
+
+    store = make_store()
+    with pytest.raises(ks.InvalidInputError, match="at most 8192 bytes") as info:
+        await store.comps.search(QUERY, fetcher=fetch)
+    assert info.value.field == "fetcher.listings"
+    await store.flush()
+    assert await _count(migrated_url, "listing_cache") == 0

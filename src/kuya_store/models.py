@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import math
-from datetime import UTC, date, datetime
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
@@ -16,8 +18,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     PlainSerializer,
     StringConstraints,
+    field_validator,
 )
 
 __all__ = [
@@ -116,14 +120,13 @@ UTCDateTime = Annotated[AwareDatetime, AfterValidator(_utc)]
 _Text = Annotated[str, AfterValidator(_no_nul)]
 
 
-def _json_object(value: dict[str, Any]) -> dict[str, Any]:
+def _json_object(value: Mapping[str, Any], what: str) -> None:
     try:
         encoded = json.dumps(value, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"must be a JSON object ({exc})") from None
+        raise ValueError(f"{what} must be a JSON object ({exc})") from None
     if len(encoded.encode()) > MAX_EXTRA_BYTES:
-        raise ValueError(f"must be at most {MAX_EXTRA_BYTES} bytes as JSON")
-    return value
+        raise ValueError(f"{what} must be at most {MAX_EXTRA_BYTES} bytes as JSON")
 
 
 class _Frozen(BaseModel):
@@ -153,19 +156,36 @@ Params = dict[str, Scalar]
 """Upstream options handed to the fetcher (pages, sort order, ...): JSON scalars only."""
 
 
-class Listing(_Frozen):
-    """One marketplace listing: the metadata the database keeps, plus display-only ``extra``."""
+_NO_NUL = r"^[^\x00]*$"
 
-    item_id: Annotated[_Text, StringConstraints(min_length=1, max_length=50)]
-    title: Annotated[_Text, StringConstraints(min_length=1, max_length=500)]
-    price: Money
+
+def _cents(amount: Decimal) -> str:
+    return f"{amount:.2f}"
+
+
+class Listing(_Frozen):
+    """One marketplace listing: the metadata the database keeps, plus display-only ``extra``.
+
+    Every constraint here is checked by pydantic's compiled core, so reading thousands of
+    listings back from Redis stays cheap. ``price`` takes at most two places; a fetcher's
+    result (:class:`FetchResult`) rounds prices to the cent, normalises ``sold_date`` to
+    UTC and caps ``extra`` at ``MAX_EXTRA_BYTES`` before anything is stored.
+    """
+
+    item_id: Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=_NO_NUL)]
+    title: Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=_NO_NUL)]
+    price: Annotated[
+        Decimal,
+        Field(ge=0, le=MAX_PRICE, max_digits=10, decimal_places=2, allow_inf_nan=False),
+        PlainSerializer(_cents, return_type=str, when_used="json"),
+    ]
     listing_type: Literal["auction", "buy_it_now"] | None = None
-    condition: Annotated[_Text, StringConstraints(max_length=50)] | None = None
+    condition: Annotated[str, StringConstraints(max_length=50, pattern=_NO_NUL)] | None = None
     sold: bool = False
-    sold_date: UTCDateTime | None = None
+    sold_date: AwareDatetime | None = None
     bids: Annotated[int, Field(ge=0, le=2_147_483_647)] | None = None
     watchers: Annotated[int, Field(ge=0, le=2_147_483_647)] | None = None
-    extra: Annotated[dict[str, Any], AfterValidator(_json_object)] = Field(default_factory=dict)
+    extra: dict[str, JsonValue] = Field(default_factory=dict)
 
     def metadata_only(self) -> Listing:
         """This listing without its display data: what the database may keep."""
@@ -205,6 +225,33 @@ class FetchResult(_Frozen):
 
     listings: list[Listing]
     pages_scraped: Annotated[int, Field(ge=0, le=10_000)] = 1
+
+    @field_validator("listings", mode="before")
+    @classmethod
+    def _round_prices(cls, value: Any) -> Any:
+        # Upstream prices arrive as floats or text with stray places: round to the cent.
+        # A price that cannot be a price is left for the field's own check to report.
+        if not isinstance(value, list | tuple):
+            return value
+        rounded = []
+        for item in value:
+            if isinstance(item, Mapping) and "price" in item:
+                with contextlib.suppress(ValueError):
+                    item = {**item, "price": to_money(item["price"])}
+            rounded.append(item)
+        return rounded
+
+    @field_validator("listings")
+    @classmethod
+    def _normalise(cls, listings: list[Listing]) -> list[Listing]:
+        out = []
+        for index, listing in enumerate(listings):
+            _json_object(listing.extra, f"listing {index}: extra")
+            moment = listing.sold_date
+            if moment is not None and moment.utcoffset() != timedelta(0):
+                listing = listing.model_copy(update={"sold_date": moment.astimezone(UTC)})
+            out.append(listing)
+        return out
 
 
 class CompsResult(_Frozen):
