@@ -57,7 +57,7 @@ def ms_line(name: str, values_ms: list[float]) -> str:
 
 @dataclass(frozen=True)
 class Target:
-    """One target of the issue: what was asked, what was measured, whether it was met."""
+    """One target: what was asked, what was measured, whether it was met."""
 
     name: str
     wanted: str

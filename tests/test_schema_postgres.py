@@ -1,4 +1,4 @@
-"""After ``upgrade``, PostgreSQL holds the seed's schema: the seed's DDL is run verbatim in a
+"""After ``upgrade``, PostgreSQL holds the migration plan's schema: the migration plan's DDL is run verbatim in a
 second database and both catalogues are compared column by column, constraint by constraint."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from kuya_store import migrations
 SEED_DDL = (Path(__file__).parent / "data" / "seed_schema.sql").read_text()
 SEED_TABLES = ("searches", "price_snapshots", "listing_cache", "users", "saved_searches")
 
-# Everything the library adds on top of the seed, each explained in docs/schema.md.
+# Everything the library adds on top of the migration plan, each explained in docs/schema.md.
 ADDED_COLUMNS = {
     ("searches", "card_identifier"),
     ("searches", "params"),
@@ -36,7 +36,7 @@ ADDED_INDEXES = {
     "idx_saved_searches_alerts",
 }
 ADDED_TABLES = {"search_results", "kuya_store_alembic_version"}
-# Foreign keys the seed leaves at NO ACTION that must not block purging old searches.
+# Foreign keys the plan leaves at NO ACTION that must not block purging old searches.
 SET_NULL_FKS = {"price_snapshots_search_id_fkey", "listing_cache_search_id_fkey"}
 
 COLUMNS_SQL = """

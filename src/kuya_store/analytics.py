@@ -106,7 +106,7 @@ def _slope(points: list[TrendPoint]) -> Decimal:
 
 
 class Analytics(DatabaseFeature):
-    """Read-only analytics over the persistent tier (the seed's Phase 4)."""
+    """Read-only analytics over the persistent tier (the migration plan's Phase 4)."""
 
     _purpose = "analytics read the database"
 

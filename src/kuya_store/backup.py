@@ -1,7 +1,7 @@
 """``store.backup``: a CSV backup of the price snapshots, its restore, and the partial rollback.
 
 ``pg_dump``/``pg_restore`` save and restore a whole PostgreSQL database (``docs/backup.md``).
-This module covers the rest of the seed's backup strategy: the "critical data only" copy of
+This module covers the rest of the plan's backup strategy: the "critical data only" copy of
 ``price_snapshots``, and the "Data Rollback" of everything recorded after a moment.
 
 The CSV is PostgreSQL's own ``COPY ... CSV HEADER`` format on both backends (SQLite output

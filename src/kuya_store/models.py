@@ -272,7 +272,7 @@ class CompsResult(_Frozen):
 
 
 class Health(_Frozen):
-    """Readiness, as the seed's ``/health/ready``: unhealthy only when nothing answers.
+    """Readiness, as the migration plan's ``/health/ready``: unhealthy only when nothing answers.
 
     A part that is not configured (no Redis URL; no database in ``cache_only`` mode)
     reads ``False`` but does not degrade the status.

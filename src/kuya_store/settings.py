@@ -18,7 +18,7 @@ __all__ = ["DEFAULT_DATABASE_URL", "Mode", "StoreSettings", "redact_url"]
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./kuya_comps.db"
 
 Mode = Literal["cache_only", "dual_write", "read_through"]
-"""Rollout mode, after the seed's phases: cache only, dual-write, read from the database."""
+"""Rollout mode, after the migration plan's phases: cache only, dual-write, read-through."""
 
 _DRIVERS = {
     "postgresql+asyncpg": "postgresql+asyncpg",
@@ -61,7 +61,7 @@ def _positive(value: timedelta) -> timedelta:
 
 
 class StoreSettings(BaseSettings):
-    """Configuration of a :class:`~kuya_store.CompsStore`; defaults follow the seed's plan.
+    """Configuration of a :class:`~kuya_store.CompsStore`; defaults follow the migration plan.
 
     With nothing set, the store runs embedded: SQLite at ``./kuya_comps.db`` and the
     in-process memory hot tier. Durations accept seconds (``1800``) or ISO 8601 (``PT30M``).
@@ -93,10 +93,10 @@ class StoreSettings(BaseSettings):
     """Send ``SearchFilters`` upstream (and key results by them) instead of filtering titles."""
     key_prefix: str = Field("kuya", min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")
 
-    # Hot tier TTLs (the seed's Redis cache: sold 30 min, active 5 min).
+    # Hot tier TTLs (the migration plan's Redis cache: sold 30 min, active 5 min).
     sold_ttl: timedelta = timedelta(minutes=30)
     active_ttl: timedelta = timedelta(minutes=5)
-    # Database freshness: how old a stored fetch may be and still answer (seed's Phase 3).
+    # Database freshness: how old a stored fetch may be and still answer (the plan's Phase 3).
     sold_fresh_for: timedelta = timedelta(minutes=30)
     active_fresh_for: timedelta = timedelta(minutes=5)
     # When a cached listing is due for a refresh (``listing_cache.ttl``).

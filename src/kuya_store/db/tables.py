@@ -1,7 +1,7 @@
-"""The seed's five tables, plus the one link table correctness needs (see ``docs/schema.md``).
+"""The migration plan's five tables, plus the link table correctness needs (``docs/schema.md``).
 
-Names, columns, nullability, defaults, constraints and indexes follow the seed's DDL.
-Constraint names follow PostgreSQL's own defaults, so the schema is the one the seed's
+Names, columns, nullability, defaults, constraints and indexes follow the migration plan's DDL.
+Constraint names follow PostgreSQL's own defaults, so the schema is the one the migration plan's
 ``CREATE TABLE`` statements would have produced.
 """
 

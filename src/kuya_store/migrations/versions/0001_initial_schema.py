@@ -1,4 +1,4 @@
-"""The seed's schema: searches, price_snapshots, listing_cache, users, saved_searches.
+"""The migration plan's schema: searches, price_snapshots, listing_cache, users, saved_searches.
 
 Plus the link table ``search_results`` and the ``searches`` columns that identify a stored
 result (``card_identifier``, ``params``, ``result_key``); ``docs/schema.md`` says why.
