@@ -167,10 +167,10 @@ async def _demo(settings: StoreSettings, query: str, latency: float, chart_path:
     await migrations.upgrade_async(settings.database_url)
     table = Table("step", "query", "source", "listings", "ms", "API calls")
     steps: list[tuple[str, str, dict[str, Any]]] = [
-        ("first search: a miss, the API answers", query, {}),
+        ("first search", query, {}),
         ("same card, other spelling", query.lower().replace("#", "") + "  ", {}),
-        ("raw copies only: filtered from the same fetch", query, {"raw_only": True}),
-        ("active listings: another feed", query, {"search_type": "active"}),
+        ("raw copies only (filtered from the same fetch)", query, {"raw_only": True}),
+        ("active listings", query, {"search_type": "active"}),
     ]
 
     async def run(store: CompsStore, label: str, text: str, options: dict[str, Any]) -> Any:
@@ -196,7 +196,7 @@ async def _demo(settings: StoreSettings, query: str, latency: float, chart_path:
         await store.flush()
         saved = store.metrics()["api_calls_saved"]
     async with CompsStore(settings, fetchers=fetchers) as store:
-        await run(store, "after a restart: the database answers", query, {})
+        await run(store, "after a restart (new process, empty memory)", query, {})
         saved += store.metrics()["api_calls_saved"]
         history = await store.analytics.price_history(query)
     await asyncio.to_thread(chart_path.write_text, render_price_chart(history))
