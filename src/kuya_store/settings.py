@@ -107,7 +107,7 @@ class StoreSettings(BaseSettings):
     # In-process near-cache in front of Redis.
     near_cache_ttl: timedelta = timedelta(seconds=5)
     near_cache_size: int = Field(10_000, ge=0)
-    memory_tier_size: int = Field(100_000, ge=1)
+    memory_tier_size: int = Field(10_000, ge=1)
 
     # Database connections.
     pool_size: int = Field(5, ge=1, le=1000)
