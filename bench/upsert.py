@@ -18,37 +18,12 @@ import asyncpg
 import kuya_store as ks
 from bench.stats import Target
 from kuya_store.metrics import Metrics
-from kuya_store.persistence import Database, FetchRecord, SearchRecord
+from kuya_store.persistence import LISTING_UPDATE_COLUMNS, Database, FetchRecord, SearchRecord
 from kuya_store.stored import StoredResult
 
-COLUMNS = (
-    "item_id",
-    "title",
-    "price",
-    "listing_type",
-    "condition",
-    "sold",
-    "sold_date",
-    "bids",
-    "watchers",
-    "first_seen",
-    "last_updated",
-    "ttl",
-    "search_id",
-)
-UPDATED = (
-    "title",
-    "price",
-    "listing_type",
-    "condition",
-    "sold",
-    "sold_date",
-    "bids",
-    "watchers",
-    "last_updated",
-    "ttl",
-    "search_id",
-)
+# The same columns as kuya-store writes, so both sides do the same work per row.
+UPDATED = LISTING_UPDATE_COLUMNS
+COLUMNS = ("item_id", "first_seen", *UPDATED)
 UPSERT = (
     f"INSERT INTO listing_cache ({', '.join(COLUMNS)}) "
     f"VALUES ({', '.join(f'${i}' for i in range(1, len(COLUMNS) + 1))}) "
@@ -103,24 +78,17 @@ def _record(fetch: int, listings: list[ks.Listing]) -> FetchRecord:
 
 def _rows(record: FetchRecord, search_id: int) -> list[tuple[object, ...]]:
     moment = record.search.created_at
-    return [
-        (
-            x.item_id,
-            x.title,
-            x.price,
-            x.listing_type,
-            x.condition,
-            x.sold,
-            x.sold_date,
-            x.bids,
-            x.watchers,
-            moment,
-            moment,
-            record.listing_ttl,
-            search_id,
-        )
-        for x in sorted(record.result.listings, key=lambda x: x.item_id)
-    ]
+    rows = []
+    for x in sorted(record.result.listings, key=lambda x: x.item_id):
+        values = {
+            **x.model_dump(include=set(COLUMNS)),
+            "first_seen": moment,
+            "last_updated": moment,
+            "ttl": record.listing_ttl,
+            "search_id": search_id,
+        }
+        rows.append(tuple(values[name] for name in COLUMNS))
+    return rows
 
 
 async def _fresh_schema(database: Database) -> None:

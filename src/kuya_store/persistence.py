@@ -33,14 +33,22 @@ from kuya_store.models import Listing, PriceSnapshot, SearchType
 from kuya_store.settings import StoreSettings
 from kuya_store.stored import StoredResult
 
-__all__ = ["Database", "FetchRecord", "SearchRecord", "listing_ttl", "snapshot_from_row"]
+__all__ = [
+    "LISTING_UPDATE_COLUMNS",
+    "Database",
+    "FetchRecord",
+    "SearchRecord",
+    "listing_ttl",
+    "snapshot_from_row",
+]
 
 _searches = metadata.tables[SearchRow.__tablename__]
 _listings = metadata.tables[ListingRow.__tablename__]
 _links = metadata.tables[SearchResultRow.__tablename__]
 _snapshots = metadata.tables[PriceSnapshotRow.__tablename__]
 
-_LISTING_UPDATE_COLUMNS = (
+# What a re-fetched listing overwrites; ``first_seen`` (and the row's id) stay.
+LISTING_UPDATE_COLUMNS = (
     "title",
     "price",
     "listing_type",
@@ -137,7 +145,7 @@ class Database:
         listings = self._insert(_listings)
         self._upsert_listings_stmt = listings.on_conflict_do_update(
             index_elements=[_listings.c.item_id],
-            set_={name: listings.excluded[name] for name in _LISTING_UPDATE_COLUMNS},
+            set_={name: listings.excluded[name] for name in LISTING_UPDATE_COLUMNS},
         ).returning(_listings.c.id, _listings.c.item_id, sort_by_parameter_order=True)
         snapshots = self._insert(_snapshots)
         self._upsert_snapshot_stmt = snapshots.on_conflict_do_update(
