@@ -10,11 +10,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import kuya_store as ks
+from bench.records import fetch_record
 from bench.stats import Target
 from kuya_store.db.tables import ListingRow, SearchResultRow, SearchRow
 from kuya_store.metrics import Metrics
-from kuya_store.persistence import Database, FetchRecord, SearchRecord
-from kuya_store.stored import StoredResult
+from kuya_store.persistence import Database, FetchRecord
 
 TARGET = 10.0
 
@@ -36,29 +36,7 @@ def _listings(round_: int) -> list[ks.Listing]:
 
 
 def _record(round_: int) -> FetchRecord:
-    now = datetime.now(UTC)
-    listings = _listings(round_)
-    search = SearchRecord(
-        query="wemby",
-        card_identifier="wemby",
-        search_type=ks.SearchType.SOLD,
-        filters={},
-        params={"round": round_},
-        created_at=now,
-        execution_time_ms=1,
-        cache_hit=False,
-        items_count=200,
-        result_key=f"{round_:064d}",
-    )
-    result = StoredResult(
-        query="wemby",
-        card_identifier="wemby",
-        search_type=ks.SearchType.SOLD,
-        params={},
-        listings=listings,
-        fetched_at=now,
-    )
-    return FetchRecord(search=search, result=result, listing_ttl=now + timedelta(days=1))
+    return fetch_record(round_, _listings(round_), datetime.now(UTC))
 
 
 async def _naive(session: AsyncSession, record: FetchRecord) -> None:

@@ -16,10 +16,10 @@ from decimal import Decimal
 import asyncpg
 
 import kuya_store as ks
+from bench.records import fetch_record
 from bench.stats import Target
 from kuya_store.metrics import Metrics
-from kuya_store.persistence import LISTING_UPDATE_COLUMNS, Database, FetchRecord, SearchRecord
-from kuya_store.stored import StoredResult
+from kuya_store.persistence import LISTING_UPDATE_COLUMNS, Database, FetchRecord
 
 # The same columns as kuya-store writes, so both sides do the same work per row.
 UPDATED = LISTING_UPDATE_COLUMNS
@@ -52,28 +52,7 @@ def _listings(fetch: int, size: int) -> list[ks.Listing]:
 
 
 def _record(fetch: int, listings: list[ks.Listing]) -> FetchRecord:
-    now = START + timedelta(hours=fetch)
-    search = SearchRecord(
-        query="wemby",
-        card_identifier="wemby",
-        search_type=ks.SearchType.SOLD,
-        filters={},
-        params={"fetch": fetch},
-        created_at=now,
-        execution_time_ms=1,
-        cache_hit=False,
-        items_count=len(listings),
-        result_key=f"{fetch:064d}",
-    )
-    result = StoredResult(
-        query="wemby",
-        card_identifier="wemby",
-        search_type=ks.SearchType.SOLD,
-        params={"fetch": fetch},
-        listings=listings,
-        fetched_at=now,
-    )
-    return FetchRecord(search=search, result=result, listing_ttl=now + timedelta(days=1))
+    return fetch_record(fetch, listings, START + timedelta(hours=fetch))
 
 
 def _rows(record: FetchRecord, search_id: int) -> list[tuple[object, ...]]:
