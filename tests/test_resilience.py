@@ -95,8 +95,10 @@ def test_4_processes_x_50_concurrent_misses_make_one_call(
     sources = [s for r in reports for s in r["sources"]]
     assert len(sources) == 200
     # The other three processes took the holder's result from Redis: after waiting on its
-    # lock, or, when they arrived after it finished, straight from the hot tier.
-    assert sum(s == "redis" for s in sources) == 150
+    # lock, or, when they arrived after it finished, straight from the hot tier; in the
+    # holder's process a search that arrived just as the flight landed reads it there too.
+    assert set(sources) <= {"api", "redis", "memory"}
+    assert sum(s == "redis" for s in sources) >= 150
 
 
 async def test_lock_holder_that_dies_is_taken_over(redis_base_url: str, key_prefix: str) -> None:
@@ -109,6 +111,7 @@ async def test_lock_holder_that_dies_is_taken_over(redis_base_url: str, key_pref
         redis_url=redis_base_url,
         key_prefix=key_prefix,
         single_flight_lock_ttl=0.3,
+        redis_socket_timeout=0.1,
         fetchers={"sold": market.sold},
     ) as store:
         # A process took the lock and died: nobody releases it, it expires.
@@ -314,16 +317,26 @@ async def test_failing_fetcher_serves_stale_within_max_stale(migrated_url: str) 
     assert await _count(migrated_url, "SELECT count(*) FROM searches WHERE cache_hit = true") == 1
 
 
-async def test_failing_fetcher_without_stale_data_raises(migrated_url: str) -> None:
+@pytest.mark.parametrize(
+    ("failure", "calls"),
+    [
+        (ks.TransientFetchError("upstream 503", status=503), 3),  # retried: may pass
+        (ks.PermanentFetchError("quota exceeded", status=403), 1),  # paid once
+        (RuntimeError("quota exceeded"), 1),  # unknown: not worth another paid call
+    ],
+)
+async def test_failing_fetcher_without_stale_data_raises(
+    migrated_url: str, failure: Exception, calls: int
+) -> None:
     async def down(request: ks.FetchRequest) -> ks.FetchResult:
-        raise RuntimeError("quota exceeded")
+        raise failure
 
     async with ks.CompsStore(
         database_url=migrated_url, fetchers={"sold": down}, fetch_backoff=0.001
     ) as store:
-        with pytest.raises(ks.FetcherError, match="quota exceeded"):
+        with pytest.raises(ks.FetcherError, match=str(failure)):
             await store.comps.search(QUERY)
-        assert store.metrics()["api_calls"] == 3
+        assert store.metrics()["api_calls"] == calls
 
 
 async def test_hanging_fetcher_is_cut_off(migrated_url: str) -> None:

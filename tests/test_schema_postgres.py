@@ -21,6 +21,7 @@ ADDED_COLUMNS = {
     ("searches", "card_identifier"),
     ("searches", "params"),
     ("searches", "result_key"),
+    ("searches", "fetch_stats"),
     ("saved_searches", "search_type"),
     ("saved_searches", "last_alert_observation"),
     ("saved_searches", "last_alerted_at"),

@@ -1,21 +1,34 @@
-"""A circuit breaker, so a dead Redis costs one timeout, not one per request."""
+"""A circuit breaker, so a dead server costs one timeout, not one per request.
+
+Every guarded call site (the Redis tier, database reads) goes through
+:meth:`CircuitBreaker.guard`, so the rules live here once:
+
+- a failure counts, a success closes the breaker;
+- a call that is cancelled (client disconnect, a timeout around ``search()``) counts as
+  neither: it hands the probe back, so the next call may probe again;
+- a probe that never reports back (a task killed without unwinding) expires after
+  ``reset_after``, so a half-open breaker can never refuse forever.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Awaitable, Callable
+from typing import Literal, TypeVar
 
-__all__ = ["CircuitBreaker"]
+__all__ = ["CircuitBreaker", "Outcome"]
 
 State = Literal["closed", "open", "half_open"]
+Outcome = Literal["ok", "skipped", "failed"]
+_T = TypeVar("_T")
 
 
 class CircuitBreaker:
     """Opens after ``threshold`` failures in a row; after ``reset_after`` s lets one probe through.
 
-    ``allow()`` says whether to try the call; report the outcome with ``success()`` or
-    ``failure()``. Time comes from ``monotonic`` so tests can drive it.
+    ``allow()`` says whether to try the call; report the outcome with ``success()``,
+    ``failure()`` or, when the call was abandoned, ``release()``. Time comes from
+    ``monotonic`` so tests can drive it.
     """
 
     def __init__(
@@ -31,7 +44,7 @@ class CircuitBreaker:
         self._on_open = on_open
         self._failures = 0
         self._opened_at: float | None = None
-        self._probing = False
+        self._probe_since: float | None = None
 
     @property
     def state(self) -> State:
@@ -45,20 +58,54 @@ class CircuitBreaker:
         state = self.state
         if state == "closed":
             return True
-        if state == "half_open" and not self._probing:
-            self._probing = True
+        if state == "open":
+            return False
+        now = self._monotonic()
+        if self._probe_since is None or now - self._probe_since >= self.reset_after:
+            self._probe_since = now
             return True
         return False
 
     def success(self) -> None:
         self._failures = 0
         self._opened_at = None
-        self._probing = False
+        self._probe_since = None
 
     def failure(self) -> None:
         self._failures += 1
-        if self._probing or (self._opened_at is None and self._failures >= self.threshold):
+        probing = self._probe_since is not None
+        if probing or (self._opened_at is None and self._failures >= self.threshold):
             self._opened_at = self._monotonic()
-            self._probing = False
+            self._probe_since = None
             if self._on_open is not None:
                 self._on_open()
+
+    def release(self) -> None:
+        """The allowed call ended without an outcome (cancelled): let another call probe."""
+        self._probe_since = None
+
+    async def guard(
+        self,
+        operation: Callable[[], Awaitable[_T]],
+        failures: tuple[type[BaseException], ...] | Callable[[BaseException], bool],
+    ) -> tuple[Outcome, _T | None]:
+        """Run ``operation`` if the breaker allows it.
+
+        Returns ``("ok", value)``, ``("skipped", None)`` when the breaker is open, or
+        ``("failed", None)`` when the call raised one of ``failures`` (a tuple of types, or
+        a predicate). Anything else, cancellation included, propagates after the breaker
+        has been told that this call has no outcome.
+        """
+        if not self.allow():
+            return "skipped", None
+        try:
+            value = await operation()
+        except BaseException as exc:
+            counts = isinstance(exc, failures) if isinstance(failures, tuple) else failures(exc)
+            if counts and isinstance(exc, Exception):
+                self.failure()
+                return "failed", None
+            self.release()
+            raise
+        self.success()
+        return "ok", value

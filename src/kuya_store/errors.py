@@ -9,7 +9,10 @@ __all__ = [
     "InvalidInputError",
     "KuyaStoreError",
     "NotFoundError",
+    "PermanentFetchError",
     "StorageUnavailableError",
+    "StoreClosedError",
+    "TransientFetchError",
 ]
 
 
@@ -49,6 +52,37 @@ class InvalidInputError(KuyaStoreError, ValueError):
 
 class FetcherError(KuyaStoreError):
     """The upstream fetcher failed and no stored result may be served instead."""
+
+
+class PermanentFetchError(FetcherError):
+    """Raised by a fetcher when retrying cannot help (bad request, missing API key, 4xx).
+
+    The store makes exactly one call for it, then serves a stale result or raises
+    :class:`FetcherError`.
+
+    Attributes:
+        status: the upstream HTTP status, when there was one.
+    """
+
+    def __init__(self, message: str = "", *, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class TransientFetchError(FetcherError):
+    """Raised by a fetcher when a retry may succeed (timeout, connection reset, 429, 5xx).
+
+    Attributes:
+        status: the upstream HTTP status, when there was one.
+    """
+
+    def __init__(self, message: str = "", *, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class StoreClosedError(KuyaStoreError):
+    """The store was closed: it takes no more calls."""
 
 
 class NotFoundError(KuyaStoreError, LookupError):

@@ -4,9 +4,13 @@
 - Cross-process single-flight (with Redis): a lock with a random token and an expiry;
   the others wait for the holder's result to appear in Redis, and take over if the
   holder dies (its lock expires) or the wait runs out.
-- Each attempt is cut off by ``fetch_timeout``; failures are retried with jittered
-  exponential backoff (tenacity) up to ``fetch_attempts`` times. Invalid data is not
-  retried: it is the fetcher's bug, reported as ``InvalidInputError``.
+- The call runs in a task of its own (a *flight*), shielded from the searches that wait
+  on it: a search that is cancelled returns at once, the others get the flight's outcome,
+  and a paid result is kept even when nobody waits for it any more.
+- Each attempt is cut off by ``fetch_timeout``; only failures a retry can fix are retried
+  (:mod:`kuya_store.retries`), and only while some search still waits. The cross-process
+  lock is extended while its holder fetches, and a holder whose fetch failed tells its
+  waiters, so a failure that retrying cannot fix is paid once across processes too.
 """
 
 from __future__ import annotations
@@ -15,25 +19,21 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
-from pydantic import ValidationError
-from tenacity import (
-    AsyncRetrying,
-    RetryError,
-    retry_if_not_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
+from pydantic import BaseModel, ValidationError
+from tenacity import RetryCallState
 
 from kuya_store.clock import Clock
-from kuya_store.errors import FetcherError, InvalidInputError
+from kuya_store.errors import FetcherError, InvalidInputError, StoreClosedError
 from kuya_store.freshness import is_fresh
 from kuya_store.keys import ResultIdentity
 from kuya_store.metrics import Metrics
 from kuya_store.models import FetchRequest, FetchResult, SearchType, Source
 from kuya_store.pricing import Valuator
+from kuya_store.retries import is_transient_fetch_error, retrying
 from kuya_store.settings import StoreSettings
 from kuya_store.stored import StoredResult
 from kuya_store.tiers import HotTier
@@ -46,26 +46,50 @@ Fetcher = Callable[[FetchRequest], Awaitable[FetchResult] | FetchResult]
 Fill = Callable[[ResultIdentity, StoredResult, datetime], Awaitable[None]]
 Outcome = tuple[StoredResult, Source, bool]
 """The result, the tier it came from, and whether this call made the upstream request."""
+OnFetched = Callable[[StoredResult], None]
+"""Called inside the flight once a paid result is in the hot tiers (to persist it)."""
 
 
 @runtime_checkable
 class _Locking(Protocol):
     async def try_lock(self, identity: ResultIdentity, ttl: timedelta) -> tuple[str, str]: ...
 
-    async def is_locked(self, identity: ResultIdentity) -> bool: ...
+    async def lock_state(self, identity: ResultIdentity) -> str: ...
 
     async def unlock(self, identity: ResultIdentity, token: str) -> None: ...
 
+    async def extend_lock(
+        self, identity: ResultIdentity, token: str, ttl: timedelta
+    ) -> bool | None: ...
+
+    async def mark_failed(self, identity: ResultIdentity, token: str, ttl: timedelta) -> None: ...
+
+
+def _as_data(value: object) -> object:
+    """A model's fields as plain data, so one built with ``model_construct`` is validated too."""
+    if isinstance(value, BaseModel):
+        return {name: _as_data(item) for name, item in value.__dict__.items()}
+    if isinstance(value, list | tuple):
+        return [_as_data(item) for item in value]
+    return value
+
 
 def validate_fetch_result(value: object) -> FetchResult:
-    """Validate what a fetcher returned; bad data is ``InvalidInputError`` naming the field."""
+    """Validate what a fetcher returned; bad data is ``InvalidInputError`` naming the field.
+
+    Whatever form it takes (a ``FetchResult``, a list of listings or of dicts, an object
+    with ``listings``; models built with ``model_construct`` too), it goes through the
+    same validation, so a float price is rounded to the cent however it arrives.
+    """
     try:
-        if isinstance(value, FetchResult):
-            result = value
-        elif isinstance(value, list | tuple):
-            result = FetchResult.model_validate({"listings": list(value)})
+        if isinstance(value, list | tuple):
+            result = FetchResult.model_validate({"listings": _as_data(value)})
+        elif isinstance(value, FetchResult):
+            result = FetchResult.model_validate(_as_data(value))
         else:
-            result = FetchResult.model_validate(value, from_attributes=True)
+            # An object with ``listings`` (a dataclass, another model): read its attributes.
+            loose = FetchResult.model_validate(value, from_attributes=True)
+            result = FetchResult.model_validate(_as_data(loose))
     except ValidationError as exc:
         raise InvalidInputError.from_validation_error(exc, "fetcher") from None
     seen: set[str] = set()
@@ -84,6 +108,14 @@ async def _invoke(fetcher: Fetcher, request: FetchRequest) -> object:
         return await fetcher(request)  # type: ignore[misc]
     outcome = await asyncio.to_thread(fetcher, request)
     return await outcome if inspect.isawaitable(outcome) else outcome
+
+
+@dataclass(eq=False)
+class _Flight:
+    """One upstream fetch in progress, and how many searches still wait for it."""
+
+    task: asyncio.Task[Outcome] | None = None
+    waiters: int = 0
 
 
 class FetchCoordinator:
@@ -105,111 +137,235 @@ class FetchCoordinator:
         self._hot = hot
         self._fill = fill
         self._valuator = valuator
-        self._inflight: dict[ResultIdentity, asyncio.Future[tuple[StoredResult, Source]]] = {}
+        self._inflight: dict[ResultIdentity, _Flight] = {}
+
+    @property
+    def in_flight(self) -> int:
+        """Upstream fetches still running."""
+        return len(self._inflight)
 
     async def fetch(
-        self, identity: ResultIdentity, request: FetchRequest, fetcher: Fetcher
+        self,
+        identity: ResultIdentity,
+        request: FetchRequest,
+        fetcher: Fetcher,
+        *,
+        on_fetched: OnFetched,
+        newer_than: datetime | None = None,
     ) -> Outcome:
-        pending = self._inflight.get(identity)
-        if pending is not None:
-            self._metrics.incr("single_flight_waits")
-            stored, source = await asyncio.shield(pending)
-            return stored, source, False
-        future: asyncio.Future[tuple[StoredResult, Source]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._inflight[identity] = future
-        try:
-            stored, source, owner = await self._across_processes(identity, request, fetcher)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved here, so a lone caller leaves no warning behind
-            raise
+        """The result of one shared flight for ``identity``; starts it if none runs.
+
+        Args:
+            on_fetched: run by the flight when it made the paid call (this search's record).
+            newer_than: with ``refresh=True``: a stored result fetched before this moment
+                does not count as ready.
+        """
+        flight = self._inflight.get(identity)
+        joined = flight is not None
+        if flight is None:
+            flight = _Flight()
+            flight.task = asyncio.create_task(
+                self._fly(identity, request, fetcher, flight, on_fetched, newer_than),
+                name=f"kuya-fetch-{identity.search_type.value}",
+            )
+            self._inflight[identity] = flight
+            flight.task.add_done_callback(lambda task: self._landed(identity, flight, task))
         else:
-            future.set_result((stored, source))
-            return stored, source, owner
+            self._metrics.incr("single_flight_waits")
+        assert flight.task is not None
+        flight.waiters += 1
+        try:
+            stored, source, paid = await asyncio.shield(flight.task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if flight.task.cancelled() and (current is None or not current.cancelling()):
+                # The flight was stopped (the store is closing), not this search.
+                raise StoreClosedError("the store closed while this search was fetching") from None
+            raise
         finally:
+            flight.waiters -= 1
+        return stored, source, paid and not joined
+
+    def _landed(
+        self, identity: ResultIdentity, flight: _Flight, task: asyncio.Task[Outcome]
+    ) -> None:
+        if self._inflight.get(identity) is flight:
             del self._inflight[identity]
+        if not task.cancelled():
+            task.exception()  # retrieved, so a flight nobody waited for leaves no warning
+
+    async def close(self, timeout: float) -> int:
+        """Let running flights land (their results are paid for); cancel what is left.
+
+        Returns how many flights had to be cancelled.
+        """
+        tasks = [f.task for f in self._inflight.values() if f.task is not None]
+        if not tasks:
+            return 0
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
+        return len(pending)
+
+    async def _fly(
+        self,
+        identity: ResultIdentity,
+        request: FetchRequest,
+        fetcher: Fetcher,
+        flight: _Flight,
+        on_fetched: OnFetched,
+        newer_than: datetime | None,
+    ) -> Outcome:
+        stored, source, paid = await self._across_processes(
+            identity, request, fetcher, flight, newer_than
+        )
+        if paid:
+            # Persisted by the flight itself: a paid result is kept even if every search
+            # that asked for it was cancelled meanwhile.
+            on_fetched(stored)
+        return stored, source, paid
 
     async def _across_processes(
-        self, identity: ResultIdentity, request: FetchRequest, fetcher: Fetcher
+        self,
+        identity: ResultIdentity,
+        request: FetchRequest,
+        fetcher: Fetcher,
+        flight: _Flight,
+        newer_than: datetime | None,
     ) -> Outcome:
         hot = self._hot
         # A search whose lookup began before another task's fetch filled the hot tier
         # arrives here after that fetch is over: look once more before paying for a call.
-        ready = await self._ready(identity)
+        ready = await self._ready(identity, newer_than)
         if ready is not None:
             self._metrics.incr("single_flight_waits")
             return ready, Source(hot.name), False
         if not isinstance(hot, _Locking):
-            return await self._upstream(identity, request, fetcher), Source.API, True
+            return await self._upstream(identity, request, fetcher, flight), Source.API, True
         lock_ttl = self._settings.single_flight_lock_ttl
-        deadline = time.monotonic() + self._settings.single_flight_wait.total_seconds()
+        deadline = time.monotonic() + self._settings.flight_wait.total_seconds()
         waited = False
         while True:
             state, token = await hot.try_lock(identity, lock_ttl)
             if state == "acquired":
-                try:
-                    # Another process may have fetched it between our last look and the lock.
-                    ready = await self._ready(identity)
-                    if ready is not None:
-                        return ready, Source.REDIS, False
-                    return await self._upstream(identity, request, fetcher), Source.API, True
-                finally:
-                    await hot.unlock(identity, token)
+                return await self._holding(identity, request, fetcher, flight, newer_than, token)
             if state == "unavailable":
                 break
             if not waited:
                 self._metrics.incr("lock_waits")
                 waited = True
-            ready = await self._wait_for_holder(identity, hot, deadline)
+            ready = await self._wait_for_holder(identity, hot, deadline, newer_than)
             if ready is not None:
                 return ready, Source.REDIS, False
             if time.monotonic() >= deadline:
                 self._metrics.incr("lock_wait_timeouts")
                 break
-        return await self._upstream(identity, request, fetcher), Source.API, True
+        return await self._upstream(identity, request, fetcher, flight), Source.API, True
 
-    async def _ready(self, identity: ResultIdentity) -> StoredResult | None:
+    async def _holding(
+        self,
+        identity: ResultIdentity,
+        request: FetchRequest,
+        fetcher: Fetcher,
+        flight: _Flight,
+        newer_than: datetime | None,
+        token: str,
+    ) -> Outcome:
+        """Fetch while holding the cross-process lock, extending it until the fetch is over."""
+        hot = self._hot
+        assert isinstance(hot, _Locking)
+        ttl = self._settings.single_flight_lock_ttl
+        keeper = asyncio.create_task(self._keep_lock(hot, identity, token, ttl))
+        failed = False
+        try:
+            # Another process may have fetched it between our last look and the lock.
+            ready = await self._ready(identity, newer_than)
+            if ready is not None:
+                return ready, Source.REDIS, False
+            try:
+                stored = await self._upstream(identity, request, fetcher, flight)
+            except (FetcherError, InvalidInputError):
+                failed = True
+                raise
+            return stored, Source.API, True
+        finally:
+            keeper.cancel()
+            if failed:
+                # Waiting processes give up instead of paying for the same failure again.
+                await hot.mark_failed(identity, token, self._settings.fetch_failure_notice)
+            else:
+                await hot.unlock(identity, token)
+
+    async def _keep_lock(
+        self, hot: _Locking, identity: ResultIdentity, token: str, ttl: timedelta
+    ) -> None:
+        """Extend the lock every third of its TTL, so a slow but healthy fetch keeps it."""
+        while True:
+            await asyncio.sleep(ttl.total_seconds() / 3)
+            if await hot.extend_lock(identity, token, ttl) is False:
+                self._metrics.incr("lock_lost")
+                return
+
+    async def _ready(
+        self, identity: ResultIdentity, newer_than: datetime | None = None
+    ) -> StoredResult | None:
         hit = await self._hot.get(identity)
         ttl = self._settings.hot_ttl(identity.search_type)
-        if hit is not None and is_fresh(hit.fetched_at, self._clock(), ttl):
-            return hit
-        return None
+        if hit is None or not is_fresh(hit.fetched_at, self._clock(), ttl):
+            return None
+        if newer_than is not None and hit.fetched_at < newer_than:
+            return None
+        return hit
 
     async def _wait_for_holder(
-        self, identity: ResultIdentity, hot: _Locking, deadline: float
+        self,
+        identity: ResultIdentity,
+        hot: _Locking,
+        deadline: float,
+        newer_than: datetime | None,
     ) -> StoredResult | None:
         """Poll for the holder's result until it appears, the lock goes, or time is up."""
         delay = 0.01
         while time.monotonic() < deadline:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
-            ready = await self._ready(identity)
+            ready = await self._ready(identity, newer_than)
             if ready is not None:
                 return ready
-            if not await hot.is_locked(identity):
-                return None  # the holder failed or died: try to take over
+            state = await hot.lock_state(identity)
+            if state == "failed":
+                self._metrics.incr("lock_holder_failures")
+                raise FetcherError(
+                    f"the {identity.search_type.value!r} fetch by another process failed"
+                )
+            if state == "free":
+                return None  # the holder died: try to take over
         return None
 
+    def _count_retry(self, state: RetryCallState) -> None:
+        self._metrics.incr("api_retries")
+
     async def _upstream(
-        self, identity: ResultIdentity, request: FetchRequest, fetcher: Fetcher
+        self, identity: ResultIdentity, request: FetchRequest, fetcher: Fetcher, flight: _Flight
     ) -> StoredResult:
         settings = self._settings
         timeout = settings.fetch_timeout.total_seconds()
         backoff = settings.fetch_backoff.total_seconds()
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(settings.fetch_attempts),
-            wait=wait_random_exponential(multiplier=backoff, max=backoff * 16),
-            retry=retry_if_not_exception_type(InvalidInputError),
-            reraise=False,
-        )
         started = time.perf_counter()
+        attempts = 0
         try:
-            async for attempt in retrying:
+            async for attempt in retrying(
+                settings.fetch_attempts,
+                backoff=backoff,
+                max_backoff=backoff * 16,
+                transient=is_transient_fetch_error,
+                keep_going=lambda: flight.waiters > 0,
+                before_sleep=self._count_retry,
+            ):
                 with attempt:
-                    if attempt.retry_state.attempt_number > 1:
-                        self._metrics.incr("api_retries")
+                    attempts += 1
                     self._metrics.incr("api_calls")
                     try:
                         async with asyncio.timeout(timeout):
@@ -218,14 +374,10 @@ class FetchCoordinator:
                         self._metrics.incr("api_errors")
                         raise
                     fetched = validate_fetch_result(raw)
-        except RetryError as exc:
-            cause = exc.last_attempt.exception()
-            kind = identity.search_type.value
-            if isinstance(cause, TimeoutError):
-                message = f"fetcher for {kind!r} timed out after {timeout:g}s"
-            else:
-                message = f"fetcher for {kind!r} failed: {type(cause).__name__}: {cause}"
-            raise FetcherError(f"{message} ({settings.fetch_attempts} attempt(s))") from cause
+        except InvalidInputError:
+            raise  # the fetcher's own bug, reported as such
+        except Exception as exc:
+            raise FetcherError(self._failure(identity, exc, attempts, timeout)) from exc
         finally:
             self._metrics.observe("fetch", (time.perf_counter() - started) * 1000)
         now = self._clock()
@@ -243,6 +395,18 @@ class FetchCoordinator:
             fetched_at=now,
             pages_scraped=fetched.pages_scraped,
             snapshot=snapshot,
+            stats=fetched.stats,
         )
         await self._fill(identity, stored, now)
         return stored
+
+    @staticmethod
+    def _failure(
+        identity: ResultIdentity, cause: BaseException, attempts: int, timeout: float
+    ) -> str:
+        kind = identity.search_type.value
+        if isinstance(cause, TimeoutError):
+            message = f"fetcher for {kind!r} timed out after {timeout:g}s"
+        else:
+            message = f"fetcher for {kind!r} failed: {type(cause).__name__}: {cause}"
+        return f"{message} ({attempts} attempt{'s' if attempts != 1 else ''})"

@@ -168,3 +168,11 @@ class ResultIdentity:
     def redis_index_key(self, prefix: str) -> str:
         """The set of hot-tier keys holding a variant of this card (for ``invalidate``)."""
         return f"{prefix}:v{KEY_VERSION}:i:{self.card_key}"
+
+    def redis_stamp_key(self, prefix: str) -> str:
+        """When the hot-tier value was fetched (epoch ms): older data may not replace it."""
+        return f"{prefix}:v{KEY_VERSION}:t:{self.search_type.value}:{self.result_key}"
+
+    def redis_fence_key(self, prefix: str) -> str:
+        """When this card and search type were last invalidated (epoch ms)."""
+        return f"{prefix}:v{KEY_VERSION}:g:{self.card_key}"

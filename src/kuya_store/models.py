@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import json
 import math
@@ -30,7 +29,9 @@ __all__ = [
     "CompsResult",
     "FetchRequest",
     "FetchResult",
+    "FetchStats",
     "Health",
+    "Invalidation",
     "Listing",
     "Money",
     "Params",
@@ -163,19 +164,46 @@ def _cents(amount: Decimal) -> str:
     return f"{amount:.2f}"
 
 
+def _round_price(value: object) -> object:
+    """Round a float or over-precise amount to the cent, however a listing is built.
+
+    Exact two-place amounts pass untouched to pydantic's core (the Redis read path); an
+    amount that cannot be a price is left for the field's own check to name.
+    """
+    kind = type(value)
+    if kind is float:
+        over = True
+    elif kind is str:
+        _, dot, places = value.partition(".")  # type: ignore[attr-defined]
+        over = bool(dot) and len(places.strip()) > 2
+    elif kind is Decimal:
+        exponent = value.as_tuple().exponent  # type: ignore[attr-defined]
+        over = isinstance(exponent, int) and exponent < -2
+    else:
+        return value
+    if not over:
+        return value
+    try:
+        return to_money(value)
+    except ValueError:
+        return value
+
+
 class Listing(_Frozen):
     """One marketplace listing: the metadata the database keeps, plus display-only ``extra``.
 
-    Every constraint here is checked by pydantic's compiled core, so reading thousands of
-    listings back from Redis stays cheap. ``price`` takes at most two places; a fetcher's
-    result (:class:`FetchResult`) rounds prices to the cent, normalises ``sold_date`` to
-    UTC and caps ``extra`` at ``MAX_EXTRA_BYTES`` before anything is stored.
+    The constraints are checked by pydantic's compiled core, so reading thousands of
+    listings back from Redis stays cheap. A float or over-precise ``price`` is rounded
+    half-up to the cent, however the listing is built; a fetcher's result
+    (:class:`FetchResult`) also normalises ``sold_date`` to UTC and caps ``extra`` at
+    ``MAX_EXTRA_BYTES`` before anything is stored.
     """
 
     item_id: Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=_NO_NUL)]
     title: Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=_NO_NUL)]
     price: Annotated[
         Decimal,
+        BeforeValidator(_round_price),
         Field(ge=0, le=MAX_PRICE, max_digits=10, decimal_places=2, allow_inf_nan=False),
         PlainSerializer(_cents, return_type=str, when_used="json"),
     ]
@@ -220,26 +248,32 @@ class FetchRequest(_Frozen):
     params: Params = Field(default_factory=dict)
 
 
+class FetchStats(_Frozen):
+    """What a fetcher reports beside its listings, kept with the search-log row.
+
+    Every count is optional: report what the upstream client knows.
+    """
+
+    items_scraped: Annotated[int, Field(ge=0)] | None = None
+    """Items the upstream returned before the fetcher's own filtering."""
+    duplicates_removed: Annotated[int, Field(ge=0)] | None = None
+    """Items dropped because they repeated an ``item_id``."""
+    zero_price_removed: Annotated[int, Field(ge=0)] | None = None
+    """Items dropped because they had no usable price."""
+    other_removed: Annotated[int, Field(ge=0)] | None = None
+    """Items dropped for any other reason (lots, off-topic listings, ...)."""
+
+    def as_dict(self) -> dict[str, int]:
+        """The counts that were reported, as the ``searches.fetch_stats`` JSON object."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
 class FetchResult(_Frozen):
     """What a fetcher returns: the listings of one upstream search."""
 
     listings: list[Listing]
     pages_scraped: Annotated[int, Field(ge=0, le=10_000)] = 1
-
-    @field_validator("listings", mode="before")
-    @classmethod
-    def _round_prices(cls, value: Any) -> Any:
-        # Upstream prices arrive as floats or text with stray places: round to the cent.
-        # A price that cannot be a price is left for the field's own check to report.
-        if not isinstance(value, list | tuple):
-            return value
-        rounded = []
-        for item in value:
-            if isinstance(item, Mapping) and "price" in item:
-                with contextlib.suppress(ValueError):
-                    item = {**item, "price": to_money(item["price"])}
-            rounded.append(item)
-        return rounded
+    stats: FetchStats | None = None
 
     @field_validator("listings")
     @classmethod
@@ -269,6 +303,23 @@ class CompsResult(_Frozen):
     snapshot: PriceSnapshot | None = None
     pages_scraped: int | None = None
     execution_time_ms: int = 0
+
+
+class Invalidation(_Frozen):
+    """What ``CompsRepository.invalidate`` reached.
+
+    Attributes:
+        hot_tier: the hot tier (Redis, or memory) dropped the card's results.
+        database: the database stopped them answering; ``None`` without a database.
+    """
+
+    hot_tier: bool
+    database: bool | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Every configured tier was reached."""
+        return self.hot_tier and self.database is not False
 
 
 class Health(_Frozen):

@@ -2,7 +2,14 @@
 
 Every fetched result is written in one transaction; listings are upserted by ``item_id``
 with native ``INSERT .. ON CONFLICT DO UPDATE``, in ``item_id`` order so two writers
-lock rows in the same order and never deadlock.
+lock rows in the same order and never deadlock. Newest data wins: a listing row takes a
+write's values only when that write saw the listing later than the row did, so a fetch
+replayed late (after an outage, from another process) never rolls prices back.
+
+The day's ``price_snapshots`` row of a card values every distinct sold listing that the
+card's fetches saw that day (every params and query variant, each listing once), so it
+does not flip with whichever variant was fetched last, and a late write recomputes the
+same row.
 """
 
 from __future__ import annotations
@@ -10,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,6 +37,7 @@ from kuya_store.db.tables import (
 from kuya_store.keys import ResultIdentity
 from kuya_store.metrics import Metrics
 from kuya_store.models import Listing, PriceSnapshot, SearchType
+from kuya_store.pricing import DefaultValuator, Valuator
 from kuya_store.settings import StoreSettings
 from kuya_store.stored import StoredResult
 
@@ -82,6 +90,7 @@ class SearchRecord:
     items_count: int | None = None
     user_id: int | None = None
     result_key: str | None = None
+    fetch_stats: dict[str, int] | None = None
 
     def row(self) -> dict[str, Any]:
         return {
@@ -97,6 +106,7 @@ class SearchRecord:
             "card_identifier": self.card_identifier,
             "params": self.params,
             "result_key": self.result_key,
+            "fetch_stats": self.fetch_stats,
         }
 
 
@@ -135,17 +145,26 @@ def snapshot_from_row(row: Row[Any]) -> PriceSnapshot:
 class Database:
     """Reads and writes of the persistent tier over one ``AsyncEngine``."""
 
-    def __init__(self, settings: StoreSettings, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: StoreSettings, metrics: Metrics, valuator: Valuator | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.valuator = valuator or DefaultValuator()
         self.engine: AsyncEngine = create_engine(settings)
         self.dialect = self.engine.dialect.name
         self._time_queries(settings.slow_query_threshold.total_seconds() * 1000)
         # Built once: executed with fresh parameters for every fetch.
         listings = self._insert(_listings)
+        # Every conflicting row is updated (so RETURNING names it), but to its own values
+        # when it saw the listing later than this write did.
+        newer = listings.excluded.last_updated >= _listings.c.last_updated
         self._upsert_listings_stmt = listings.on_conflict_do_update(
             index_elements=[_listings.c.item_id],
-            set_={name: listings.excluded[name] for name in LISTING_UPDATE_COLUMNS},
+            set_={
+                name: sa.case((newer, listings.excluded[name]), else_=_listings.c[name])
+                for name in LISTING_UPDATE_COLUMNS
+            },
         ).returning(_listings.c.id, _listings.c.item_id, sort_by_parameter_order=True)
         snapshots = self._insert(_snapshots)
         self._upsert_snapshot_stmt = snapshots.on_conflict_do_update(
@@ -213,11 +232,45 @@ class Database:
                         for i, x in enumerate(record.result.listings)
                     ],
                 )
-            if record.snapshot is not None:
-                await self._upsert_snapshot(
-                    conn, record.snapshot, search_id, record.search.created_at
+            if record.search.search_type is SearchType.SOLD:
+                await self._revalue_day(
+                    conn, record.search.card_identifier, record.search.created_at
                 )
         return search_id
+
+    async def _revalue_day(self, conn: AsyncConnection, card: str, moment: datetime) -> None:
+        """Recompute the card's snapshot of ``moment``'s UTC day from every sale seen that day."""
+        start = datetime.combine(moment.astimezone(UTC).date(), datetime.min.time(), UTC)
+        fetches = sa.and_(
+            _searches.c.card_identifier == card,
+            _searches.c.search_type == SearchType.SOLD.value,
+            _searches.c.cache_hit.is_(False),
+            _searches.c.created_at >= start,
+            _searches.c.created_at < start + timedelta(days=1),
+        )
+        newest = (
+            await conn.execute(
+                sa.select(_searches.c.id, _searches.c.created_at)
+                .where(fetches)
+                .order_by(_searches.c.created_at.desc(), _searches.c.id.desc())
+                .limit(1)
+            )
+        ).first()
+        if newest is None:  # pragma: no cover - the fetch being written is one of them
+            return
+        seen = (
+            sa.select(_links.c.listing_id)
+            .join(_searches, _searches.c.id == _links.c.search_id)
+            .where(fetches)
+        )
+        rows = await conn.execute(
+            sa.select(_listings).where(_listings.c.id.in_(seen)).order_by(_listings.c.item_id)
+        )
+        listings = [_listing_from_row(row) for row in rows]
+        snapshot = self.valuator.value(
+            card, listings, snapshot_date=start.date(), now=newest.created_at
+        )
+        await self._upsert_snapshot(conn, snapshot, newest.id, newest.created_at)
 
     async def _upsert_listings(
         self, conn: AsyncConnection, record: FetchRecord, search_id: int
@@ -264,10 +317,11 @@ class Database:
         values["created_at"] = created_at  # the store's clock, as for every other row
         await conn.execute(self._upsert_snapshot_stmt, values)
 
-    async def detach_results(self, identity: ResultIdentity) -> int:
+    async def detach_results(self, identity: ResultIdentity, before: datetime | None = None) -> int:
         """Stop stored fetches of this card and search type from answering (``invalidate``).
 
-        The rows stay (history is never lost); only their ``result_key`` is cleared.
+        The rows stay (history is never lost); only their ``result_key`` is cleared: for
+        every fetch, or with ``before``, for those fetched at or before that moment.
         """
         async with self.engine.begin() as conn:
             result = await conn.execute(
@@ -276,6 +330,7 @@ class Database:
                     _searches.c.card_identifier == identity.card_identifier,
                     _searches.c.search_type == identity.search_type.value,
                     _searches.c.result_key.is_not(None),
+                    *(() if before is None else (_searches.c.created_at <= before,)),
                 )
                 .values(result_key=None)
             )
@@ -313,17 +368,8 @@ class Database:
                 .order_by(_links.c.position)
             )
             listings = [_listing_from_row(row) for row in rows]
-            snapshot = None
-            if identity.search_type is SearchType.SOLD:
-                row = (
-                    await conn.execute(
-                        sa.select(_snapshots).where(
-                            _snapshots.c.card_identifier == identity.card_identifier,
-                            _snapshots.c.snapshot_date == head.created_at.date(),
-                        )
-                    )
-                ).first()
-                snapshot = snapshot_from_row(row) if row is not None else None
+        # The day's snapshot values the whole card; this result's valuation is its own
+        # listings', computed by the caller.
         return StoredResult(
             query=head.query,
             card_identifier=identity.card_identifier,
@@ -332,7 +378,6 @@ class Database:
             listings=listings,
             fetched_at=head.created_at,
             pages_scraped=head.pages_scraped,
-            snapshot=snapshot,
         )
 
     async def get_listing(self, item_id: str) -> Listing | None:

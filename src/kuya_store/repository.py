@@ -3,20 +3,31 @@
 Order of tiers: in-process near-cache -> hot tier (Redis, or in-process memory) ->
 database, when its newest fetch is fresh -> the fetcher. A hit fills every tier above
 it; every call, hits included, adds one row to the search log, written behind.
+
+A result's snapshot values exactly the listings it is answered with: the upstream
+fetch's own valuation when no filter hides any, else a valuation of the filtered
+listings (memoised per result and filter combination).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+from cachetools import LRUCache, TTLCache
 
 from kuya_store.breaker import CircuitBreaker
 from kuya_store.clock import Clock
-from kuya_store.errors import FetcherError, InvalidInputError, NotFoundError
+from kuya_store.errors import (
+    FetcherError,
+    InvalidInputError,
+    NotFoundError,
+    StoreClosedError,
+)
 from kuya_store.fetching import FetchCoordinator, Fetcher
 from kuya_store.freshness import is_fresh, remaining
 from kuya_store.keys import (
@@ -31,21 +42,27 @@ from kuya_store.metrics import Metrics
 from kuya_store.models import (
     CompsResult,
     FetchRequest,
+    Invalidation,
     Listing,
     Params,
+    PriceSnapshot,
     SearchFilters,
     SearchType,
     Source,
 )
 from kuya_store.persistence import Database, FetchRecord, SearchRecord, listing_ttl
 from kuya_store.pricing import Valuator, apply_filters, normalize_card
+from kuya_store.retries import retrying
 from kuya_store.settings import StoreSettings
 from kuya_store.stored import StoredResult
-from kuya_store.tiers import HotTier
+from kuya_store.tiers import HotTier, TierUnavailableError
 from kuya_store.tiers.memory import MemoryTier
 from kuya_store.writer import WriteBehind, is_transient
 
 __all__ = ["CompsRepository", "Fetcher"]
+
+_log = logging.getLogger("kuya_store.repository")
+_NO_FILTERS = SearchFilters()
 
 
 class _Asked(NamedTuple):
@@ -81,6 +98,7 @@ class CompsRepository:
         self._database = database
         self._writer = writer
         self._fetchers = dict(fetchers)
+        self._valuator = valuator
         self._reads_database = settings.mode == "read_through" and database is not None
         self._fetching = FetchCoordinator(
             settings=settings,
@@ -96,6 +114,21 @@ class CompsRepository:
             settings.breaker_reset_after.total_seconds(),
             on_open=lambda: metrics.incr("db_breaker_opens"),
         )
+        # When each card was last invalidated here: nothing fetched before it may answer,
+        # fill a tier or be stored as a result, whichever tier or buffer it comes from.
+        self._fences: TTLCache[str, datetime] = TTLCache(
+            maxsize=100_000, ttl=settings.max_stale.total_seconds(), timer=self._timer
+        )
+        self._valued: LRUCache[tuple[str, datetime, SearchFilters], PriceSnapshot] = LRUCache(
+            maxsize=4096
+        )
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closed = False
+
+    def _timer(self) -> float:
+        return self._clock().timestamp()
 
     def _ask(self, query: object, search_type: object, filters: object, params: object) -> _Asked:
         """Validate what a search asks for, and name the stored result that answers it."""
@@ -122,6 +155,8 @@ class CompsRepository:
         fetcher: Fetcher | None = None,
         *,
         user_id: int | None = None,
+        refresh: bool = False,
+        record: bool = True,
     ) -> CompsResult:
         """Answer a search from the first tier that holds a fresh result.
 
@@ -132,19 +167,47 @@ class CompsRepository:
             params: upstream options handed to the fetcher; part of the result's identity.
             fetcher: overrides the registered fetcher for this call.
             user_id: recorded on the search-log row.
+            refresh: fetch upstream even when a fresh result is stored (still one call
+                for every concurrent search of the same result).
+            record: ``False`` answers without adding a search-log row; a result fetched
+                upstream is still kept, since it was paid for.
 
         Raises:
             InvalidInputError: bad input, or a fetcher that returned invalid data.
             FetcherError: the fetcher failed and no stored result may stand in.
+            StoreClosedError: the store was closed.
         """
+        if self._closed:
+            raise StoreClosedError("the store is closed")
         started = time.perf_counter()
-        text, kind, wanted, options, card, identity = self._ask(query, search_type, filters, params)
+        asked = self._ask(query, search_type, filters, params)
         user = validate_user_id(user_id)
-        upstream = self._settings.filter_upstream
-        now = self._clock()
+        if not isinstance(refresh, bool):
+            raise InvalidInputError("refresh", "must be a boolean")
+        if not isinstance(record, bool):
+            raise InvalidInputError("record", "must be a boolean")
+        self._active += 1
+        self._idle.clear()
+        try:
+            return await self._search(asked, fetcher, user, refresh, record, started)
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
 
-        stored, source = await self._lookup(identity, now)
-        owner = False
+    async def _search(
+        self,
+        asked: _Asked,
+        fetcher: Fetcher | None,
+        user: int | None,
+        refresh: bool,
+        record: bool,
+        started: float,
+    ) -> CompsResult:
+        text, kind, wanted, options, card, identity = asked
+        now = self._clock()
+        stored, source = (None, None) if refresh else await self._lookup(identity, now)
+        paid = False
         if stored is None:
             chosen = fetcher or self._fetchers.get(kind)
             if chosen is None:
@@ -152,41 +215,52 @@ class CompsRepository:
             request = FetchRequest(
                 query=text,
                 search_type=kind,
-                filters=wanted if upstream else SearchFilters(),
+                filters=wanted if self._settings.filter_upstream else SearchFilters(),
                 params=options,
             )
+
+            def on_fetched(result: StoredResult) -> None:
+                self._persist(asked, user, result, started)
+
             try:
-                stored, source, owner = await self._fetching.fetch(identity, request, chosen)
+                stored, source, paid = await self._fetching.fetch(
+                    identity,
+                    request,
+                    chosen,
+                    on_fetched=on_fetched,
+                    newer_than=now if refresh else None,
+                )
             except FetcherError:
                 stored = await self._stale(identity, now)
                 if stored is None:
                     raise
                 source = Source.STALE
 
-        listings = stored.listings if upstream else apply_filters(stored.listings, wanted)
+        listings = self._filtered(stored, wanted)
+        snapshot = self._snapshot(identity, stored, wanted, listings)
         elapsed = (time.perf_counter() - started) * 1000
         self._metrics.incr("searches")
         self._metrics.observe("search", elapsed)
-        record = SearchRecord(
-            query=text,
-            card_identifier=card,
-            search_type=kind,
-            filters=wanted.as_dict(),
-            params=options,
-            created_at=stored.fetched_at if owner else now,
-            execution_time_ms=int(elapsed),
-            cache_hit=not owner,
-            pages_scraped=stored.pages_scraped,
-            items_count=len(listings),
-            user_id=user,
-            result_key=identity.result_key if owner else None,
-        )
-        if owner:
-            self._persist(record, stored)
-        else:
-            self._metrics.incr("api_calls_saved")
-            if self._writer is not None:
-                self._writer.submit(record)
+        if not paid:
+            if source is not Source.STALE:
+                self._metrics.incr("api_calls_saved")
+            if record and self._writer is not None:
+                self._submit(
+                    SearchRecord(
+                        query=text,
+                        card_identifier=card,
+                        search_type=kind,
+                        filters=wanted.as_dict(),
+                        params=options,
+                        created_at=now,
+                        execution_time_ms=int(elapsed),
+                        cache_hit=True,
+                        pages_scraped=stored.pages_scraped,
+                        items_count=len(listings),
+                        user_id=user,
+                    )
+                )
+        assert source is not None
         return CompsResult(
             query=text,
             card_identifier=card,
@@ -196,11 +270,53 @@ class CompsRepository:
             listings=listings,
             source=source,
             fetched_at=stored.fetched_at,
-            cache_hit=not owner,
-            snapshot=stored.snapshot,
+            cache_hit=not paid,
+            snapshot=snapshot,
             pages_scraped=stored.pages_scraped,
             execution_time_ms=int(elapsed),
         )
+
+    def _filtered(self, stored: StoredResult, wanted: SearchFilters) -> list[Listing]:
+        if self._settings.filter_upstream:
+            return stored.listings
+        return apply_filters(stored.listings, wanted)
+
+    def _snapshot(
+        self,
+        identity: ResultIdentity,
+        stored: StoredResult,
+        wanted: SearchFilters,
+        listings: list[Listing],
+    ) -> PriceSnapshot | None:
+        """The valuation of exactly ``listings`` (what this answer shows)."""
+        if identity.search_type is not SearchType.SOLD:
+            return None
+        if stored.snapshot is not None and len(listings) == len(stored.listings):
+            return stored.snapshot  # nothing hidden: the fetch's own valuation
+        key = (identity.result_key, stored.fetched_at, wanted)
+        snapshot = self._valued.get(key)
+        if snapshot is None:
+            snapshot = self._value(identity, stored, listings)
+            self._valued[key] = snapshot
+        return snapshot
+
+    def _value(
+        self, identity: ResultIdentity, stored: StoredResult, listings: list[Listing]
+    ) -> PriceSnapshot:
+        moment = stored.fetched_at
+        return self._valuator.value(
+            identity.card_identifier, listings, snapshot_date=moment.date(), now=moment
+        )
+
+    def _fenced(self, identity: ResultIdentity, fetched_at: datetime) -> bool:
+        """Whether data fetched at ``fetched_at`` predates an invalidation of its card."""
+        fence = self._fences.get(identity.card_key)
+        return fence is not None and fetched_at <= fence
+
+    def _usable(
+        self, identity: ResultIdentity, hit: StoredResult, now: datetime, window: timedelta
+    ) -> bool:
+        return is_fresh(hit.fetched_at, now, window) and not self._fenced(identity, hit.fetched_at)
 
     async def _lookup(
         self, identity: ResultIdentity, now: datetime, count: bool = True
@@ -209,18 +325,18 @@ class CompsRepository:
         ttl = self._settings.hot_ttl(identity.search_type)
         if self._near is not None:
             hit = await self._near.get(identity)
-            if hit is not None and is_fresh(hit.fetched_at, now, ttl):
+            if hit is not None and self._usable(identity, hit, now, ttl):
                 incr("hit_memory")
                 return hit, Source.MEMORY
         hit = await self._hot.get(identity)
-        if hit is not None and is_fresh(hit.fetched_at, now, ttl):
+        if hit is not None and self._usable(identity, hit, now, ttl):
             incr(f"hit_{self._hot.name}")
             await self._fill_near(identity, hit, now)
             return hit, Source(self._hot.name)
         if self._reads_database:
             window = self._settings.fresh_for(identity.search_type)
             hit = await self._read_database(identity, since=now - window)
-            if hit is not None and is_fresh(hit.fetched_at, now, window):
+            if hit is not None and self._usable(identity, hit, now, window):
                 incr("hit_database")
                 await self._fill(identity, hit, now)
                 return hit, Source.DATABASE
@@ -232,24 +348,31 @@ class CompsRepository:
     ) -> StoredResult | None:
         """The newest stored fetch since ``since``; ``None`` when the database cannot say."""
         assert self._database is not None
-        if not self._db_breaker.allow():
+        database = self._database
+
+        async def read() -> StoredResult | None:
+            async for attempt in retrying(
+                self._settings.db_retry_attempts,
+                backoff=0.02,
+                max_backoff=0.2,
+                transient=is_transient,
+            ):
+                with attempt:
+                    return await database.newest_result(identity, since)
+            return None  # pragma: no cover - the loop returns or raises
+
+        outcome, result = await self._db_breaker.guard(read, lambda exc: True)
+        if outcome == "skipped":
             self._metrics.incr("db_read_skipped")
             return None
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._settings.db_retry_attempts),
-            wait=wait_random_exponential(multiplier=0.02, max=0.2),
-            retry=retry_if_exception(is_transient),
-            reraise=True,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    result = await self._database.newest_result(identity, since)
-        except Exception:
-            self._db_breaker.failure()
+        if outcome == "failed":
             self._metrics.incr("db_read_errors")
             return None
-        self._db_breaker.success()
+        if result is not None and identity.search_type is SearchType.SOLD:
+            # The database keeps listings, not per-result valuations: value what was read.
+            result = result.model_copy(
+                update={"snapshot": self._value(identity, result, result.listings)}
+            )
         return result
 
     async def _stale(self, identity: ResultIdentity, now: datetime) -> StoredResult | None:
@@ -257,30 +380,58 @@ class CompsRepository:
         if not self._reads_database:
             return None
         stale = await self._read_database(identity, since=now - self._settings.max_stale)
-        if stale is not None:
-            self._metrics.incr("hit_stale")
+        if stale is None or self._fenced(identity, stale.fetched_at):
+            return None
+        self._metrics.incr("hit_stale")
         return stale
 
     async def _fill_near(
         self, identity: ResultIdentity, result: StoredResult, now: datetime
     ) -> None:
-        if self._near is not None:
+        if self._near is not None and not self._fenced(identity, result.fetched_at):
             ttl = remaining(result.fetched_at, now, self._settings.hot_ttl(identity.search_type))
             await self._near.set(identity, result, min(ttl, self._settings.near_cache_ttl))
 
     async def _fill(self, identity: ResultIdentity, result: StoredResult, now: datetime) -> None:
+        if self._fenced(identity, result.fetched_at):
+            return
         ttl = remaining(result.fetched_at, now, self._settings.hot_ttl(identity.search_type))
         await self._hot.set(identity, result, ttl)
         await self._fill_near(identity, result, now)
 
-    def _persist(self, record: SearchRecord, stored: StoredResult) -> None:
+    def _submit(self, record: SearchRecord | FetchRecord) -> None:
+        assert self._writer is not None
+        if not self._writer.submit(record) and self._closed:
+            raise StoreClosedError("the store closed before this search could be recorded")
+
+    def _persist(
+        self, asked: _Asked, user: int | None, stored: StoredResult, started: float
+    ) -> None:
+        """Queue a paid fetch with its search-log row (run by the flight that fetched it)."""
         if self._writer is None:
             return
-        self._writer.submit(
+        text, kind, wanted, options, card, identity = asked
+        fenced = self._fenced(identity, stored.fetched_at)
+        record = SearchRecord(
+            query=text,
+            card_identifier=card,
+            search_type=kind,
+            filters=wanted.as_dict(),
+            params=options,
+            created_at=stored.fetched_at,
+            execution_time_ms=int((time.perf_counter() - started) * 1000),
+            cache_hit=False,
+            pages_scraped=stored.pages_scraped,
+            items_count=len(self._filtered(stored, wanted)),
+            user_id=user,
+            result_key=None if fenced else identity.result_key,
+            fetch_stats=stored.stats.as_dict() if stored.stats is not None else None,
+        )
+        self._submit(
             FetchRecord(
                 search=record,
                 result=stored.without_extra(),
-                listing_ttl=listing_ttl(self._settings, record.search_type, stored.fetched_at),
+                listing_ttl=listing_ttl(self._settings, kind, stored.fetched_at),
                 snapshot=stored.snapshot,
             )
         )
@@ -297,45 +448,91 @@ class CompsRepository:
         Fresh results come back as from :meth:`search`; an older stored one (up to
         ``max_stale``) comes back with ``source="stale"``; ``None`` when nothing is stored.
         """
-        text, kind, wanted, options, card, identity = self._ask(query, search_type, filters, params)
-        upstream = self._settings.filter_upstream
+        _, kind, wanted, options, card, identity = asked = self._ask(
+            query, search_type, filters, params
+        )
         now = self._clock()
         stored, source = await self._lookup(identity, now, count=False)
         if stored is None and self._reads_database:
             stored = await self._read_database(identity, since=now - self._settings.max_stale)
+            if stored is not None and self._fenced(identity, stored.fetched_at):
+                stored = None
             source = Source.STALE
         if stored is None or source is None:
             return None
+        listings = self._filtered(stored, wanted)
         return CompsResult(
-            query=text,
+            query=asked.text,
             card_identifier=card,
             search_type=kind,
             filters=wanted,
             params=options,
-            listings=stored.listings if upstream else apply_filters(stored.listings, wanted),
+            listings=listings,
             source=source,
             fetched_at=stored.fetched_at,
             cache_hit=True,
-            snapshot=stored.snapshot,
+            snapshot=self._snapshot(identity, stored, wanted, listings),
             pages_scraped=stored.pages_scraped,
         )
 
-    async def invalidate(self, query: str, search_type: SearchType | str) -> None:
+    async def invalidate(self, query: str, search_type: SearchType | str) -> Invalidation:
         """Forget every stored result of this card and search type, in every tier.
 
         The database keeps its rows (history is never lost) but they no longer answer.
+        Nothing fetched before this call (a fetch in flight, a buffered write) can bring
+        the result back afterwards. The returned :class:`Invalidation` says whether every
+        tier was reached; one that was not is logged.
         """
         text = validate_query(query)
         kind = validate_search_type(search_type)
         identity = ResultIdentity.of(normalize_card(text), kind, {})
+        at = self._clock()
+        self._fences[identity.card_key] = at
         if self._near is not None:
-            await self._near.invalidate(identity)
-        await self._hot.invalidate(identity)
+            await self._near.invalidate(identity, at)
+        hot_ok = True
+        try:
+            await self._hot.invalidate(identity, at)
+        except TierUnavailableError:
+            hot_ok = False
+        database_ok: bool | None = None
         if self._database is not None:
             if self._writer is not None:
-                # A fetch still waiting in the buffer would bring the result back.
-                await self._writer.flush(self._settings.db_command_timeout.total_seconds())
-            await self._database.detach_results(identity)
+                # Fetches still waiting in the buffer are kept as history, not as results.
+                self._writer.detach(identity.card_identifier, kind)
+            database = self._database
+            outcome, _ = await self._db_breaker.guard(
+                lambda: asyncio.wait_for(
+                    database.detach_results(identity, before=at),
+                    self._settings.db_command_timeout.total_seconds(),
+                ),
+                lambda exc: True,
+            )
+            database_ok = outcome == "ok"
+        report = Invalidation(hot_tier=hot_ok, database=database_ok)
+        if not report.complete:
+            self._metrics.incr("invalidations_incomplete")
+            _log.warning(
+                "invalidate(%r, %r) did not reach every tier: hot tier %s, database %s",
+                identity.card_identifier,
+                kind.value,
+                "ok" if hot_ok else "unreachable",
+                "ok" if database_ok else "unreachable",
+            )
+        return report
+
+    async def close(self, timeout: float) -> None:
+        """Refuse new searches, let those under way finish (up to ``timeout`` s)."""
+        self._closed = True
+        deadline = time.monotonic() + timeout
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            _log.warning("closing with %d searches still running", self._active)
+        cancelled = await self._fetching.close(max(deadline - time.monotonic(), 0.0))
+        if cancelled:
+            self._metrics.incr("fetches_cancelled_on_close", cancelled)
+            _log.warning("closing: %d upstream fetches were cancelled", cancelled)
 
     async def get_listing(self, item_id: str) -> Listing:
         """The stored metadata of one listing; ``NotFoundError`` if it was never seen."""

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, Self
 from urllib.parse import SplitResult, urlsplit
 
-from pydantic import AliasChoices, Field, ImportString, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    ImportString,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -133,8 +140,12 @@ class StoreSettings(BaseSettings):
     fetch_timeout: timedelta = timedelta(seconds=30)
     fetch_attempts: int = Field(3, ge=1, le=20)
     fetch_backoff: timedelta = timedelta(milliseconds=200)
-    single_flight_lock_ttl: timedelta = timedelta(seconds=60)
-    single_flight_wait: timedelta = timedelta(seconds=35)
+    single_flight_lock_ttl: timedelta = timedelta(seconds=10)
+    """How long a dead lock holder blocks others; a live holder extends it every third."""
+    single_flight_wait: timedelta | None = None
+    """How long a process waits for another's fetch; ``None``: the longest a fetch can take."""
+    fetch_failure_notice: timedelta = timedelta(seconds=2)
+    """How long a failed fetch's lock tells the processes waiting on it to give up."""
 
     # Search log written behind requests.
     write_buffer_size: int = Field(10_000, ge=1)
@@ -162,12 +173,36 @@ class StoreSettings(BaseSettings):
         "fetch_timeout",
         "fetch_backoff",
         "single_flight_lock_ttl",
-        "single_flight_wait",
+        "fetch_failure_notice",
         "write_flush_interval",
     )
     @classmethod
     def _check_positive(cls, value: timedelta) -> timedelta:
         return _positive(value)
+
+    @field_validator("single_flight_wait")
+    @classmethod
+    def _check_optional_positive(cls, value: timedelta | None) -> timedelta | None:
+        return None if value is None else _positive(value)
+
+    @model_validator(mode="after")
+    def _check_fetch_timing(self) -> Self:
+        # Settings that only work together: a waiter that gives up while the holder is
+        # still within its attempts pays a second time; a lock that expires between two
+        # extensions lets another process in.
+        longest = self.longest_fetch
+        if self.single_flight_wait is not None and self.single_flight_wait < longest:
+            raise ValueError(
+                f"single_flight_wait: must be at least {longest.total_seconds():g}s, the "
+                "longest a fetch can take (fetch_attempts x fetch_timeout plus backoff)"
+            )
+        if self.single_flight_lock_ttl < 3 * self.redis_socket_timeout:
+            raise ValueError(
+                "single_flight_lock_ttl: must be at least 3 x redis_socket_timeout "
+                f"({3 * self.redis_socket_timeout.total_seconds():g}s), so an extension "
+                "always lands before the lock expires"
+            )
+        return self
 
     @field_validator("near_cache_ttl")
     @classmethod
@@ -229,7 +264,12 @@ class StoreSettings(BaseSettings):
         try:
             super().__init__(**values)
         except ValidationError as exc:
-            raise InvalidInputError.from_validation_error(exc) from None
+            error = InvalidInputError.from_validation_error(exc)
+            # A rule over several settings names the one to change in its message.
+            name, _, reason = error.reason.partition(": ")
+            if error.field == "input" and name in type(self).model_fields:
+                error = InvalidInputError(name, reason)
+            raise error from None
 
     def __repr_args__(self) -> Any:
         yield "database_url", redact_url(self.database_url)
@@ -245,6 +285,19 @@ class StoreSettings(BaseSettings):
     def is_sqlite(self) -> bool:
         """True when the persistent tier is SQLite."""
         return self.database_url.startswith("sqlite")
+
+    @property
+    def longest_fetch(self) -> timedelta:
+        """The longest one fetch can take: every attempt timing out, plus the backoff."""
+        attempts = self.fetch_attempts
+        return attempts * self.fetch_timeout + (attempts - 1) * 16 * self.fetch_backoff
+
+    @property
+    def flight_wait(self) -> timedelta:
+        """How long a process waits for another process's fetch of the same result."""
+        if self.single_flight_wait is not None:
+            return self.single_flight_wait
+        return self.longest_fetch + timedelta(seconds=1)
 
     def hot_ttl(self, search_type: str) -> timedelta:
         """How long the hot tier keeps a result of this search type."""

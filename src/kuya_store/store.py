@@ -92,8 +92,11 @@ class CompsStore:
             and self.settings.near_cache_ttl.total_seconds() > 0
             else None
         )
+        chosen_valuator = valuator or _valuator(self.settings)
         self._database = (
-            Database(self.settings, self._metrics) if self.settings.mode != "cache_only" else None
+            Database(self.settings, self._metrics, chosen_valuator)
+            if self.settings.mode != "cache_only"
+            else None
         )
         self._writer = (
             WriteBehind(
@@ -117,7 +120,7 @@ class CompsStore:
             database=self._database,
             writer=self._writer,
             fetchers={SearchType(k): v for k, v in (fetchers or {}).items()},
-            valuator=valuator or _valuator(self.settings),
+            valuator=chosen_valuator,
         )
         engine = self._database.engine if self._database is not None else None
         self.analytics = Analytics(engine, self._clock)
@@ -154,6 +157,8 @@ class CompsStore:
         if self._closed:
             return
         self._closed = True
+        # Searches under way and their fetches land first: what they paid for is kept.
+        await self.comps.close(30.0 if timeout is None else timeout / 2)
         if self._writer is not None:
             await self._writer.close(timeout)
         await self._hot.close()

@@ -6,6 +6,7 @@ from pydantic import ValidationError
 
 from kuya_store.keys import KEY_VERSION
 from kuya_store.models import (
+    FetchStats,
     Listing,
     Params,
     PriceSnapshot,
@@ -33,6 +34,7 @@ class StoredResult(_Frozen):
     fetched_at: UTCDateTime
     pages_scraped: int | None = None
     snapshot: PriceSnapshot | None = None
+    stats: FetchStats | None = None
 
     def without_extra(self) -> StoredResult:
         """The database's view of this result: listing metadata only."""

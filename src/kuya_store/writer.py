@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections import deque
 
@@ -25,6 +26,7 @@ from tenacity import (
 )
 
 from kuya_store.metrics import Metrics
+from kuya_store.models import SearchType
 from kuya_store.persistence import Database, FetchRecord, SearchRecord
 
 __all__ = ["WriteBehind", "is_transient"]
@@ -94,6 +96,28 @@ class WriteBehind:
         self._drained.clear()
         self._wakeup.set()
         return True
+
+    def detach(self, card_identifier: str, search_type: SearchType) -> int:
+        """Keep this card's buffered fetches as history only (after ``invalidate``).
+
+        Returns how many queued fetches no longer name a result.
+        """
+        detached = 0
+        for index in range(len(self._queue)):
+            record = self._queue[index]
+            if not isinstance(record, FetchRecord):
+                continue
+            search = record.search
+            if (
+                search.result_key is not None
+                and search.card_identifier == card_identifier
+                and search.search_type is search_type
+            ):
+                self._queue[index] = dataclasses.replace(
+                    record, search=dataclasses.replace(search, result_key=None)
+                )
+                detached += 1
+        return detached
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far is written; ``False`` if ``timeout`` passed."""

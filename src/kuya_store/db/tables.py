@@ -82,6 +82,7 @@ class SearchRow(Base):
     card_identifier: Mapped[str | None] = mapped_column(sa.Text)
     params: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     result_key: Mapped[str | None] = mapped_column(sa.String(64))
+    fetch_stats: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
     __table_args__ = (
         sa.Index("idx_searches_query", "query"),

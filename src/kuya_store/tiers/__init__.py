@@ -5,19 +5,30 @@ Each tier implements :class:`HotTier`; every implementation passes the same test
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from kuya_store.keys import ResultIdentity
 from kuya_store.stored import StoredResult
 
-__all__ = ["HotTier"]
+__all__ = ["HotTier", "TierUnavailableError"]
+
+
+class TierUnavailableError(Exception):
+    """A tier could not carry out an operation that must not be skipped (``invalidate``)."""
+
+    def __init__(self, tier: str) -> None:
+        self.tier = tier
+        super().__init__(f"the {tier} tier did not answer")
 
 
 class HotTier(Protocol):
     """A TTL-bound store of :class:`StoredResult`, keyed by :class:`ResultIdentity`.
 
-    Implementations never raise on a lost connection: a failure is a miss.
+    Implementations never raise on a lost connection: a failure is a miss; only
+    ``invalidate`` raises :class:`TierUnavailableError`, since a forgotten invalidation
+    would serve what the caller asked to forget. ``set`` never replaces a value with one
+    fetched earlier.
     """
 
     name: str
@@ -26,8 +37,11 @@ class HotTier(Protocol):
 
     async def set(self, identity: ResultIdentity, result: StoredResult, ttl: timedelta) -> None: ...
 
-    async def invalidate(self, identity: ResultIdentity) -> int:
-        """Drop every params variant of this card and search type; returns how many."""
+    async def invalidate(self, identity: ResultIdentity, at: datetime | None = None) -> int:
+        """Drop every params variant of this card and search type; returns how many.
+
+        With ``at``, data fetched at or before that moment is refused from then on.
+        """
         ...
 
     async def ping(self) -> bool: ...

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from datetime import datetime, timedelta
 
+from cachetools import TTLCache
+
 from kuya_store.clock import Clock, utcnow
 from kuya_store.keys import ResultIdentity
 from kuya_store.stored import StoredResult
@@ -24,6 +26,10 @@ class MemoryTier:
         self._clock = clock
         self._entries: OrderedDict[ResultIdentity, tuple[datetime, StoredResult]] = OrderedDict()
         self._by_card: dict[str, set[ResultIdentity]] = {}
+        # When each card was last invalidated; an entry outlives no result it fences off.
+        self._fences: TTLCache[str, datetime] = TTLCache(
+            maxsize=max(max_entries, 1024), ttl=86_400.0, timer=lambda: clock().timestamp()
+        )
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -42,6 +48,12 @@ class MemoryTier:
     async def set(self, identity: ResultIdentity, result: StoredResult, ttl: timedelta) -> None:
         if self.max_entries <= 0 or ttl <= timedelta(0):
             return
+        held = self._entries.get(identity)
+        if held is not None and held[1].fetched_at > result.fetched_at:
+            return  # newest data wins: a late write of an older fetch changes nothing
+        fence = self._fences.get(identity.card_key)
+        if fence is not None and result.fetched_at <= fence:
+            return  # fetched before the card was invalidated
         self._entries[identity] = (self._clock() + ttl, result)
         self._entries.move_to_end(identity)
         self._by_card.setdefault(identity.card_key, set()).add(identity)
@@ -49,7 +61,9 @@ class MemoryTier:
             oldest = next(iter(self._entries))
             self._discard(oldest)
 
-    async def invalidate(self, identity: ResultIdentity) -> int:
+    async def invalidate(self, identity: ResultIdentity, at: datetime | None = None) -> int:
+        if at is not None:
+            self._fences[identity.card_key] = at
         variants = self._by_card.pop(identity.card_key, set())
         for variant in variants:
             self._entries.pop(variant, None)
@@ -61,6 +75,7 @@ class MemoryTier:
     async def close(self) -> None:
         self._entries.clear()
         self._by_card.clear()
+        self._fences.clear()
 
     def _discard(self, identity: ResultIdentity) -> None:
         self._entries.pop(identity, None)

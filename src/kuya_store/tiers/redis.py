@@ -4,6 +4,11 @@ Redis content is untrusted: a value that does not decode or validate is a miss (
 overwritten by the next fetch). A Redis that does not answer is a miss too; after
 ``breaker_failure_threshold`` failures in a row the tier stops asking until
 ``breaker_reset_after`` has passed, so requests do not each pay the timeout.
+
+Newest data wins: each value has a stamp (its ``fetched_at``) beside it, and a write of
+older data than the stamp, or than the card's last invalidation, is refused by the same
+script that writes, so a late write can neither replace newer data nor bring back an
+invalidated result.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import asyncio
 import secrets
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Literal, TypeVar
 
 from redis import asyncio as aioredis
@@ -23,6 +28,7 @@ from kuya_store.keys import ResultIdentity
 from kuya_store.metrics import Metrics
 from kuya_store.settings import StoreSettings
 from kuya_store.stored import CorruptEntryError, StoredResult, decode, encode
+from kuya_store.tiers import TierUnavailableError
 
 __all__ = ["RedisTier"]
 
@@ -37,10 +43,52 @@ if redis.call("get", KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# Take a free lock, or one a failed holder left behind (its waiters have had their notice).
+_ACQUIRE = """
+local held = redis.call("get", KEYS[1])
+if held and string.sub(held, 1, 7) ~= "failed:" then
+    return 0
+end
+redis.call("set", KEYS[1], ARGV[1], "px", ARGV[2])
+return 1
+"""
+_EXTEND = """
+if redis.call("get", KEYS[1]) == ARGV[1] then
+    return redis.call("pexpire", KEYS[1], ARGV[2])
+end
+return 0
+"""
+_FAIL = """
+if redis.call("get", KEYS[1]) == ARGV[1] then
+    redis.call("set", KEYS[1], "failed:" .. ARGV[1], "px", ARGV[2])
+    return 1
+end
+return 0
+"""
+# KEYS: value, stamp, card index, card fence. ARGV: payload, fetched_at (ms), ttl (ms),
+# index ttl (ms). Refuses data older than the stored stamp or the card's invalidation.
+_SET_NEWEST = """
+local stamp = tonumber(redis.call("get", KEYS[2]) or "-1")
+local fence = tonumber(redis.call("get", KEYS[4]) or "-1")
+local at = tonumber(ARGV[2])
+if at < stamp or at <= fence then
+    return 0
+end
+redis.call("set", KEYS[1], ARGV[1], "px", ARGV[3])
+redis.call("set", KEYS[2], ARGV[2], "px", ARGV[3])
+redis.call("sadd", KEYS[3], KEYS[1])
+redis.call("pexpire", KEYS[3], ARGV[4])
+return 1
+"""
 
 LockState = Literal["acquired", "held", "unavailable"]
+HolderState = Literal["held", "free", "failed"]
 
 _DECODED_ENTRIES = 512
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
 
 
 class RedisTier:
@@ -56,6 +104,9 @@ class RedisTier:
         # with identical bytes is the same validated result, so it is not decoded again.
         self._decoded: OrderedDict[str, tuple[bytes, StoredResult]] = OrderedDict()
         self._index_ttl_ms = int(max(settings.sold_ttl, settings.active_ttl).total_seconds() * 1000)
+        # An invalidation must outlive every result it fences off, in every tier above the
+        # database and in the write buffer; a day is ample for both.
+        self._fence_ttl_ms = max(self._index_ttl_ms, 86_400_000)
         # A burst larger than the pool waits for a free connection instead of failing,
         # which would look like a Redis outage and open the breaker.
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -67,6 +118,11 @@ class RedisTier:
             retry_on_timeout=False,
         )
         self.client: aioredis.Redis = aioredis.Redis.from_pool(pool)
+        self._acquire = self.client.register_script(_ACQUIRE)
+        self._extend = self.client.register_script(_EXTEND)
+        self._fail = self.client.register_script(_FAIL)
+        self._release = self.client.register_script(_RELEASE)
+        self._set_newest = self.client.register_script(_SET_NEWEST)
         self.breaker = CircuitBreaker(
             settings.breaker_failure_threshold,
             settings.breaker_reset_after.total_seconds(),
@@ -74,17 +130,12 @@ class RedisTier:
         )
 
     async def _call(self, operation: Callable[[], Awaitable[_T]]) -> tuple[bool, _T | None]:
-        if not self.breaker.allow():
+        outcome, value = await self.breaker.guard(operation, _FAILURES)
+        if outcome == "skipped":
             self._metrics.incr("redis_skipped")
-            return False, None
-        try:
-            value = await operation()
-        except _FAILURES:
-            self.breaker.failure()
+        elif outcome == "failed":
             self._metrics.incr("redis_errors")
-            return False, None
-        self.breaker.success()
-        return True, value
+        return outcome == "ok", value
 
     async def get(self, identity: ResultIdentity) -> StoredResult | None:
         key = identity.redis_key(self._prefix)
@@ -116,33 +167,46 @@ class RedisTier:
         if ttl_ms <= 0:
             return
         key = identity.redis_key(self._prefix)
-        index = identity.redis_index_key(self._prefix)
+        keys = [
+            key,
+            identity.redis_stamp_key(self._prefix),
+            identity.redis_index_key(self._prefix),
+            identity.redis_fence_key(self._prefix),
+        ]
         payload = encode(result)
-
-        async def write() -> None:
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.set(key, payload, px=ttl_ms)
-                pipe.sadd(index, key)
-                pipe.pexpire(index, self._index_ttl_ms)
-                await pipe.execute()
-
-        ok, _ = await self._call(write)
-        if ok:
+        args: list[bytes | int] = [payload, _ms(result.fetched_at), ttl_ms, self._index_ttl_ms]
+        ok, written = await self._call(lambda: self._set_newest(keys=keys, args=args))
+        if ok and written:
             self._remember(key, payload, result)
+        elif ok:
+            self._metrics.incr("hot_writes_refused_older")
 
-    async def invalidate(self, identity: ResultIdentity) -> int:
+    async def invalidate(self, identity: ResultIdentity, at: datetime | None = None) -> int:
+        """Drop every params variant of the card; refuse data fetched up to ``at`` from now on."""
         index = identity.redis_index_key(self._prefix)
+        fence = identity.redis_fence_key(self._prefix)
+        moment = _ms(at) if at is not None else None
 
         async def drop() -> int:
-            members = await self.client.smembers(index)
+            members = [
+                m.decode() if isinstance(m, bytes) else m for m in await self.client.smembers(index)
+            ]
             for member in members:
-                self._decoded.pop(member.decode() if isinstance(member, bytes) else member, None)
-            self._decoded.pop(identity.redis_key(self._prefix), None)
-            keys = [*members, index, identity.redis_key(self._prefix)]
-            await self.client.delete(*keys)
+                self._decoded.pop(member, None)
+            own = identity.redis_key(self._prefix)
+            self._decoded.pop(own, None)
+            keys = {*members, own}
+            stamps = [k.replace(":r:", ":t:", 1) for k in keys]
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.delete(*keys, *stamps, index)
+                if moment is not None:
+                    pipe.set(fence, moment, px=self._fence_ttl_ms)
+                await pipe.execute()
             return len(members)
 
-        _, dropped = await self._call(drop)
+        ok, dropped = await self._call(drop)
+        if not ok:
+            raise TierUnavailableError("redis")
         return dropped or 0
 
     # -- cross-process single-flight ---------------------------------------------------
@@ -154,24 +218,40 @@ class RedisTier:
         or ``("unavailable", "")`` when Redis cannot arbitrate (then fetch without a lock).
         """
         token = secrets.token_hex(16)
-        key = identity.redis_lock_key(self._prefix)
+        keys = [identity.redis_lock_key(self._prefix)]
         ms = max(int(ttl.total_seconds() * 1000), 1)
-        ok, acquired = await self._call(lambda: self.client.set(key, token, nx=True, px=ms))
+        ok, acquired = await self._call(lambda: self._acquire(keys=keys, args=[token, ms]))
         if not ok:
             return "unavailable", ""
         return ("acquired", token) if acquired else ("held", "")
 
-    async def is_locked(self, identity: ResultIdentity) -> bool:
-        """Whether some process holds the fetch lock of this result (``False`` if unknown)."""
-        _, exists = await self._call(
-            lambda: self.client.exists(identity.redis_lock_key(self._prefix))
-        )
-        return bool(exists)
+    async def lock_state(self, identity: ResultIdentity) -> HolderState:
+        """Whether some process holds the fetch lock, or its holder failed (``free`` if unknown)."""
+        ok, value = await self._call(lambda: self.client.get(identity.redis_lock_key(self._prefix)))
+        if not ok or value is None:
+            return "free"
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        return "failed" if text.startswith("failed:") else "held"
+
+    async def extend_lock(
+        self, identity: ResultIdentity, token: str, ttl: timedelta
+    ) -> bool | None:
+        """Extend our lock: ``False`` when it is no longer ours, ``None`` if Redis is down."""
+        keys = [identity.redis_lock_key(self._prefix)]
+        ms = max(int(ttl.total_seconds() * 1000), 1)
+        ok, extended = await self._call(lambda: self._extend(keys=keys, args=[token, ms]))
+        return bool(extended) if ok else None
+
+    async def mark_failed(self, identity: ResultIdentity, token: str, ttl: timedelta) -> None:
+        """Turn our lock into a failure notice for ``ttl``, for the processes waiting on it."""
+        keys = [identity.redis_lock_key(self._prefix)]
+        ms = max(int(ttl.total_seconds() * 1000), 1)
+        await self._call(lambda: self._fail(keys=keys, args=[token, ms]))
 
     async def unlock(self, identity: ResultIdentity, token: str) -> None:
         """Release the lock if, and only if, it is still ours."""
-        key = identity.redis_lock_key(self._prefix)
-        await self._call(lambda: self.client.eval(_RELEASE, 1, key, token))
+        keys = [identity.redis_lock_key(self._prefix)]
+        await self._call(lambda: self._release(keys=keys, args=[token]))
 
     async def ping(self) -> bool:
         try:
