@@ -8,7 +8,7 @@ import urllib.error
 from collections.abc import Iterator
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -67,7 +67,7 @@ def test_status_from_every_client() -> None:
 
 
 class _Upstream(BaseHTTPRequestHandler):
-    plan: list[int] = []
+    plan: ClassVar[list[int]] = []
     hits = 0
 
     def do_GET(self) -> None:
