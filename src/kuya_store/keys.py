@@ -13,6 +13,8 @@ from pydantic import ValidationError
 
 from kuya_store.errors import InvalidInputError
 from kuya_store.models import Params, SearchFilters, SearchType
+from kuya_store.pricing.cards import normalize_card
+from kuya_store.pricing.query import MAX_QUERY_LENGTH, SearchQuery, parse_query
 
 __all__ = [
     "KEY_VERSION",
@@ -28,7 +30,6 @@ __all__ = [
 KEY_VERSION = 1
 """Bumped whenever the stored value's layout changes, so old entries are simply never read."""
 
-MAX_QUERY_LENGTH = 500
 _MAX_PARAMS = 32
 _MAX_PARAM_KEY = 64
 _MAX_PARAM_TEXT = 500
@@ -114,13 +115,16 @@ class ResultIdentity:
     """Everything that decides whether two searches may share one stored result.
 
     The card identifier folds case, spacing and abbreviations; ``params`` always count;
-    filters count only when they are sent upstream (otherwise one fetch serves them all).
+    filters count only when they are sent upstream (otherwise one fetch serves them all);
+    the query's operators (``-auto``, ``"psa 10"``) count in canonical form, because the
+    marketplace answers differently with them.
     """
 
     card_identifier: str
     search_type: SearchType
     params: str
     upstream_filters: str | None = None
+    operators: str | None = None
 
     @classmethod
     def of(
@@ -129,31 +133,49 @@ class ResultIdentity:
         search_type: SearchType,
         params: Params,
         filters: SearchFilters | None = None,
+        operators: str | None = None,
     ) -> ResultIdentity:
         return cls(
             card_identifier,
             search_type,
             canonical_json(params),
             canonical_json(filters.as_dict()) if filters is not None else None,
+            operators,
         )
+
+    @classmethod
+    def of_query(
+        cls,
+        query: str | SearchQuery,
+        search_type: SearchType,
+        params: Params,
+        filters: SearchFilters | None = None,
+    ) -> ResultIdentity:
+        """The identity of a search for ``query``: the card it names plus its operators."""
+        parsed = query if isinstance(query, SearchQuery) else parse_query(query)
+        return cls.of(normalize_card(parsed), search_type, params, filters, parsed.operators)
 
     @property
     def result_key(self) -> str:
         """64 hex characters naming this result in the database (``searches.result_key``)."""
-        material = canonical_json(
-            [
-                KEY_VERSION,
-                self.search_type.value,
-                self.card_identifier,
-                self.params,
-                self.upstream_filters,
-            ]
-        )
-        return hashlib.sha256(material.encode()).hexdigest()
+        parts: list[object] = [
+            KEY_VERSION,
+            self.search_type.value,
+            self.card_identifier,
+            self.params,
+            self.upstream_filters,
+        ]
+        if self.operators is not None:
+            # Only then: a plain query keeps the key its stored results were written under.
+            parts.append(self.operators)
+        return hashlib.sha256(canonical_json(parts).encode()).hexdigest()
 
     @property
     def card_key(self) -> str:
-        """Short hash of search type and card: groups every params variant for invalidation."""
+        """Short hash of search type and card: groups every variant for invalidation.
+
+        Variants differ in params, upstream filters or operators; ``invalidate`` drops all.
+        """
         material = f"{self.search_type.value}\x1f{self.card_identifier}"
         return hashlib.sha256(material.encode()).hexdigest()[:32]
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from kuya_store.errors import InvalidInputError
 from kuya_store.pricing import normalize_card
-from kuya_store.pricing.cards import MAX_IDENTIFIER_LENGTH
+from kuya_store.pricing.cards import MAX_IDENTIFIER_LENGTH, MAX_QUERY_LENGTH
 
 SAME_CARD = [
     (
@@ -141,7 +141,9 @@ def test_groups_do_not_collide_with_each_other() -> None:
     assert len(firsts) == len(SAME_CARD)
 
 
-@pytest.mark.parametrize("text", ["", "   ", "\n\t", "Wemby\x00RC", "x" * 501, "🔥🔥🔥", "!!! ###"])
+@pytest.mark.parametrize(
+    "text", ["", "   ", "\n\t", "Wemby\x00RC", "x" * (MAX_QUERY_LENGTH + 1), "🔥🔥🔥", "!!! ###"]
+)
 def test_bad_queries_are_rejected(text: str) -> None:
     with pytest.raises(InvalidInputError) as info:
         normalize_card(text)

@@ -1,4 +1,4 @@
-"""Pricing domain: card identifiers, title parsing, title filters and valuation.
+"""Pricing domain: query syntax, card identifiers, title parsing, title filters, valuation.
 
 Pure code: no I/O. See ``docs/pricing.md`` for the rules and formulas.
 """
@@ -7,16 +7,20 @@ from __future__ import annotations
 
 from kuya_store.pricing.cards import normalize_card
 from kuya_store.pricing.filters import apply_filters, keep_listing
+from kuya_store.pricing.query import MAX_QUERY_LENGTH, SearchQuery, parse_query
 from kuya_store.pricing.titles import TitleInfo, clear_title_cache, parse_title
 from kuya_store.pricing.valuation import DefaultValuator, Valuator
 
 __all__ = [
+    "MAX_QUERY_LENGTH",
     "DefaultValuator",
+    "SearchQuery",
     "TitleInfo",
     "Valuator",
     "apply_filters",
     "clear_title_cache",
     "keep_listing",
     "normalize_card",
+    "parse_query",
     "parse_title",
 ]

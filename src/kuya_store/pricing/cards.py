@@ -2,6 +2,8 @@
 
 The rules are listed in ``docs/pricing.md``; in short:
 
+* read only the words that name the card: marketplace operators (``-auto``,
+  ``-"psa 10"``, ``(a,b)``) narrow a search but name no card (see ``query.py``);
 * ASCII-fold (NFKD), lower-case, drop punctuation, emojis and marketing noise;
 * bind numbers that only mean something together into one token: grades (``psa_10``),
   print runs (``pr_99``), seasons (``2023_24``) and trading-card-game set numbers
@@ -22,11 +24,9 @@ import re
 
 from kuya_store.errors import InvalidInputError
 from kuya_store.pricing._text import ascii_fold
+from kuya_store.pricing.query import MAX_QUERY_LENGTH, SearchQuery, parse_query
 
 __all__ = ["MAX_IDENTIFIER_LENGTH", "MAX_QUERY_LENGTH", "normalize_card"]
-
-MAX_QUERY_LENGTH = 500
-"""Longest query text accepted, in characters."""
 
 MAX_IDENTIFIER_LENGTH = 200
 """Longest identifier returned, in characters."""
@@ -107,18 +107,6 @@ _FLAG_ORDER = ("<auto>", "<rc>")
 
 def _fail(reason: str) -> InvalidInputError:
     return InvalidInputError("query", reason)
-
-
-def _validate(text: object) -> str:
-    if not isinstance(text, str):
-        raise _fail("must be a string")
-    if "\x00" in text:
-        raise _fail("must not contain NUL characters")
-    if len(text) > MAX_QUERY_LENGTH:
-        raise _fail(f"must be at most {MAX_QUERY_LENGTH} characters")
-    if not text.strip():
-        raise _fail("must not be empty")
-    return text
 
 
 def _bind_numbers(s: str, *, tcg: bool) -> str:
@@ -211,7 +199,7 @@ def _assemble(tokens: list[str]) -> list[str]:
     return words + runs + tail + grades
 
 
-def normalize_card(text: str) -> str:
+def normalize_card(text: str | SearchQuery) -> str:
     """Return the stable identifier of the card that ``text`` names.
 
     The same card written differently maps to one identifier::
@@ -221,15 +209,23 @@ def normalize_card(text: str) -> str:
         >>> normalize_card("2023 topps chrome  victor wembanyama 1 rookie")
         '2023-topps-chrome-victor-wembanyama-1-rc'
 
+    Operators narrow the search but name no card: ``"Ohtani -auto"`` is the card
+    ``ohtani``. A query already parsed by ``parse_query`` is accepted as it is.
+
     Raises:
         InvalidInputError: ``field="query"`` when ``text`` is empty, whitespace only, holds
-            a NUL character, is longer than 500 characters or has nothing searchable.
+            a NUL character, is longer than ``MAX_QUERY_LENGTH`` characters or has nothing
+            searchable outside its operators.
     """
-    return _normalize(_validate(text))
+    query = text if isinstance(text, SearchQuery) else parse_query(text)
+    card = query.card_text
+    if not card.strip():
+        raise _fail("names no card outside its exclusions and OR groups")
+    if len(card) <= _REMEMBERED_LENGTH:
+        return _remembered(card)
+    return _normalize(card)
 
 
-# Every search normalises its query; the same queries recur, so the result is memoised.
-@functools.lru_cache(maxsize=16_384)
 def _normalize(text: str) -> str:
     s = ascii_fold(text).lower().replace("_", " ")
     tcg = _TCG_WORDS.search(s) is not None
@@ -248,3 +244,9 @@ def _normalize(text: str) -> str:
         digest = hashlib.sha256(identifier.encode("ascii")).hexdigest()[:16]
         identifier = f"{identifier[: MAX_IDENTIFIER_LENGTH - 17].rstrip('-')}-{digest}"
     return identifier
+
+
+# Every search normalises its query and the same cards recur, so identifiers are memoised;
+# only card texts of ordinary length, which keeps the memo to a few megabytes.
+_REMEMBERED_LENGTH = 500
+_remembered = functools.lru_cache(maxsize=16_384)(_normalize)
