@@ -366,6 +366,9 @@ class FetchCoordinator:
             ):
                 with attempt:
                     attempts += 1
+                    # The data is as of the request: a fetch that began before an
+                    # invalidation stays older than it, however long the answer took.
+                    asked_at = self._clock()
                     self._metrics.incr("api_calls")
                     try:
                         async with asyncio.timeout(timeout):
@@ -380,7 +383,7 @@ class FetchCoordinator:
             raise FetcherError(self._failure(identity, exc, attempts, timeout)) from exc
         finally:
             self._metrics.observe("fetch", (time.perf_counter() - started) * 1000)
-        now = self._clock()
+        now = asked_at
         snapshot = None
         if identity.search_type is SearchType.SOLD:
             snapshot = self._valuator.value(
@@ -397,7 +400,7 @@ class FetchCoordinator:
             snapshot=snapshot,
             stats=fetched.stats,
         )
-        await self._fill(identity, stored, now)
+        await self._fill(identity, stored, self._clock())
         return stored
 
     @staticmethod

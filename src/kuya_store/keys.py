@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -110,6 +111,15 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
+_parse_memo = functools.lru_cache(maxsize=16_384)(parse_query)
+
+
+def _parsed(text: str) -> SearchQuery:
+    # Every search parses its query and the same queries recur; only short ones are kept,
+    # so the memo stays small.
+    return _parse_memo(text) if len(text) <= 500 else parse_query(text)
+
+
 @dataclass(frozen=True, slots=True)
 class ResultIdentity:
     """Everything that decides whether two searches may share one stored result.
@@ -152,7 +162,7 @@ class ResultIdentity:
         filters: SearchFilters | None = None,
     ) -> ResultIdentity:
         """The identity of a search for ``query``: the card it names plus its operators."""
-        parsed = query if isinstance(query, SearchQuery) else parse_query(query)
+        parsed = query if isinstance(query, SearchQuery) else _parsed(query)
         return cls.of(normalize_card(parsed), search_type, params, filters, parsed.operators)
 
     @property

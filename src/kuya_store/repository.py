@@ -51,7 +51,7 @@ from kuya_store.models import (
     Source,
 )
 from kuya_store.persistence import Database, FetchRecord, SearchRecord, listing_ttl
-from kuya_store.pricing import Valuator, apply_filters, normalize_card
+from kuya_store.pricing import Valuator, apply_filters
 from kuya_store.retries import retrying
 from kuya_store.settings import StoreSettings
 from kuya_store.stored import StoredResult
@@ -136,11 +136,11 @@ class CompsRepository:
         kind = validate_search_type(search_type)
         wanted = validate_filters(filters)
         options = validate_params(params)
-        card = normalize_card(text)
         upstream = wanted if self._settings.filter_upstream else None
-        return _Asked(
-            text, kind, wanted, options, card, ResultIdentity.of(card, kind, options, upstream)
-        )
+        # The card a query names, plus its operators: "Ohtani -auto" is the card "ohtani",
+        # but never shares a stored result with "Ohtani" or "Ohtani auto".
+        identity = ResultIdentity.of_query(text, kind, options, upstream)
+        return _Asked(text, kind, wanted, options, identity.card_identifier, identity)
 
     def register_fetcher(self, search_type: SearchType | str, fetcher: Fetcher) -> None:
         """Set the fetcher that answers misses of one search type."""
@@ -485,7 +485,7 @@ class CompsRepository:
         """
         text = validate_query(query)
         kind = validate_search_type(search_type)
-        identity = ResultIdentity.of(normalize_card(text), kind, {})
+        identity = ResultIdentity.of_query(text, kind, {})  # every variant shares its card_key
         at = self._clock()
         self._fences[identity.card_key] = at
         if self._near is not None:

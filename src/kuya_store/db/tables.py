@@ -85,7 +85,8 @@ class SearchRow(Base):
     fetch_stats: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
     __table_args__ = (
-        sa.Index("idx_searches_query", "query"),
+        # Hash on PostgreSQL: a B-tree entry cannot hold a query of 5,000 characters.
+        sa.Index("idx_searches_query", "query", postgresql_using="hash"),
         sa.Index("idx_searches_created_at", "created_at"),
         sa.Index("idx_searches_user_id", "user_id"),
         sa.Index("idx_searches_result_key", "result_key", "created_at"),
