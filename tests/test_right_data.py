@@ -153,7 +153,10 @@ async def test_late_older_fetch_never_overwrites_newer_listing_prices(migrated_u
         await store.flush()
     # A fetch made an hour earlier reaches the database now (a replay after an outage).
     async with ks.CompsStore(
-        database_url=migrated_url, fetchers={"active": fetcher("95", earlier)}, clock=earlier
+        database_url=migrated_url,
+        fetchers={"active": fetcher("95", earlier)},
+        clock=earlier,
+        mode="dual_write",  # it does not read the database, so it fetches
     ) as store:
         await store.comps.search("Wembanyama Prizm #136", "active")
         await store.flush()
