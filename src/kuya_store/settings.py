@@ -141,6 +141,8 @@ class StoreSettings(BaseSettings):
     write_batch_size: int = Field(500, ge=1, le=10_000)
     write_flush_interval: timedelta = timedelta(milliseconds=250)
     db_retry_attempts: int = Field(3, ge=1, le=20)
+    flush_timeout: timedelta = timedelta(seconds=30)
+    """How long ``flush()`` and ``close()`` wait for the buffer when not given a timeout."""
 
     @field_validator(
         "sold_ttl",
@@ -164,6 +166,7 @@ class StoreSettings(BaseSettings):
         "single_flight_lock_ttl",
         "single_flight_wait",
         "write_flush_interval",
+        "flush_timeout",
     )
     @classmethod
     def _check_positive(cls, value: timedelta) -> timedelta:
