@@ -20,8 +20,11 @@ from pydantic import (
     JsonValue,
     PlainSerializer,
     StringConstraints,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
     field_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 __all__ = [
     "MAX_EXTRA_BYTES",
@@ -128,6 +131,35 @@ def _json_object(value: Mapping[str, Any], what: str) -> None:
         raise ValueError(f"{what} must be a JSON object ({exc})") from None
     if len(encoded.encode()) > MAX_EXTRA_BYTES:
         raise ValueError(f"{what} must be at most {MAX_EXTRA_BYTES} bytes as JSON")
+
+
+_NOT_UNICODE = "must be valid Unicode text (a lone surrogate has no UTF-8 form to store)"
+
+
+def _explain_unicode(exc: ValidationError) -> ValidationError:
+    """``exc`` with pydantic's "unable to parse raw data" (a lone surrogate) said plainly.
+
+    The core refuses such text itself, so valid listings pay nothing for this; only the
+    message of a refusal is rewritten, each error keeping its location.
+    """
+    errors = exc.errors(include_url=False)
+    if not any(e["type"] == "string_unicode" for e in errors):
+        return exc
+    details = [
+        InitErrorDetails(
+            type=PydanticCustomError("string_unicode", _NOT_UNICODE)
+            if e["type"] == "string_unicode"
+            else e["type"],
+            loc=e["loc"],
+            input=e.get("input"),
+            ctx=e.get("ctx", {}),
+        )
+        for e in errors
+    ]
+    try:
+        return ValidationError.from_exception_data(exc.title, details)
+    except (TypeError, ValueError, KeyError):  # pragma: no cover - an error type it cannot rebuild
+        return exc
 
 
 class _Frozen(BaseModel):
@@ -286,6 +318,14 @@ class FetchResult(_Frozen):
                 listing = listing.model_copy(update={"sold_date": moment.astimezone(UTC)})
             out.append(listing)
         return out
+
+    @field_validator("listings", mode="wrap")
+    @classmethod
+    def _explain_text(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            raise _explain_unicode(exc) from None
 
 
 class CompsResult(_Frozen):

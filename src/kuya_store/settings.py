@@ -152,6 +152,8 @@ class StoreSettings(BaseSettings):
     write_batch_size: int = Field(500, ge=1, le=10_000)
     write_flush_interval: timedelta = timedelta(milliseconds=250)
     db_retry_attempts: int = Field(3, ge=1, le=20)
+    flush_timeout: timedelta = timedelta(seconds=30)
+    """How long ``flush()`` and ``close()`` wait for the buffer when not given a timeout."""
 
     @field_validator(
         "sold_ttl",
@@ -175,6 +177,7 @@ class StoreSettings(BaseSettings):
         "single_flight_lock_ttl",
         "fetch_failure_notice",
         "write_flush_interval",
+        "flush_timeout",
     )
     @classmethod
     def _check_positive(cls, value: timedelta) -> timedelta:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from types import TracebackType
@@ -27,6 +28,7 @@ from kuya_store.writer import WriteBehind
 __all__ = ["CompsStore"]
 
 _log = logging.getLogger("kuya_store")
+_DISCONNECT_GRACE = 2.0
 
 
 def _settings(settings: StoreSettings | None, overrides: dict[str, Any]) -> StoreSettings:
@@ -107,6 +109,7 @@ class CompsStore:
                 interval=self.settings.write_flush_interval.total_seconds(),
                 attempts=self.settings.db_retry_attempts,
                 pause=min(self.settings.breaker_reset_after.total_seconds(), 2.0),
+                timeout=self.settings.flush_timeout.total_seconds(),
             )
             if self._database is not None
             else None
@@ -152,23 +155,40 @@ class CompsStore:
         if self._writer is not None:
             self._writer.start()
 
-    async def close(self, timeout: float | None = 30.0) -> None:
-        """Persist everything buffered (waiting at most ``timeout`` seconds), then disconnect."""
+    async def close(self, timeout: float | None = None) -> None:
+        """Persist everything buffered, then disconnect; bounded even while the database is down.
+
+        Waits at most ``timeout`` seconds (default: the ``flush_timeout`` setting) for the
+        buffer; what it could not write is logged and counted in ``writes.dropped``.
+        """
         if self._closed:
             return
         self._closed = True
         # Searches under way and their fetches land first: what they paid for is kept.
-        await self.comps.close(30.0 if timeout is None else timeout / 2)
+        budget = self.settings.flush_timeout.total_seconds() if timeout is None else timeout
+        await self.comps.close(budget / 2)
         if self._writer is not None:
             await self._writer.close(timeout)
-        await self._hot.close()
-        if self._near is not None:
-            await self._near.close()
-        if self._database is not None:
-            await self._database.close()
+        for part in (self._hot, self._near, self._database):
+            if part is not None:
+                await self._disconnect(part)
+
+    async def _disconnect(self, part: HotTier | MemoryTier | Database) -> None:
+        # A server that stopped answering must not hold close() up past a short grace.
+        try:
+            async with asyncio.timeout(_DISCONNECT_GRACE):
+                await part.close()
+        except TimeoutError:
+            _log.warning(
+                "gave up disconnecting %s after %.0f s", type(part).__name__, _DISCONNECT_GRACE
+            )
 
     async def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every buffered write is persisted; ``False`` if ``timeout`` ran out."""
+        """Wait until every buffered write is persisted; ``False`` if the wait ran out.
+
+        Waits at most ``timeout`` seconds (default: the ``flush_timeout`` setting); what is
+        left stays buffered, is logged, and is counted in ``writes.pending``.
+        """
         if self._writer is None:
             return True
         return await self._writer.flush(timeout)
@@ -246,6 +266,8 @@ class CompsStore:
                 "written": c.get("writes_written", 0),
                 "dropped": c.get("writes_dropped", 0),
                 "rejected": c.get("writes_rejected", 0),
+                "user_unknown": c.get("writes_user_unknown", 0),
+                "refused_closed": c.get("writes_refused_closed", 0),
                 "retries": c.get("write_retries", 0),
                 "recoveries": c.get("write_recoveries", 0),
             },
