@@ -373,6 +373,11 @@ class FetchCoordinator:
                     try:
                         async with asyncio.timeout(timeout):
                             raw = await _invoke(fetcher, request)
+                    except ValidationError as exc:
+                        # The fetcher built a model from bad data itself: its bug, not the
+                        # upstream's, so it is reported like any invalid output.
+                        self._metrics.incr("api_errors")
+                        raise InvalidInputError.from_validation_error(exc, "fetcher") from None
                     except Exception:
                         self._metrics.incr("api_errors")
                         raise
