@@ -215,3 +215,16 @@ def test_listing_rounds_like_a_fetch_result() -> None:
     assert ks.Listing(item_id="1", title="t", price=Decimal("6.2449")).price == Decimal("6.24")
     with pytest.raises(ValueError, match="price"):
         ks.Listing(item_id="1", title="t", price=-0.5)
+
+
+async def test_fetchers_own_model_error_is_invalid_data_paid_once(migrated_url: str) -> None:
+    async def builds_bad_listing(request: ks.FetchRequest) -> ks.FetchResult:
+        return ks.FetchResult(listings=[ks.Listing(item_id="", title="x", price="1")])
+
+    async with ks.CompsStore(
+        database_url=migrated_url, fetchers={"sold": builds_bad_listing}, fetch_backoff=0.001
+    ) as store:
+        with pytest.raises(ks.InvalidInputError) as caught:
+            await store.comps.search(QUERY)
+        assert caught.value.field.startswith("fetcher")
+        assert store.metrics()["api_calls"] == 1
