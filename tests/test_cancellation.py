@@ -241,5 +241,5 @@ async def test_database_breaker_recovers_after_cancelled_probe() -> None:
             await admin.close()
             skipped = store.metrics()["database"]["reads_skipped"]
             await store.comps.search(f"{QUERY} c")
-            assert store.comps._db_breaker.state == "closed"  # type: ignore[attr-defined]
+            assert store.comps._db.breaker.state == "closed"  # type: ignore[attr-defined]
             assert store.metrics()["database"]["reads_skipped"] == skipped

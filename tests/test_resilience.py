@@ -67,8 +67,9 @@ async def test_200_concurrent_identical_misses_make_one_call(
     ) as store:
         results = await asyncio.gather(*(store.comps.search(QUERY) for _ in range(200)))
         assert market.call_count == 1
-        # All share the one fresh fetch: through the in-flight call, or the tier it filled.
-        assert {r.source for r in results} <= {"api", "memory", "redis"}
+        # All share the one fresh fetch: through the in-flight call, the tier it filled, or
+        # (a lookup that waited for a pooled connection) the database it was written to.
+        assert {r.source for r in results} <= {"api", "memory", "redis", "database"}
         assert sum(not r.cache_hit for r in results) == 1
         assert store.metrics()["api_calls_saved"] == 199
         await store.flush()

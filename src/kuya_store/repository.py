@@ -20,7 +20,6 @@ from typing import Any, NamedTuple
 
 from cachetools import LRUCache, TTLCache
 
-from kuya_store.breaker import CircuitBreaker
 from kuya_store.clock import Clock
 from kuya_store.errors import (
     FetcherError,
@@ -52,12 +51,12 @@ from kuya_store.models import (
 )
 from kuya_store.persistence import Database, FetchRecord, SearchRecord, listing_ttl
 from kuya_store.pricing import Valuator, apply_filters
-from kuya_store.retries import retrying
 from kuya_store.settings import StoreSettings
 from kuya_store.stored import StoredResult
 from kuya_store.tiers import HotTier, TierUnavailableError
+from kuya_store.tiers.database import DatabaseTier, value_result
 from kuya_store.tiers.memory import MemoryTier
-from kuya_store.writer import WriteBehind, is_transient
+from kuya_store.writer import WriteBehind
 
 __all__ = ["CompsRepository", "Fetcher"]
 
@@ -108,11 +107,8 @@ class CompsRepository:
             fill=self._fill,
             valuator=valuator,
         )
-        # A database that does not answer costs one failure per request until this opens.
-        self._db_breaker = CircuitBreaker(
-            settings.breaker_failure_threshold,
-            settings.breaker_reset_after.total_seconds(),
-            on_open=lambda: metrics.incr("db_breaker_opens"),
+        self._db = (
+            DatabaseTier(database, settings, metrics, valuator) if database is not None else None
         )
         # When each card was last invalidated here: nothing fetched before it may answer,
         # fill a tier or be stored as a result, whichever tier or buffer it comes from.
@@ -296,17 +292,10 @@ class CompsRepository:
         key = (identity.result_key, stored.fetched_at, wanted)
         snapshot = self._valued.get(key)
         if snapshot is None:
-            snapshot = self._value(identity, stored, listings)
+            snapshot = value_result(self._valuator, stored, listings).snapshot
+            assert snapshot is not None
             self._valued[key] = snapshot
         return snapshot
-
-    def _value(
-        self, identity: ResultIdentity, stored: StoredResult, listings: list[Listing]
-    ) -> PriceSnapshot:
-        moment = stored.fetched_at
-        return self._valuator.value(
-            identity.card_identifier, listings, snapshot_date=moment.date(), now=moment
-        )
 
     def _fenced(self, identity: ResultIdentity, fetched_at: datetime) -> bool:
         """Whether data fetched at ``fetched_at`` predates an invalidation of its card."""
@@ -335,7 +324,8 @@ class CompsRepository:
             return hit, Source(self._hot.name)
         if self._reads_database:
             window = self._settings.fresh_for(identity.search_type)
-            hit = await self._read_database(identity, since=now - window)
+            assert self._db is not None
+            hit = await self._db.newest(identity, since=now - window)
             if hit is not None and self._usable(identity, hit, now, window):
                 incr("hit_database")
                 await self._fill(identity, hit, now)
@@ -343,43 +333,12 @@ class CompsRepository:
         incr("misses")
         return None, None
 
-    async def _read_database(
-        self, identity: ResultIdentity, since: datetime
-    ) -> StoredResult | None:
-        """The newest stored fetch since ``since``; ``None`` when the database cannot say."""
-        assert self._database is not None
-        database = self._database
-
-        async def read() -> StoredResult | None:
-            async for attempt in retrying(
-                self._settings.db_retry_attempts,
-                backoff=0.02,
-                max_backoff=0.2,
-                transient=is_transient,
-            ):
-                with attempt:
-                    return await database.newest_result(identity, since)
-            return None  # pragma: no cover - the loop returns or raises
-
-        outcome, result = await self._db_breaker.guard(read, lambda exc: True)
-        if outcome == "skipped":
-            self._metrics.incr("db_read_skipped")
-            return None
-        if outcome == "failed":
-            self._metrics.incr("db_read_errors")
-            return None
-        if result is not None and identity.search_type is SearchType.SOLD:
-            # The database keeps listings, not per-result valuations: value what was read.
-            result = result.model_copy(
-                update={"snapshot": self._value(identity, result, result.listings)}
-            )
-        return result
-
     async def _stale(self, identity: ResultIdentity, now: datetime) -> StoredResult | None:
         """When the fetcher failed: the newest stored result up to ``max_stale`` old."""
         if not self._reads_database:
             return None
-        stale = await self._read_database(identity, since=now - self._settings.max_stale)
+        assert self._db is not None
+        stale = await self._db.newest(identity, since=now - self._settings.max_stale)
         if stale is None or self._fenced(identity, stale.fetched_at):
             return None
         self._metrics.incr("hit_stale")
@@ -454,7 +413,8 @@ class CompsRepository:
         now = self._clock()
         stored, source = await self._lookup(identity, now, count=False)
         if stored is None and self._reads_database:
-            stored = await self._read_database(identity, since=now - self._settings.max_stale)
+            assert self._db is not None
+            stored = await self._db.newest(identity, since=now - self._settings.max_stale)
             if stored is not None and self._fenced(identity, stored.fetched_at):
                 stored = None
             source = Source.STALE
@@ -496,19 +456,11 @@ class CompsRepository:
         except TierUnavailableError:
             hot_ok = False
         database_ok: bool | None = None
-        if self._database is not None:
+        if self._db is not None:
             if self._writer is not None:
                 # Fetches still waiting in the buffer are kept as history, not as results.
                 self._writer.detach(identity.card_identifier, kind)
-            database = self._database
-            outcome, _ = await self._db_breaker.guard(
-                lambda: asyncio.wait_for(
-                    database.detach_results(identity, before=at),
-                    self._settings.db_command_timeout.total_seconds(),
-                ),
-                lambda exc: True,
-            )
-            database_ok = outcome == "ok"
+            database_ok = await self._db.detach(identity, before=at)
         report = Invalidation(hot_tier=hot_ok, database=database_ok)
         if not report.complete:
             self._metrics.incr("invalidations_incomplete")
