@@ -16,6 +16,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from kuya_store.breaker import CircuitBreaker
 from kuya_store.clock import Clock
+from kuya_store.db.engine import outage_as_unavailable
 from kuya_store.errors import FetcherError, InvalidInputError, NotFoundError
 from kuya_store.fetching import FetchCoordinator, Fetcher
 from kuya_store.freshness import is_fresh, remaining
@@ -341,7 +342,10 @@ class CompsRepository:
         """The stored metadata of one listing; ``NotFoundError`` if it was never seen."""
         if not isinstance(item_id, str) or not 1 <= len(item_id) <= 50 or "\x00" in item_id:
             raise InvalidInputError("item_id", "must be a string of 1 to 50 characters")
-        listing = await self._database.get_listing(item_id) if self._database else None
+        listing = None
+        if self._database is not None:
+            with outage_as_unavailable("stored listings are read from the database"):
+                listing = await self._database.get_listing(item_id)
         if listing is None:
             raise NotFoundError(f"no stored listing with item_id {item_id!r}")
         return listing
@@ -352,7 +356,8 @@ class CompsRepository:
             raise InvalidInputError("limit", "must be an integer from 1 to 10000")
         if self._database is None:
             return []
-        return await self._database.listings_due_for_refresh(self._clock(), limit)
+        with outage_as_unavailable("stored listings are read from the database"):
+            return await self._database.listings_due_for_refresh(self._clock(), limit)
 
     def describe(self) -> dict[str, Any]:
         """Which tiers this repository reads, for diagnostics."""
