@@ -103,7 +103,7 @@ def create_app(create_schema: bool = True, **store_kwargs: Any) -> FastAPI:
 
     @app.get("/health/ready")
     async def ready(store: StoreDep) -> JSONResponse:
-        """The plan's readiness check: 503 only when both Redis and the database are down."""
+        """The plan's readiness check: 503 only when nothing can answer a search."""
         health = await store.health()
         body = {"status": health.status, "redis": health.redis, "database": health.database}
         return JSONResponse(body, status_code=503 if health.status == "unhealthy" else 200)

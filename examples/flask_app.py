@@ -107,7 +107,7 @@ def create_app(
 
     @app.get("/health/ready")
     def ready() -> tuple[dict[str, Any], int]:
-        """The plan's readiness check: 503 only when both Redis and the database are down."""
+        """The plan's readiness check: 503 only when nothing can answer a search."""
         health = kuya.store.health()
         body = {"status": health.status, "redis": health.redis, "database": health.database}
         return body, 503 if health.status == "unhealthy" else 200

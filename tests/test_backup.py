@@ -369,7 +369,9 @@ async def test_import_without_optional_columns_keeps_the_rest(
     assert report == ImportReport(rows=2, inserted=1, updated=1, unchanged=0)
     after = {(r["card_identifier"], r["snapshot_date"]): r for r in await _table(migrated_url)}
     mj = after[("1986 fleer michael jordan 57", date(2026, 11, 24))]
-    assert mj == {**before["1986 fleer michael jordan 57"], "market_value": Decimal("120.50")}
+    # A changed row records when its values were written, so purge_since can take them back.
+    changed = {"market_value": Decimal("120.50"), "created_at": clock()}
+    assert mj == {**before["1986 fleer michael jordan 57"], **changed}
     new = after[("new card", date(2026, 12, 1))]
     assert new["market_value"] == Decimal("3.00") and new["created_at"] == clock()
 
@@ -441,19 +443,35 @@ async def test_purge_since_deletes_only_what_came_after(
         T0 + timedelta(seconds=1),
         T0 + timedelta(hours=1),
     ]
+    # Listing 3 was first seen before T0 and overwritten after it; listing 4 is new after.
+    seen = [(moments[0], moments[0]), (moments[1], moments[1]), (moments[0], moments[2])]
+    seen.append((moments[3], moments[3]))
     async with engine.begin() as conn:
         await conn.execute(
             sa.insert(SEARCHES),
             [
-                {"id": i + 1, "query": f"q{i}", "search_type": "sold", "created_at": m}
+                {
+                    "id": i + 1,
+                    "query": f"q{i}",
+                    "search_type": "sold",
+                    "created_at": m,
+                    "result_key": f"k{i + 1}",
+                }
                 for i, m in enumerate(moments)
             ],
         )
         await conn.execute(
             sa.insert(LISTINGS),
             [
-                {"id": i + 1, "item_id": f"item{i}", "title": "t", "search_id": i + 1}
-                for i in range(4)
+                {
+                    "id": i + 1,
+                    "item_id": f"item{i}",
+                    "title": "t",
+                    "search_id": i + 1,
+                    "first_seen": first,
+                    "last_updated": last,
+                }
+                for i, (first, last) in enumerate(seen)
             ],
         )
         await conn.execute(
@@ -499,13 +517,17 @@ async def test_purge_since_deletes_only_what_came_after(
             await backup.purge_since(datetime(2026, 11, 25, 12))
         assert caught.value.field == "moment"
         report = await backup.purge_since(T0.astimezone(timezone(timedelta(hours=-5))))
-        assert report == PurgeReport(searches=2, search_results=3 + 4, snapshots=1)
+        # Links: the 3 + 4 of the later searches, and search 2's two to listings 3 and 4,
+        # which goes on in the log but no longer answers ("detached").
+        assert report == PurgeReport(
+            searches=2, search_results=3 + 4 + 2, snapshots=2, listings=2, detached=1
+        )
         async with engine.connect() as conn:
             searches = (
-                (await conn.execute(sa.select(SEARCHES.c.id).order_by(SEARCHES.c.id)))
-                .scalars()
-                .all()
-            )
+                await conn.execute(
+                    sa.select(SEARCHES.c.id, SEARCHES.c.result_key).order_by(SEARCHES.c.id)
+                )
+            ).all()
             links = (await conn.execute(sa.select(LINKS.c.search_id).distinct())).scalars().all()
             listings = (
                 await conn.execute(sa.select(LISTINGS.c.search_id).order_by(LISTINGS.c.id))
@@ -517,15 +539,85 @@ async def test_purge_since_deletes_only_what_came_after(
                     )
                 ).all()
             )
-        assert searches == [1, 2]
-        assert sorted(links) == [1, 2]
-        assert [s for (s,) in listings] == [1, 2, None, None]
-        assert snapshots == {"old": 1, "linked": None, "undated": None}
+        assert [tuple(row) for row in searches] == [(1, "k1"), (2, None)]
+        assert sorted(links) == [1]
+        assert [s for (s,) in listings] == [1, 2]
+        # "linked" was written at T0 but last overwritten by search 3, after the moment.
+        assert snapshots == {"old": 1, "undated": None}
         assert await backup.purge_since(T0) == PurgeReport(
             searches=0, search_results=0, snapshots=0
         )
     finally:
         await engine.dispose()
+
+
+class _MovingPrices:
+    """A sold-listings fetcher that returns the same listings at prices the test sets."""
+
+    def __init__(self) -> None:
+        self.price = Decimal("40.00")
+
+    async def __call__(self, request: ks.FetchRequest) -> ks.FetchResult:
+        return ks.FetchResult(
+            listings=[
+                ks.Listing(
+                    item_id=f"mj-{i}",
+                    title=f"{request.query} #{i}",
+                    price=self.price + i,
+                    sold=True,
+                    sold_date=T0 - timedelta(days=i + 1),
+                )
+                for i in range(6)
+            ]
+        )
+
+
+async def test_purge_since_takes_back_overwritten_snapshots_and_listings(
+    migrated_url: str, tmp_path: Path
+) -> None:
+    card = "1986 Fleer Michael Jordan #57"
+    clock = ks.ManualClock(T0)
+    prices = _MovingPrices()
+    async with ks.CompsStore(
+        database_url=migrated_url, clock=clock, fetchers={"sold": prices}
+    ) as store:
+        first = await store.comps.search(card)
+        await store.flush()
+        assert await store.backup.export_snapshots_csv(tmp_path / "nightly.csv") == 1
+        moment = clock.advance(60)
+        # Later the same day a bad batch overwrites the day's snapshot and every listing.
+        clock.advance(timedelta(minutes=40))
+        prices.price = Decimal("900.00")
+        second = await store.comps.search(card)
+        assert second.source == "api"
+        await store.flush()
+        assert first.snapshot is not None and second.snapshot is not None
+        [overwritten] = await store.analytics.price_history(card)
+        assert overwritten.market_value == second.snapshot.market_value
+        assert overwritten.market_value != first.snapshot.market_value
+        assert (await store.comps.get_listing("mj-0")).price == Decimal("900.00")
+
+        report = await store.backup.purge_since(moment)
+
+        assert report == PurgeReport(
+            searches=1, search_results=12, snapshots=1, listings=6, detached=1
+        )
+        # Nothing written after the moment is left: not the values, not the rows.
+        assert await store.analytics.price_history(card) == []
+        with pytest.raises(ks.NotFoundError):
+            await store.comps.get_listing("mj-0")
+        assert await store.comps.listings_due_for_refresh() == []
+        # The snapshot's earlier values come back from the last export.
+        restored = await store.backup.import_snapshots_csv(tmp_path / "nightly.csv")
+        assert restored == ImportReport(rows=1, inserted=1, updated=0, unchanged=0)
+        [before] = await store.analytics.price_history(card)
+        assert before.market_value == first.snapshot.market_value
+    # The first search's listings went, so it no longer answers from the database.
+    async with ks.CompsStore(
+        database_url=migrated_url, clock=clock, fetchers={"sold": prices}
+    ) as fresh:
+        clock.now = T0 + timedelta(minutes=5)
+        assert (await fresh.comps.search(card)).source == "api"
 
 
 async def test_cache_only_mode_has_no_backup(clock: ks.ManualClock, tmp_path: Path) -> None:

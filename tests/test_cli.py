@@ -144,3 +144,64 @@ def test_demo_writes_a_chart(runner: CliRunner, sqlite_url: str, tmp_path: Path)
     assert result.exit_code == 0, result.output
     assert chart.read_text().startswith("<svg")
     assert "chart (1 day(s)) written" in result.output
+
+
+def test_demo_never_writes_where_the_environment_points(
+    runner: CliRunner,
+    tmp_path: Path,
+    postgres_url: str,
+    redis_url: str,
+    key_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    import sqlalchemy as sa
+    from redis import asyncio as aioredis
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    app_file = tmp_path / "app.db"
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    # A shell set up for the application: its database, its Redis.
+    env = {
+        "KUYA_DATABASE_URL": postgres_url,
+        "DATABASE_URL": f"sqlite+aiosqlite:///{app_file}",
+        "KUYA_REDIS_URL": redis_url,
+        "REDIS_URL": redis_url,
+        "KUYA_KEY_PREFIX": key_prefix,
+    }
+    result = runner.invoke(main, ["demo", "--latency", "0"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "kuya-demo.db" in result.output
+    assert (work / "kuya-demo.db").stat().st_size > 0
+    assert not app_file.exists()
+
+    async def untouched() -> tuple[int, list[bytes]]:
+        engine = create_async_engine(postgres_url)
+        try:
+            async with engine.connect() as conn:
+                tables = (
+                    await conn.execute(
+                        sa.text(
+                            "SELECT count(*) FROM information_schema.tables"
+                            " WHERE table_schema = 'public'"
+                        )
+                    )
+                ).scalar_one()
+        finally:
+            await engine.dispose()
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            keys = [key async for key in client.scan_iter(match=f"{key_prefix}*")]
+        finally:
+            await client.aclose()
+        return int(tables), keys
+
+    assert asyncio.run(untouched()) == (0, [])
+    # Told explicitly, it writes there.
+    target = f"sqlite+aiosqlite:///{tmp_path / 'chosen.db'}"
+    result = runner.invoke(main, ["demo", "--latency", "0", "--database-url", target], env=env)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "chosen.db").exists()

@@ -129,7 +129,7 @@ def test_endpoints_end_to_end(
     )
 
 
-def test_ready_is_503_only_when_both_are_down(
+def test_ready_is_503_only_when_nothing_can_answer(
     make_client: Any, sqlite_url: str, postgres_base_url: str
 ) -> None:
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
@@ -141,7 +141,10 @@ def test_ready_is_503_only_when_both_are_down(
 
     degraded = make_client(database_url=sqlite_url, redis_url=dead_redis)
     assert status(degraded) == (200, {"status": "degraded", "redis": False, "database": True})
-    down = make_client(database_url=dead_db, redis_url=dead_redis, create_schema=False)
+    # The fetcher still answers every search (at a cost): degraded, not out of rotation.
+    fetching = make_client(database_url=dead_db, redis_url=dead_redis, create_schema=False)
+    assert status(fetching) == (200, {"status": "degraded", "redis": False, "database": False})
+    down = make_client(database_url=dead_db, redis_url=dead_redis, create_schema=False, fetchers={})
     assert status(down) == (503, {"status": "unhealthy", "redis": False, "database": False})
     live = down.get("/health/live")
     assert live.status_code == 200

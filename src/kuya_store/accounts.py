@@ -1,18 +1,20 @@
 """``store.accounts``: users, their saved searches, and price alerts on them.
 
-Passwords are hashed with argon2id (argon2-cffi) in a worker thread and never stored,
-logged or echoed. Every saved-search call is scoped to its user: another user's saved
-search is ``NotFoundError``, exactly like one that does not exist.
+Passwords are hashed with argon2id (argon2-cffi) on a small pool of threads of its own,
+and never stored, logged or echoed. Every saved-search call is scoped to its user: another
+user's saved search is ``NotFoundError``, exactly like one that does not exist.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from argon2 import PasswordHasher
@@ -22,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kuya_store.alerts import Alert, run_alerts
 from kuya_store.clock import Clock
-from kuya_store.db.engine import DatabaseFeature
+from kuya_store.db.engine import DatabaseFeature, outage_as_unavailable
 from kuya_store.db.tables import metadata
 from kuya_store.errors import (
     InvalidInputError,
@@ -40,8 +42,19 @@ _users = metadata.tables["users"]
 _saved = metadata.tables["saved_searches"]
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
-# Verified when the email is unknown, so a wrong email costs as long as a wrong password.
-_DUMMY_HASH = _hasher.hash("not a real password, only for timing")
+# Each hash takes a core and the hasher's memory cost (64 MiB): a login burst queues here
+# instead of filling the default executor that sync fetchers share through to_thread.
+_HASHING_THREADS = 2
+_T = TypeVar("_T")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified when the email is unknown, so a wrong email costs as long as a wrong password.
+
+    Made on first use, not at import: importing the library never spends a hash.
+    """
+    return _hasher.hash("not a real password, only for timing")
 
 
 class User(_Frozen):
@@ -112,6 +125,14 @@ def _threshold(value: object) -> Decimal | None:
         raise InvalidInputError("alert_threshold", str(exc)) from None
 
 
+def _breaks_foreign_key(exc: IntegrityError) -> bool:
+    """Whether an integrity error is a foreign-key violation (SQLSTATE 23503 or SQLite's)."""
+    orig = exc.orig
+    return getattr(orig, "sqlstate", None) == "23503" or (
+        getattr(orig, "sqlite_errorname", None) == "SQLITE_CONSTRAINT_FOREIGNKEY"
+    )
+
+
 def _user(row: Any) -> User:
     return User(
         id=row.id,
@@ -146,6 +167,19 @@ class Accounts(DatabaseFeature):
     def __init__(self, engine: AsyncEngine | None, clock: Clock, comps: CompsRepository) -> None:
         super().__init__(engine, clock)
         self._comps = comps
+        self._hashing: ThreadPoolExecutor | None = None
+
+    async def _hash_work(self, work: Callable[..., _T], *args: Any) -> _T:
+        """Run a password hash or verification on the accounts' own bounded thread pool."""
+        if self._hashing is None:
+            self._hashing = ThreadPoolExecutor(_HASHING_THREADS, thread_name_prefix="kuya-argon2")
+        return await asyncio.get_running_loop().run_in_executor(self._hashing, work, *args)
+
+    def close(self) -> None:
+        """Stop the hashing threads (the store's ``close()`` calls this); reopened on next use."""
+        if self._hashing is not None:
+            self._hashing.shutdown(wait=False, cancel_futures=True)
+            self._hashing = None
 
     # -- users --------------------------------------------------------------------------
 
@@ -154,9 +188,9 @@ class Accounts(DatabaseFeature):
         address = _email(email)
         secret = _password(password)
         name = _text(display_name, "display_name", 100, optional=True)
-        hashed = await asyncio.to_thread(_hasher.hash, secret)
+        hashed = await self._hash_work(_hasher.hash, secret)
         try:
-            async with self._require().begin() as conn:
+            async with self._begin() as conn:
                 row = (
                     await conn.execute(
                         sa.insert(_users)
@@ -179,12 +213,14 @@ class Accounts(DatabaseFeature):
             address, secret = _email(email), _password(password)
         except InvalidInputError:
             return None
-        engine = self._require()
-        async with engine.connect() as conn:
+        async with self._connect() as conn:
             row = (await conn.execute(sa.select(_users).where(_users.c.email == address))).first()
-        stored = row.password_hash if row is not None and row.password_hash else _DUMMY_HASH
+        if row is not None and row.password_hash:
+            stored = row.password_hash
+        else:
+            stored = await self._hash_work(_dummy_hash)
         try:
-            await asyncio.to_thread(_hasher.verify, stored, secret)
+            await self._hash_work(_hasher.verify, stored, secret)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return None
         if row is None or not row.is_active:
@@ -192,8 +228,8 @@ class Accounts(DatabaseFeature):
         now = self._clock()
         values: dict[str, Any] = {"last_login": now}
         if _hasher.check_needs_rehash(stored):
-            values["password_hash"] = await asyncio.to_thread(_hasher.hash, secret)
-        async with engine.begin() as conn:
+            values["password_hash"] = await self._hash_work(_hasher.hash, secret)
+        async with self._begin() as conn:
             updated = (
                 await conn.execute(
                     sa.update(_users)
@@ -207,7 +243,7 @@ class Accounts(DatabaseFeature):
     async def get_user(self, user_id: int) -> User:
         """One user, or ``NotFoundError``."""
         uid = _id(user_id, "user_id")
-        async with self._require().connect() as conn:
+        async with self._connect() as conn:
             row = (await conn.execute(sa.select(_users).where(_users.c.id == uid))).first()
         if row is None:
             raise NotFoundError(f"no user {uid}")
@@ -218,7 +254,7 @@ class Accounts(DatabaseFeature):
         uid = _id(user_id, "user_id")
         if not isinstance(is_active, bool):
             raise InvalidInputError("is_active", "must be a boolean")
-        async with self._require().begin() as conn:
+        async with self._begin() as conn:
             row = (
                 await conn.execute(
                     sa.update(_users)
@@ -256,22 +292,21 @@ class Accounts(DatabaseFeature):
             "created_at": self._clock(),
         }
         try:
-            async with self._require().begin() as conn:
-                if (
-                    await conn.execute(sa.select(_users.c.id).where(_users.c.id == uid))
-                ).first() is None:
-                    raise NotFoundError(f"no user {uid}")
+            async with self._begin() as conn:
                 row = (
                     await conn.execute(sa.insert(_saved).values(**values).returning(_saved))
                 ).one()
-        except IntegrityError:
+        except IntegrityError as exc:
+            # The constraint says which: no such user (or deleted meanwhile), or a taken name.
+            if _breaks_foreign_key(exc):
+                raise NotFoundError(f"no user {uid}") from None
             raise InvalidInputError("name", "is already used by another saved search") from None
         return _saved_search(row)
 
     async def list_saved_searches(self, user_id: int) -> list[SavedSearch]:
         """A user's saved searches, oldest first."""
         uid = _id(user_id, "user_id")
-        async with self._require().connect() as conn:
+        async with self._connect() as conn:
             rows = await conn.execute(
                 sa.select(_saved).where(_saved.c.user_id == uid).order_by(_saved.c.id)
             )
@@ -280,7 +315,7 @@ class Accounts(DatabaseFeature):
     async def _update_own(self, user_id: int, saved_search_id: int, **values: Any) -> SavedSearch:
         uid, sid = _id(user_id, "user_id"), _id(saved_search_id, "saved_search_id")
         try:
-            async with self._require().begin() as conn:
+            async with self._begin() as conn:
                 row = (
                     await conn.execute(
                         sa.update(_saved)
@@ -317,7 +352,7 @@ class Accounts(DatabaseFeature):
     async def delete_saved_search(self, user_id: int, saved_search_id: int) -> None:
         """Delete one of the user's saved searches."""
         uid, sid = _id(user_id, "user_id"), _id(saved_search_id, "saved_search_id")
-        async with self._require().begin() as conn:
+        async with self._begin() as conn:
             result = await conn.execute(
                 sa.delete(_saved).where(_saved.c.id == sid, _saved.c.user_id == uid)
             )
@@ -328,4 +363,6 @@ class Accounts(DatabaseFeature):
 
     async def run_alerts(self, refresh_budget: int = 0) -> list[Alert]:
         """Evaluate every enabled alert once; return those that fire (see ``kuya_store.alerts``)."""
-        return await run_alerts(self._require(), self._clock, self._comps, refresh_budget)
+        engine = self._require()
+        with outage_as_unavailable(self._purpose):
+            return await run_alerts(engine, self._clock, self._comps, refresh_budget)

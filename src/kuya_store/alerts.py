@@ -68,6 +68,7 @@ async def run_alerts(
         ).all()
     budget = refresh_budget
     fired: list[Alert] = []
+    updates: list[tuple[int, dict[str, Any]]] = []
     for row in rows:
         kind = SearchType(row.search_type)
         filters = SearchFilters(**(row.filters or {}))
@@ -104,8 +105,15 @@ async def run_alerts(
                     item_id=item_id,
                 )
             )
+        updates.append((row.id, values))
+    # Recorded together at the end: if the database fails first, nothing is marked as fired,
+    # so the caller, who gets the error instead of the list, sees these alerts next time.
+    if updates:
         async with engine.begin() as conn:
-            await conn.execute(sa.update(_saved).where(_saved.c.id == row.id).values(**values))
+            for saved_id, values in updates:
+                await conn.execute(
+                    sa.update(_saved).where(_saved.c.id == saved_id).values(**values)
+                )
     return fired
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
@@ -82,10 +82,13 @@ def _as_datetime(value: date | datetime | None, field: str) -> datetime | None:
 
 
 def _as_date(value: date | datetime | None, field: str) -> date | None:
+    """The UTC day of a bound: snapshots are dated in UTC, like every moment the store keeps."""
     if value is None:
         return None
     if isinstance(value, datetime):
-        return value.date()
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise InvalidInputError(field, "must be timezone-aware (naive datetimes are ambiguous)")
+        return value.astimezone(UTC).date()
     if isinstance(value, date):
         return value
     raise InvalidInputError(field, "must be a date or datetime")
@@ -127,13 +130,14 @@ class Analytics(DatabaseFeature):
     ) -> list[PriceSnapshot]:
         """A card's daily snapshots between ``start`` and ``end`` (inclusive), oldest first.
 
-        ``card`` is what a user would type; it is normalised like a search.
+        ``card`` is what a user would type; it is normalised like a search. A bound is a
+        date (a UTC day) or a timezone-aware datetime, which stands for its UTC day.
         """
         card_identifier = normalize_card(card)
         first, last = _as_date(start, "start"), _as_date(end, "end")
         if first is not None and last is not None and first > last:
             raise InvalidInputError("start", "must not be after end")
-        async with self._require().connect() as conn:
+        async with self._connect() as conn:
             rows = await conn.execute(self.history_statement(card_identifier, first, last))
             return [snapshot_from_row(r) for r in rows]
 
@@ -170,7 +174,7 @@ class Analytics(DatabaseFeature):
         start = _as_datetime(since, "since")
         where = [_searches.c.created_at >= start] if start is not None else []
         hit = sa.case((_searches.c.cache_hit.is_(True), 1), else_=0)
-        async with self._require().connect() as conn:
+        async with self._connect() as conn:
             rows = await conn.execute(
                 sa.select(_searches.c.search_type, sa.func.count(), sa.func.sum(hit))
                 .where(*where)
@@ -235,7 +239,7 @@ class Analytics(DatabaseFeature):
         )
         if start is not None:
             stmt = stmt.where(_searches.c.created_at >= start)
-        async with self._require().connect() as conn:
+        async with self._connect() as conn:
             rows = (await conn.execute(stmt)).all()
         return [
             TopSearch(

@@ -2,7 +2,7 @@
 
 ``pg_dump``/``pg_restore`` save and restore a whole PostgreSQL database (``docs/backup.md``).
 This module covers the rest of the plan's backup strategy: the "critical data only" copy of
-``price_snapshots``, and the "Data Rollback" of everything recorded after a moment.
+``price_snapshots``, and the "Data Rollback" of everything written after a moment.
 
 The CSV is PostgreSQL's own ``COPY ... CSV HEADER`` format on both backends (SQLite output
 is formatted the way PostgreSQL prints each type), so one file restores into either and
@@ -37,6 +37,7 @@ __all__ = ["Backup", "ImportReport", "PurgeReport"]
 _snapshots = metadata.tables["price_snapshots"]
 _searches = metadata.tables["searches"]
 _links = metadata.tables["search_results"]
+_listings = metadata.tables["listing_cache"]
 COLUMNS = tuple(column.name for column in _snapshots.columns)
 _KEY = ("card_identifier", "snapshot_date")
 _IGNORED = frozenset({"id", "search_id"})
@@ -61,11 +62,15 @@ class ImportReport(_Frozen):
 
 
 class PurgeReport(_Frozen):
-    """How many rows ``purge_since`` deleted, per table."""
+    """How many rows ``purge_since`` deleted per table, and how many older searches it detached."""
 
     searches: int
     search_results: int
     snapshots: int
+    listings: int = 0
+    """``listing_cache`` rows first written or overwritten after the moment."""
+    detached: int = 0
+    """Searches from before the moment that no longer answer: a listing they returned went."""
 
 
 class _Counter:
@@ -268,14 +273,14 @@ class Backup(DatabaseFeature):
 
     async def count_snapshots(self) -> int:
         """How many ``price_snapshots`` rows there are (a total for progress bars)."""
-        async with self._require().connect() as conn:
+        async with self._connect() as conn:
             return int((await conn.scalar(sa.select(sa.func.count()).select_from(_snapshots))) or 0)
 
     async def export_snapshots_csv(self, dest: Source, *, progress: Progress | None = None) -> int:
         """Write every price snapshot to ``dest`` as CSV with a header; returns the row count."""
-        engine = self._require()
         counter = _Counter(progress)
-        async with _opened(dest) as out, engine.connect() as conn, conn.begin():
+        # Connected first: a database that does not answer leaves ``dest`` untouched.
+        async with self._connect() as conn, _opened(dest) as out, conn.begin():
 
             async def write(data: bytes) -> None:
                 await asyncio.to_thread(out.write, data)
@@ -325,9 +330,13 @@ class Backup(DatabaseFeature):
         insert = (postgresql.insert if postgres else sqlite.insert)(_snapshots)
         changing = [n for n in names if n not in _IGNORED and n not in _KEY]
         if changing:
+            overwrite = {n: insert.excluded[n] for n in changing}
+            if "created_at" not in names:
+                # A row whose values change records when: purge_since relies on it.
+                overwrite["created_at"] = insert.excluded["created_at"]
             upsert = insert.on_conflict_do_update(
                 index_elements=[_snapshots.c[n] for n in _KEY],
-                set_={n: insert.excluded[n] for n in changing},
+                set_=overwrite,
                 # Rows already equal to the file's are left alone: no write, no dead tuple.
                 where=sa.or_(
                     *(_snapshots.c[n].is_distinct_from(insert.excluded[n]) for n in changing)
@@ -341,7 +350,7 @@ class Backup(DatabaseFeature):
         )
         count = sa.select(sa.func.count()).select_from(_snapshots)
         inserted = written = before = 0
-        async with engine.begin() as conn:
+        async with self._begin() as conn:
             if not postgres:
                 # Take SQLite's write lock first, so nobody else writes between the counts.
                 await conn.execute(sa.delete(_snapshots).where(sa.false()))
@@ -362,25 +371,58 @@ class Backup(DatabaseFeature):
         )
 
     async def purge_since(self, moment: datetime) -> PurgeReport:
-        """Delete the searches (and their result links) and snapshots created after ``moment``."""
+        """Undo everything written after ``moment``, in one transaction (the partial rollback).
+
+        Goes: the searches logged after it with their result links; the snapshots and
+        listings written after it, whether first written or overwritten then, since the
+        values they held before are not kept (restore snapshots from a CSV export). A search
+        from before that returned a listing that went is detached, as ``invalidate`` does:
+        it stays in the log but no longer answers, because it could only answer in part.
+        """
         if not isinstance(moment, datetime):
             raise InvalidInputError("moment", "must be a datetime")
         if moment.tzinfo is None or moment.utcoffset() is None:
             raise InvalidInputError(
                 "moment", "must be timezone-aware (naive datetimes are ambiguous)"
             )
-        later = _searches.c.created_at > moment
-        async with self._require().begin() as conn:
-            # Deleted explicitly rather than by the cascade, so the count is what went.
+        later = sa.select(_searches.c.id).where(_searches.c.created_at > moment)
+        # A row names the search that last wrote it (an upsert moves search_id on), and says
+        # when it was written: either reveals an overwrite after the moment.
+        snapshot_written = sa.or_(
+            _snapshots.c.created_at > moment, _snapshots.c.search_id.in_(later)
+        )
+        listing_written = sa.or_(
+            _listings.c.first_seen > moment,
+            _listings.c.last_updated > moment,
+            _listings.c.search_id.in_(later),
+        )
+        going = sa.select(_listings.c.id).where(listing_written)
+        async with self._begin() as conn:
+            # In this order: the searches go last, so search_id still says who wrote what.
+            snapshots = await conn.execute(sa.delete(_snapshots).where(snapshot_written))
+            detached = await conn.execute(
+                sa.update(_searches)
+                .where(
+                    _searches.c.id.not_in(later),
+                    _searches.c.result_key.is_not(None),
+                    _searches.c.id.in_(
+                        sa.select(_links.c.search_id).where(_links.c.listing_id.in_(going))
+                    ),
+                )
+                .values(result_key=None)
+            )
+            # Deleted explicitly rather than by the cascades, so the counts are what went.
             links = await conn.execute(
                 sa.delete(_links).where(
-                    _links.c.search_id.in_(sa.select(_searches.c.id).where(later))
+                    sa.or_(_links.c.search_id.in_(later), _links.c.listing_id.in_(going))
                 )
             )
-            snapshots = await conn.execute(
-                sa.delete(_snapshots).where(_snapshots.c.created_at > moment)
-            )
-            searches = await conn.execute(sa.delete(_searches).where(later))
+            listings = await conn.execute(sa.delete(_listings).where(listing_written))
+            searches = await conn.execute(sa.delete(_searches).where(_searches.c.id.in_(later)))
         return PurgeReport(
-            searches=searches.rowcount, search_results=links.rowcount, snapshots=snapshots.rowcount
+            searches=searches.rowcount,
+            search_results=links.rowcount,
+            snapshots=snapshots.rowcount,
+            listings=listings.rowcount,
+            detached=detached.rowcount,
         )

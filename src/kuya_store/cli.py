@@ -140,7 +140,11 @@ def health(database_url: str | None, redis_url: str | None) -> None:
 
 
 @main.command()
-@database_option
+@click.option(
+    "--database-url",
+    envvar=None,
+    help="Database URL for the demo data; defaults to ./kuya-demo.db (never the environment's).",
+)
 @click.option("--query", default="2023 Topps Chrome Victor Wembanyama #1", show_default=True)
 @click.option("--latency", default=0.4, show_default=True, help="Simulated API latency (s).")
 @click.option(
@@ -152,8 +156,13 @@ def health(database_url: str | None, redis_url: str | None) -> None:
     help="Where to write the card's price-history chart (SVG).",
 )
 def demo(database_url: str | None, query: str, latency: float, chart_path: Path) -> None:
-    """Show each tier answering, with timings and the API calls saved (offline)."""
-    _run(lambda: _aio(_demo(_settings(database_url), query, latency, chart_path)))
+    """Show each tier answering, with timings and the API calls saved (offline).
+
+    Writes to ./kuya-demo.db unless --database-url is given; KUYA_* variables are ignored.
+    """
+    from kuya_store.demo import demo_settings
+
+    _run(lambda: _aio(_demo(demo_settings(database_url), query, latency, chart_path)))
 
 
 async def _demo(settings: StoreSettings, query: str, latency: float, chart_path: Path) -> None:

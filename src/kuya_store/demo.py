@@ -3,6 +3,7 @@
 ``FakeMarketplace`` answers any card query with plausible sold and active listings
 (raw and graded copies, parallels, autographs, the odd lot) and counts its calls, so an
 application can run, and show what the store saves, without a paid API key.
+``demo_settings`` is what ``kuya-store demo`` runs on: its own SQLite file unless told.
 """
 
 from __future__ import annotations
@@ -12,11 +13,43 @@ import hashlib
 import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
+
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from kuya_store.clock import Clock, utcnow
 from kuya_store.models import FetchRequest, FetchResult, Listing, SearchType
+from kuya_store.settings import StoreSettings
 
-__all__ = ["FakeMarketplace"]
+__all__ = ["DEMO_DATABASE_URL", "FakeMarketplace", "demo_settings"]
+
+DEMO_DATABASE_URL = "sqlite+aiosqlite:///./kuya-demo.db"
+"""Where the demo writes when no database is named: a file of its own, never the app's."""
+
+
+class _ArgumentsOnly(StoreSettings):
+    """Settings from arguments alone: ``KUYA_*``, ``DATABASE_URL`` and ``REDIS_URL`` ignored."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def demo_settings(database_url: str | None = None, **overrides: Any) -> StoreSettings:
+    """Settings for a demo run: demo data goes only where it is sent explicitly.
+
+    The environment is not read at all, so a shell that points ``KUYA_DATABASE_URL`` (or
+    ``KUYA_REDIS_URL``) at an application's data never gets demo rows written into it.
+    """
+    return _ArgumentsOnly(database_url=database_url or DEMO_DATABASE_URL, **overrides)
+
 
 _VARIANTS: tuple[tuple[str, float, float], ...] = (
     # (title suffix, price multiplier, weight)

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from cachetools import LRUCache, TTLCache
 
 from kuya_store.clock import Clock
+from kuya_store.db.engine import outage_as_unavailable
 from kuya_store.errors import (
     FetcherError,
     InvalidInputError,
@@ -490,7 +491,10 @@ class CompsRepository:
         """The stored metadata of one listing; ``NotFoundError`` if it was never seen."""
         if not isinstance(item_id, str) or not 1 <= len(item_id) <= 50 or "\x00" in item_id:
             raise InvalidInputError("item_id", "must be a string of 1 to 50 characters")
-        listing = await self._database.get_listing(item_id) if self._database else None
+        listing = None
+        if self._database is not None:
+            with outage_as_unavailable("stored listings are read from the database"):
+                listing = await self._database.get_listing(item_id)
         if listing is None:
             raise NotFoundError(f"no stored listing with item_id {item_id!r}")
         return listing
@@ -501,7 +505,8 @@ class CompsRepository:
             raise InvalidInputError("limit", "must be an integer from 1 to 10000")
         if self._database is None:
             return []
-        return await self._database.listings_due_for_refresh(self._clock(), limit)
+        with outage_as_unavailable("stored listings are read from the database"):
+            return await self._database.listings_due_for_refresh(self._clock(), limit)
 
     def describe(self) -> dict[str, Any]:
         """Which tiers this repository reads, for diagnostics."""
@@ -510,4 +515,5 @@ class CompsRepository:
             "hot_tier": self._hot.name,
             "reads_database": self._reads_database,
             "writes_database": self._writer is not None,
+            "fetchers": sorted(kind.value for kind in self._fetchers),
         }

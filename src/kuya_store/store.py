@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from kuya_store import migrations
 from kuya_store.accounts import Accounts
@@ -25,7 +25,9 @@ from kuya_store.tiers import HotTier
 from kuya_store.tiers.memory import MemoryTier
 from kuya_store.writer import WriteBehind
 
-__all__ = ["CompsStore"]
+__all__ = ["CompsStore", "HealthStatus", "health_status"]
+
+HealthStatus = Literal["healthy", "degraded", "unhealthy"]
 
 _log = logging.getLogger("kuya_store")
 _DISCONNECT_GRACE = 2.0
@@ -61,6 +63,33 @@ def _valuator(settings: StoreSettings) -> Valuator:
     if not callable(getattr(made, "value", None)):
         raise InvalidInputError("valuator", "must name a Valuator class or factory")
     return made  # type: ignore[no-any-return]
+
+
+def health_status(
+    *,
+    redis: bool | None,
+    database: bool | None,
+    memory_tier: bool,
+    reads_database: bool,
+    fetcher: bool,
+) -> HealthStatus:
+    """Whether a store can answer, from which of its parts are configured and up.
+
+    "healthy": every configured part is up. "degraded": something is down but searches
+    still get answers, from a tier that is up or, for misses, from a fetcher. "unhealthy":
+    nothing can answer. The table of cases is in ``docs/operations.md``.
+
+    Args:
+        redis: Redis answers; ``None`` when no Redis is configured.
+        database: the database answers; ``None`` when there is none (``cache_only``).
+        memory_tier: the hot tier is the in-process memory one, which is always up.
+        reads_database: searches read the database (``read_through``), so it can answer.
+        fetcher: a fetcher is registered, so misses can be answered.
+    """
+    if all(up for up in (redis, database) if up is not None):
+        return "healthy"
+    answers = memory_tier or bool(redis) or (reads_database and bool(database)) or fetcher
+    return "degraded" if answers else "unhealthy"
 
 
 class CompsStore:
@@ -172,6 +201,7 @@ class CompsStore:
         for part in (self._hot, self._near, self._database):
             if part is not None:
                 await self._disconnect(part)
+        self.accounts.close()
 
     async def _disconnect(self, part: HotTier | MemoryTier | Database) -> None:
         # A server that stopped answering must not hold close() up past a short grace.
@@ -219,21 +249,16 @@ class CompsStore:
         return self._database_size
 
     async def health(self) -> Health:
-        """Readiness: healthy, degraded (a configured part is down), unhealthy (nothing answers)."""
+        """Readiness: whether the store can answer, and with everything it was configured with."""
         redis_ok = await self.ping_redis()
         database_ok = await self.ping_database()
-        checks = []
-        if self.settings.redis_url is not None:
-            checks.append(redis_ok)
-        if self._database is not None:
-            checks.append(database_ok)
-        # With neither configured (cache_only on the memory tier) the process is the store.
-        if all(checks):
-            status = "healthy"
-        elif any(checks):
-            status = "degraded"
-        else:
-            status = "unhealthy"
+        status = health_status(
+            redis=redis_ok if self.settings.redis_url is not None else None,
+            database=database_ok if self._database is not None else None,
+            memory_tier=self.settings.redis_url is None,
+            reads_database=bool(self.comps.describe()["reads_database"]),
+            fetcher=bool(self.comps.describe()["fetchers"]),
+        )
         return Health(status=status, redis=redis_ok, database=database_ok)
 
     def metrics(self) -> dict[str, Any]:

@@ -1,18 +1,102 @@
-"""Engines tuned per backend: SQLite with WAL and foreign keys, PostgreSQL with a checked pool."""
+"""Engines tuned per backend: SQLite with WAL and foreign keys, PostgreSQL with a checked pool.
+
+Also the one place that decides what a database outage looks like (:func:`is_outage`) and
+turns it into ``StorageUnavailableError`` (:func:`outage_as_unavailable`), for every part of
+the store that reads or writes the database on a caller's behalf.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import socket
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from kuya_store.clock import Clock
-from kuya_store.errors import StorageUnavailableError
+from kuya_store.errors import KuyaStoreError, StorageUnavailableError
 from kuya_store.settings import StoreSettings
 
-__all__ = ["DatabaseFeature", "create_engine"]
+__all__ = ["DatabaseFeature", "create_engine", "is_outage", "outage_as_unavailable"]
+
+# SQLite result codes that say the file cannot be used now, not that the statement is wrong
+# ("no such table", a constraint) - extended codes such as SQLITE_IOERR_READ share a prefix.
+_SQLITE_OUTAGES = (
+    "SQLITE_CANTOPEN",
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_IOERR",
+    "SQLITE_READONLY",
+    "SQLITE_FULL",
+    "SQLITE_PERM",
+    "SQLITE_NOTADB",
+    "SQLITE_CORRUPT",
+)
+# PostgreSQL SQLSTATE classes: 08 connection exception, 53 insufficient resources (too many
+# connections, disk full), 57P operator intervention (shutdown, cannot connect now).
+_POSTGRES_OUTAGES = ("08", "53", "57P")
+_NETWORK_ERRNOS = frozenset(
+    {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN, errno.EADDRNOTAVAIL}
+)
+
+
+def _says_outage(error: BaseException) -> bool:
+    if isinstance(error, ConnectionError | TimeoutError | socket.gaierror | socket.herror):
+        return True
+    if isinstance(error, OSError):
+        # Only network failures: a backup file that cannot be written is the caller's problem.
+        return error.errno in _NETWORK_ERRNOS
+    if isinstance(error, sa_exc.TimeoutError | sa_exc.DisconnectionError):
+        return True  # no pooled connection came free within pool_timeout
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return True
+    if isinstance(error, sqlite3.Error):
+        return str(getattr(error, "sqlite_errorname", "")).startswith(_SQLITE_OUTAGES)
+    sqlstate = getattr(error, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith(_POSTGRES_OUTAGES)
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether an error says the database cannot answer now, rather than that a request is wrong.
+
+    The drivers wrap one another (SQLAlchemy around asyncpg or sqlite3), so the chain of
+    causes is looked at. The store's own errors already say what they mean.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KuyaStoreError):
+            return False
+        seen.add(id(current))
+        if _says_outage(current):
+            return True
+        orig = current.orig if isinstance(current, sa_exc.DBAPIError) else None
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return False
+
+
+@contextlib.contextmanager
+def outage_as_unavailable(purpose: str) -> Iterator[None]:
+    """Raise a database outage inside the block as ``StorageUnavailableError``.
+
+    Args:
+        purpose: what needed the database, for the message (e.g. "analytics read the database").
+    """
+    try:
+        yield
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        # The driver's message may name hosts or paths: the cause keeps it for the logs.
+        raise StorageUnavailableError(
+            f"{purpose}, and it does not answer ({type(exc).__name__})"
+        ) from exc
 
 
 def _sqlite_pragmas(settings: StoreSettings, in_memory: bool) -> Any:
@@ -53,7 +137,9 @@ def create_engine(settings: StoreSettings) -> AsyncEngine:
         pool_recycle=int(settings.pool_recycle.total_seconds()),
         pool_pre_ping=True,
         connect_args={
+            # Both per-connection caches of prepared statements: SQLAlchemy's and asyncpg's.
             "prepared_statement_cache_size": settings.statement_cache_size,
+            "statement_cache_size": settings.statement_cache_size,
             "timeout": settings.db_connect_timeout.total_seconds(),
             "command_timeout": settings.db_command_timeout.total_seconds(),
             "server_settings": {"application_name": "kuya-store"},
@@ -64,7 +150,9 @@ def create_engine(settings: StoreSettings) -> AsyncEngine:
 class DatabaseFeature:
     """A part of the store that works on the database (analytics, accounts, backup).
 
-    In ``cache_only`` mode there is no database: every call raises ``StorageUnavailableError``.
+    In ``cache_only`` mode there is no database, and when the database does not answer, every
+    call raises ``StorageUnavailableError``: open connections with :meth:`_connect` and
+    :meth:`_begin`, never on the engine itself.
     """
 
     _purpose = "this feature needs the database"
@@ -77,3 +165,19 @@ class DatabaseFeature:
         if self._engine is None:
             raise StorageUnavailableError(f"{self._purpose}, which cache_only mode never uses")
         return self._engine
+
+    @contextlib.asynccontextmanager
+    async def _connect(self) -> AsyncIterator[AsyncConnection]:
+        """A connection; an outage while it is open raises ``StorageUnavailableError``."""
+        engine = self._require()
+        with outage_as_unavailable(self._purpose):
+            async with engine.connect() as conn:
+                yield conn
+
+    @contextlib.asynccontextmanager
+    async def _begin(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a transaction committed at the end, like ``engine.begin()``."""
+        engine = self._require()
+        with outage_as_unavailable(self._purpose):
+            async with engine.begin() as conn:
+                yield conn

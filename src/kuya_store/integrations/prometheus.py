@@ -45,14 +45,21 @@ def _summary(name: str, doc: str, timing: dict[str, float]) -> Metric:
 
 
 class StoreCollector(Collector):
-    """Collects a store's counters, timings and gauges at scrape time."""
+    """Collects a store's counters, timings and gauges at scrape time.
+
+    It holds the store weakly: a registry that outlives the store never keeps it (and its
+    connections and buffers) alive, and collects nothing once the store is gone.
+    """
 
     def __init__(self, store: _HasMetrics, namespace: str = "kuya") -> None:
-        self._store = store
+        self._store = weakref.ref(store)
         self._ns = namespace
 
     def collect(self) -> Iterator[Metric]:
-        m = self._store.metrics()
+        store = self._store()
+        if store is None:
+            return
+        m = store.metrics()
         ns = self._ns
         yield _counter(f"{ns}_searches", "Searches answered.", m["searches"])
         hits = CounterMetricFamily(
@@ -115,6 +122,7 @@ class StoreCollector(Collector):
         )
 
 
+# One registry per store, dropped with the store (the collector holds it weakly too).
 _registries: weakref.WeakKeyDictionary[_HasMetrics, CollectorRegistry] = weakref.WeakKeyDictionary()
 
 
