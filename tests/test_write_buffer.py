@@ -496,3 +496,10 @@ async def test_is_transient_on_real_driver_errors(database_url: str) -> None:
         assert is_transient(busy.value)
     finally:
         await engine.dispose()
+
+
+async def test_get_listing_refuses_text_without_utf8_form(migrated_url: str) -> None:
+    async with ks.CompsStore(database_url=migrated_url) as store:
+        with pytest.raises(ks.InvalidInputError) as caught:
+            await store.comps.get_listing("A\ud800")
+        assert caught.value.field == "item_id"

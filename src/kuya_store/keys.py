@@ -21,6 +21,7 @@ __all__ = [
     "KEY_VERSION",
     "MAX_QUERY_LENGTH",
     "ResultIdentity",
+    "is_encodable",
     "validate_filters",
     "validate_params",
     "validate_query",
@@ -39,7 +40,7 @@ _MAX_PARAM_TEXT = 500
 _NOT_UNICODE = "must be valid Unicode text (a lone surrogate has no UTF-8 form to store)"
 
 
-def _encodable(text: str) -> bool:
+def is_encodable(text: str) -> bool:
     """Whether the text can be stored: a lone surrogate (``"\\ud800"``) has no UTF-8 form."""
     if text.isascii():
         return True
@@ -61,7 +62,7 @@ def validate_query(query: object, field: str = "query") -> str:
         raise InvalidInputError(field, f"must be at most {MAX_QUERY_LENGTH} characters")
     if "\x00" in text:
         raise InvalidInputError(field, "must not contain NUL characters")
-    if not _encodable(text):
+    if not is_encodable(text):
         raise InvalidInputError(field, _NOT_UNICODE)
     return text
 
@@ -80,14 +81,14 @@ def validate_params(params: object) -> Params:
             raise InvalidInputError(
                 "params", f"option names must be 1..{_MAX_PARAM_KEY} characters"
             )
-        if not _encodable(key):  # named without the key: it could not be shown either
+        if not is_encodable(key):  # named without the key: it could not be shown either
             raise InvalidInputError("params", f"option names {_NOT_UNICODE}")
         field = f"params.{key}"
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidInputError(field, "must be a finite number")
         if isinstance(value, str) and (len(value) > _MAX_PARAM_TEXT or "\x00" in value):
             raise InvalidInputError(field, f"must be at most {_MAX_PARAM_TEXT} characters, no NUL")
-        if isinstance(value, str) and not _encodable(value):
+        if isinstance(value, str) and not is_encodable(value):
             raise InvalidInputError(field, _NOT_UNICODE)
         if value is not None and not isinstance(value, str | int | float | bool):
             raise InvalidInputError(field, "must be a JSON scalar (string, number, boolean, null)")

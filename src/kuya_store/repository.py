@@ -32,6 +32,7 @@ from kuya_store.fetching import FetchCoordinator, Fetcher
 from kuya_store.freshness import is_fresh, remaining
 from kuya_store.keys import (
     ResultIdentity,
+    is_encodable,
     validate_filters,
     validate_params,
     validate_query,
@@ -491,6 +492,8 @@ class CompsRepository:
         """The stored metadata of one listing; ``NotFoundError`` if it was never seen."""
         if not isinstance(item_id, str) or not 1 <= len(item_id) <= 50 or "\x00" in item_id:
             raise InvalidInputError("item_id", "must be a string of 1 to 50 characters")
+        if not is_encodable(item_id):
+            raise InvalidInputError("item_id", "must be valid Unicode text")
         listing = None
         if self._database is not None:
             with outage_as_unavailable("stored listings are read from the database"):
