@@ -286,7 +286,7 @@ async def test_fetcher_failing_half_the_time_is_retried(migrated_url: str) -> No
 async def _seed_old_result(url: str, clock: ks.ManualClock) -> None:
     market = FakeMarketplace(listings=5, clock=clock)
     async with ks.CompsStore(
-        database_url=url, fetchers={"sold": market.sold}, clock=clock
+        database_url=url, fetchers={"sold": market.sold}, clock=clock, freshness_policy="fixed"
     ) as store:
         await store.comps.search(QUERY)
 
@@ -304,6 +304,7 @@ async def test_failing_fetcher_serves_stale_within_max_stale(migrated_url: str) 
         database_url=migrated_url,
         fetchers={"sold": down},
         clock=clock,
+        freshness_policy="fixed",
         fetch_backoff=0.001,
         max_stale=timedelta(days=1),
     ) as store:
@@ -371,6 +372,7 @@ async def test_hanging_fetcher_falls_back_to_stale(migrated_url: str) -> None:
         database_url=migrated_url,
         fetchers={"sold": hangs},
         clock=clock,
+        freshness_policy="fixed",
         fetch_timeout=0.1,
         fetch_attempts=1,
     ) as store:

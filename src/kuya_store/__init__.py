@@ -17,6 +17,7 @@ from kuya_store.backup import Backup, ImportReport, PurgeReport
 from kuya_store.chart import render_price_chart
 from kuya_store.clock import ManualClock
 from kuya_store.errors import (
+    BudgetExhaustedError,
     FetcherError,
     InvalidInputError,
     KuyaStoreError,
@@ -27,6 +28,7 @@ from kuya_store.errors import (
     TransientFetchError,
 )
 from kuya_store.fetching import Fetcher
+from kuya_store.freshness import FixedFreshness, FreshnessPolicy, SaleRateFreshness
 from kuya_store.models import (
     CompsResult,
     FetchRequest,
@@ -40,6 +42,7 @@ from kuya_store.models import (
     SearchType,
     Source,
 )
+from kuya_store.paging import PagedFetcher, paged
 from kuya_store.pricing import DefaultValuator, TitleInfo, Valuator, normalize_card, parse_title
 from kuya_store.repository import CompsRepository
 from kuya_store.settings import StoreSettings
@@ -56,6 +59,7 @@ __all__ = [
     "Alert",
     "Analytics",
     "Backup",
+    "BudgetExhaustedError",
     "CompsRepository",
     "CompsResult",
     "CompsStore",
@@ -65,6 +69,8 @@ __all__ = [
     "FetchStats",
     "Fetcher",
     "FetcherError",
+    "FixedFreshness",
+    "FreshnessPolicy",
     "Health",
     "ImportReport",
     "InvalidInputError",
@@ -73,10 +79,12 @@ __all__ = [
     "Listing",
     "ManualClock",
     "NotFoundError",
+    "PagedFetcher",
     "PermanentFetchError",
     "PriceSnapshot",
     "PriceTrend",
     "PurgeReport",
+    "SaleRateFreshness",
     "SavedSearch",
     "SearchFilters",
     "SearchStats",
@@ -95,6 +103,7 @@ __all__ = [
     "__version__",
     "migrations",
     "normalize_card",
+    "paged",
     "parse_title",
     "render_price_chart",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 __all__ = [
+    "BudgetExhaustedError",
     "FetcherError",
     "InvalidInputError",
     "KuyaStoreError",
@@ -79,6 +80,10 @@ class TransientFetchError(FetcherError):
     def __init__(self, message: str = "", *, status: int | None = None) -> None:
         self.status = status
         super().__init__(message)
+
+
+class BudgetExhaustedError(FetcherError):
+    """The day's (or hour's) API budget of this search type is spent, and nothing is stored."""
 
 
 class StoreClosedError(KuyaStoreError):

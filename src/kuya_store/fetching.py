@@ -26,12 +26,19 @@ from typing import Protocol, runtime_checkable
 from pydantic import BaseModel, ValidationError
 from tenacity import RetryCallState
 
+from kuya_store.budget import ApiBudget
 from kuya_store.clock import Clock
-from kuya_store.errors import FetcherError, InvalidInputError, StoreClosedError
-from kuya_store.freshness import is_fresh
+from kuya_store.errors import (
+    BudgetExhaustedError,
+    FetcherError,
+    InvalidInputError,
+    StoreClosedError,
+)
+from kuya_store.freshness import FreshnessPolicy, fresh_until
 from kuya_store.keys import ResultIdentity
 from kuya_store.metrics import Metrics
-from kuya_store.models import FetchRequest, FetchResult, SearchType, Source
+from kuya_store.models import FetchRequest, FetchResult, FetchStats, Listing, SearchType, Source
+from kuya_store.paging import PagedFetcher, after_page, merge_sales, pages_wanted
 from kuya_store.pricing import Valuator
 from kuya_store.retries import is_transient_fetch_error, retrying
 from kuya_store.settings import StoreSettings
@@ -102,12 +109,25 @@ def validate_fetch_result(value: object) -> FetchResult:
     return result
 
 
-async def _invoke(fetcher: Fetcher, request: FetchRequest) -> object:
+async def _invoke(fetcher: Fetcher | PagedFetcher, request: FetchRequest) -> object:
+    if isinstance(fetcher, PagedFetcher):
+        fetcher = fetcher.fetcher
     call = getattr(fetcher, "__call__", None)  # noqa: B004 - async callable objects too
     if inspect.iscoroutinefunction(fetcher) or inspect.iscoroutinefunction(call):
         return await fetcher(request)  # type: ignore[misc]
     outcome = await asyncio.to_thread(fetcher, request)
     return await outcome if inspect.isawaitable(outcome) else outcome
+
+
+def _summed(stats: list[FetchStats]) -> FetchStats | None:
+    """Each page's counts added up, field by field (a field no page reported stays unset)."""
+    if not stats:
+        return None
+    totals: dict[str, int] = {}
+    for one in stats:
+        for name, value in one.as_dict().items():
+            totals[name] = totals.get(name, 0) + value
+    return FetchStats(**totals)
 
 
 @dataclass(eq=False)
@@ -130,6 +150,8 @@ class FetchCoordinator:
         hot: HotTier,
         fill: Fill,
         valuator: Valuator,
+        policy: FreshnessPolicy,
+        budget: ApiBudget,
     ) -> None:
         self._settings = settings
         self._clock = clock
@@ -137,6 +159,8 @@ class FetchCoordinator:
         self._hot = hot
         self._fill = fill
         self._valuator = valuator
+        self._policy = policy
+        self._budget = budget
         self._inflight: dict[ResultIdentity, _Flight] = {}
 
     @property
@@ -152,6 +176,7 @@ class FetchCoordinator:
         *,
         on_fetched: OnFetched,
         newer_than: datetime | None = None,
+        stale: StoredResult | None = None,
     ) -> Outcome:
         """The result of one shared flight for ``identity``; starts it if none runs.
 
@@ -159,13 +184,15 @@ class FetchCoordinator:
             on_fetched: run by the flight when it made the paid call (this search's record).
             newer_than: with ``refresh=True``: a stored result fetched before this moment
                 does not count as ready.
+            stale: the newest stored result that is no longer fresh: a paged sold fetch
+                refreshes it instead of buying every page again.
         """
         flight = self._inflight.get(identity)
         joined = flight is not None
         if flight is None:
             flight = _Flight()
             flight.task = asyncio.create_task(
-                self._fly(identity, request, fetcher, flight, on_fetched, newer_than),
+                self._fly(identity, request, fetcher, flight, on_fetched, newer_than, stale),
                 name=f"kuya-fetch-{identity.search_type.value}",
             )
             self._inflight[identity] = flight
@@ -217,9 +244,10 @@ class FetchCoordinator:
         flight: _Flight,
         on_fetched: OnFetched,
         newer_than: datetime | None,
+        stale: StoredResult | None,
     ) -> Outcome:
         stored, source, paid = await self._across_processes(
-            identity, request, fetcher, flight, newer_than
+            identity, request, fetcher, flight, newer_than, stale
         )
         if paid:
             # Persisted by the flight itself: a paid result is kept even if every search
@@ -234,6 +262,7 @@ class FetchCoordinator:
         fetcher: Fetcher,
         flight: _Flight,
         newer_than: datetime | None,
+        stale: StoredResult | None,
     ) -> Outcome:
         hot = self._hot
         # A search whose lookup began before another task's fetch filled the hot tier
@@ -243,14 +272,17 @@ class FetchCoordinator:
             self._metrics.incr("single_flight_waits")
             return ready, Source(hot.name), False
         if not isinstance(hot, _Locking):
-            return await self._upstream(identity, request, fetcher, flight), Source.API, True
+            upstream = await self._upstream(identity, request, fetcher, flight, stale)
+            return upstream, Source.API, True
         lock_ttl = self._settings.single_flight_lock_ttl
         deadline = time.monotonic() + self._settings.flight_wait.total_seconds()
         waited = False
         while True:
             state, token = await hot.try_lock(identity, lock_ttl)
             if state == "acquired":
-                return await self._holding(identity, request, fetcher, flight, newer_than, token)
+                return await self._holding(
+                    identity, request, fetcher, flight, newer_than, token, stale
+                )
             if state == "unavailable":
                 break
             if not waited:
@@ -262,7 +294,7 @@ class FetchCoordinator:
             if time.monotonic() >= deadline:
                 self._metrics.incr("lock_wait_timeouts")
                 break
-        return await self._upstream(identity, request, fetcher, flight), Source.API, True
+        return await self._upstream(identity, request, fetcher, flight, stale), Source.API, True
 
     async def _holding(
         self,
@@ -272,6 +304,7 @@ class FetchCoordinator:
         flight: _Flight,
         newer_than: datetime | None,
         token: str,
+        stale: StoredResult | None,
     ) -> Outcome:
         """Fetch while holding the cross-process lock, extending it until the fetch is over."""
         hot = self._hot
@@ -285,7 +318,7 @@ class FetchCoordinator:
             if ready is not None:
                 return ready, Source.REDIS, False
             try:
-                stored = await self._upstream(identity, request, fetcher, flight)
+                stored = await self._upstream(identity, request, fetcher, flight, stale)
             except (FetcherError, InvalidInputError):
                 failed = True
                 raise
@@ -313,7 +346,7 @@ class FetchCoordinator:
     ) -> StoredResult | None:
         hit = await self._hot.get(identity)
         ttl = self._settings.hot_ttl(identity.search_type)
-        if hit is None or not is_fresh(hit.fetched_at, self._clock(), ttl):
+        if hit is None or self._clock() >= fresh_until(hit, ttl):
             return None
         if newer_than is not None and hit.fetched_at < newer_than:
             return None
@@ -348,12 +381,118 @@ class FetchCoordinator:
         self._metrics.incr("api_retries")
 
     async def _upstream(
-        self, identity: ResultIdentity, request: FetchRequest, fetcher: Fetcher, flight: _Flight
+        self,
+        identity: ResultIdentity,
+        request: FetchRequest,
+        fetcher: Fetcher,
+        flight: _Flight,
+        stale: StoredResult | None = None,
     ) -> StoredResult:
+        started = time.perf_counter()
+        asked_at = self._clock()  # the data is as of the request, however long it took
+        try:
+            if isinstance(fetcher, PagedFetcher):
+                got = await self._pages(identity, request, fetcher, flight, stale)
+            else:
+                got = await self._whole(identity, request, fetcher, flight)
+        finally:
+            self._metrics.observe("fetch", (time.perf_counter() - started) * 1000)
+        listings, pages, complete, stats = got
+        snapshot = None
+        if identity.search_type is SearchType.SOLD:
+            snapshot = self._valuator.value(
+                identity.card_identifier, listings, snapshot_date=asked_at.date(), now=asked_at
+            )
+        window = self._policy.fresh_for(identity.search_type, listings, asked_at)
+        stored = StoredResult(
+            query=request.query,
+            card_identifier=identity.card_identifier,
+            search_type=identity.search_type,
+            params=request.params,
+            listings=listings,
+            fetched_at=asked_at,
+            pages_scraped=pages,
+            snapshot=snapshot,
+            stats=stats,
+            complete=complete,
+            fresh_until=asked_at + window,
+        )
+        await self._fill(identity, stored, self._clock())
+        return stored
+
+    async def _whole(
+        self, identity: ResultIdentity, request: FetchRequest, fetcher: Fetcher, flight: _Flight
+    ) -> tuple[list[Listing], int, bool | None, FetchStats | None]:
+        expected = pages_wanted(request.params, self._settings.default_pages)
+        fetched = await self._request(identity, request, fetcher, flight, expected)
+        extra = fetched.pages_scraped - expected
+        if extra > 0 and not await self._budget.reserve(identity.search_type, extra):
+            self._metrics.incr("budget_overruns", extra)  # already spent by the fetcher
+        complete = None if fetched.has_more is None else not fetched.has_more
+        return fetched.listings, fetched.pages_scraped, complete, fetched.stats
+
+    async def _pages(
+        self,
+        identity: ResultIdentity,
+        request: FetchRequest,
+        fetcher: PagedFetcher,
+        flight: _Flight,
+        stale: StoredResult | None,
+    ) -> tuple[list[Listing], int, bool | None, FetchStats | None]:
+        """Ask pages 1..N, stopping early; a stored sold result is refreshed, not re-bought."""
+        wanted = pages_wanted(request.params, self._settings.default_pages)
+        known: frozenset[str] = frozenset()
+        if stale is not None and identity.search_type is SearchType.SOLD and stale.listings:
+            known = frozenset(x.item_id for x in stale.listings)
+        page_size = fetcher.page_size
+        collected: list[Listing] = []
+        stats: list[FetchStats] = []
+        complete: bool | None = None
+        reached_known = False
+        asked = 0
+        for number in range(1, wanted + 1):
+            try:
+                page = await self._request(
+                    identity, request.model_copy(update={"page": number}), fetcher, flight, 1
+                )
+            except FetcherError:
+                if asked == 0:
+                    raise
+                complete = False  # what was bought is kept; the rest waits for a later fetch
+                self._metrics.incr("fetches_cut_short")
+                break
+            asked += 1
+            if page.stats is not None:
+                stats.append(page.stats)
+            if page_size is None and page.has_more is True and page.listings:
+                page_size = len(page.listings)
+            collected.extend(page.listings)
+            verdict = after_page(page, number, wanted, page_size, known)
+            if verdict.stop:
+                complete, reached_known = verdict.complete, verdict.reached_known
+                break
+        if reached_known:
+            assert stale is not None
+            self._metrics.incr("incremental_refreshes")
+            limit = wanted * page_size if page_size is not None else None
+            listings, cut = merge_sales(collected, stale.listings, limit)
+            complete = False if cut else stale.complete
+        else:
+            listings, _ = merge_sales(collected, (), None)
+        return listings, asked, complete, _summed(stats)
+
+    async def _request(
+        self,
+        identity: ResultIdentity,
+        request: FetchRequest,
+        fetcher: Fetcher | PagedFetcher,
+        flight: _Flight,
+        cost: int,
+    ) -> FetchResult:
+        """One upstream request (a page, or a whole result costing ``cost`` pages), retried."""
         settings = self._settings
         timeout = settings.fetch_timeout.total_seconds()
         backoff = settings.fetch_backoff.total_seconds()
-        started = time.perf_counter()
         attempts = 0
         try:
             async for attempt in retrying(
@@ -366,10 +505,12 @@ class FetchCoordinator:
             ):
                 with attempt:
                     attempts += 1
-                    # The data is as of the request: a fetch that began before an
-                    # invalidation stays older than it, however long the answer took.
-                    asked_at = self._clock()
-                    self._metrics.incr("api_calls")
+                    # Every attempt is a paid request: it takes its place in the budget first.
+                    if not await self._budget.reserve(identity.search_type, cost):
+                        raise BudgetExhaustedError(
+                            f"the API budget of {identity.search_type.value!r} searches is spent"
+                        )
+                    self._metrics.incr("api_calls", cost)
                     try:
                         async with asyncio.timeout(timeout):
                             raw = await _invoke(fetcher, request)
@@ -381,32 +522,12 @@ class FetchCoordinator:
                     except Exception:
                         self._metrics.incr("api_errors")
                         raise
-                    fetched = validate_fetch_result(raw)
-        except InvalidInputError:
-            raise  # the fetcher's own bug, reported as such
+                    return validate_fetch_result(raw)
+        except (InvalidInputError, BudgetExhaustedError):
+            raise  # the fetcher's own bug, or no budget left: neither is the upstream failing
         except Exception as exc:
             raise FetcherError(self._failure(identity, exc, attempts, timeout)) from exc
-        finally:
-            self._metrics.observe("fetch", (time.perf_counter() - started) * 1000)
-        now = asked_at
-        snapshot = None
-        if identity.search_type is SearchType.SOLD:
-            snapshot = self._valuator.value(
-                identity.card_identifier, fetched.listings, snapshot_date=now.date(), now=now
-            )
-        stored = StoredResult(
-            query=request.query,
-            card_identifier=identity.card_identifier,
-            search_type=identity.search_type,
-            params=request.params,
-            listings=fetched.listings,
-            fetched_at=now,
-            pages_scraped=fetched.pages_scraped,
-            snapshot=snapshot,
-            stats=fetched.stats,
-        )
-        await self._fill(identity, stored, self._clock())
-        return stored
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
     def _failure(

@@ -12,9 +12,11 @@ from kuya_store import migrations
 from kuya_store.accounts import Accounts
 from kuya_store.analytics import Analytics
 from kuya_store.backup import Backup
+from kuya_store.budget import ApiBudget
 from kuya_store.clock import Clock, utcnow
 from kuya_store.errors import InvalidInputError, KuyaStoreError
 from kuya_store.fetching import Fetcher
+from kuya_store.freshness import FreshnessPolicy, policy_for
 from kuya_store.metrics import Metrics
 from kuya_store.models import Health, SearchType
 from kuya_store.persistence import Database
@@ -108,6 +110,7 @@ class CompsStore:
         fetchers: Mapping[SearchType | str, Fetcher] | None = None,
         clock: Clock | None = None,
         valuator: Valuator | str | None = None,
+        freshness: FreshnessPolicy | None = None,
         **overrides: Any,
     ) -> None:
         if isinstance(valuator, str):  # an import path: the ``valuator`` setting
@@ -153,6 +156,14 @@ class CompsStore:
             writer=self._writer,
             fetchers={SearchType(k): v for k, v in (fetchers or {}).items()},
             valuator=chosen_valuator,
+            policy=freshness or policy_for(self.settings),
+            budget=ApiBudget(
+                self.settings,
+                self._clock,
+                self._metrics,
+                redis=getattr(self._hot, "client", None),
+                engine=self._database.engine if self._database is not None else None,
+            ),
         )
         engine = self._database.engine if self._database is not None else None
         self.analytics = Analytics(engine, self._clock)

@@ -83,6 +83,7 @@ class SearchRow(Base):
     params: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     result_key: Mapped[str | None] = mapped_column(sa.String(64))
     fetch_stats: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    complete: Mapped[bool | None] = mapped_column(sa.Boolean)
 
     __table_args__ = (
         # Hash on PostgreSQL: a B-tree entry cannot hold a query of 5,000 characters.
@@ -204,3 +205,13 @@ class SavedSearchRow(Base):
             sqlite_where=sa.text("alert_enabled = 1"),
         ),
     )
+
+
+class ApiUsageRow(Base):
+    """Upstream requests spent per budget period and search type (the API budget's count)."""
+
+    __tablename__ = "api_usage"
+
+    period: Mapped[str] = mapped_column(sa.String(20), primary_key=True)
+    search_type: Mapped[str] = mapped_column(sa.String(20), primary_key=True)
+    used: Mapped[int] = mapped_column(sa.Integer, nullable=False)

@@ -6,7 +6,7 @@ Pure code: no I/O. See ``docs/pricing.md`` for the rules and formulas.
 from __future__ import annotations
 
 from kuya_store.pricing.cards import normalize_card
-from kuya_store.pricing.filters import apply_filters, keep_listing
+from kuya_store.pricing.filters import apply_filters, exclude_terms, keep_listing
 from kuya_store.pricing.query import MAX_QUERY_LENGTH, SearchQuery, parse_query
 from kuya_store.pricing.titles import TitleInfo, clear_title_cache, parse_title
 from kuya_store.pricing.valuation import DefaultValuator, Valuator
@@ -19,6 +19,7 @@ __all__ = [
     "Valuator",
     "apply_filters",
     "clear_title_cache",
+    "exclude_terms",
     "keep_listing",
     "normalize_card",
     "parse_query",
