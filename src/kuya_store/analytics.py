@@ -193,11 +193,21 @@ class Analytics(DatabaseFeature):
         return SearchStats(**overall.model_dump(), since=start, by_type=by_type)
 
     async def _type_stats(self, conn: Any, total: int, hits: int, where: list[Any]) -> TypeStats:
+        # Every page a fetch asked was one paid request (a fetch row with no count: one).
+        pages = sa.case(
+            (sa.or_(_searches.c.pages_scraped.is_(None), _searches.c.pages_scraped < 1), 1),
+            else_=_searches.c.pages_scraped,
+        )
+        calls = await conn.scalar(
+            sa.select(sa.func.coalesce(sa.func.sum(pages), 0)).where(
+                *where, _searches.c.cache_hit.is_(False)
+            )
+        )
         return TypeStats(
             total=total,
             cache_hits=hits,
             cache_hit_rate=round(hits / total, 4) if total else 0.0,
-            api_calls=total - hits,
+            api_calls=int(calls or 0),
             api_calls_saved=hits,
             p50_ms=await self._percentile(conn, where, 50, total),
             p95_ms=await self._percentile(conn, where, 95, total),

@@ -318,6 +318,15 @@ class CompsStore:
                 "pool": self._database.pool_stats() if self._database is not None else {},
                 "size_bytes": self._database_size,
             },
+            "budget": {
+                **self.comps.budget.usage(),
+                "refused": {
+                    kind.value: c.get(f"budget_refused_{kind.value}", 0) for kind in SearchType
+                },
+                "fallbacks": c.get("budget_fallbacks", 0),
+            },
+            "incremental_refreshes": c.get("incremental_refreshes", 0),
+            "narrowed_fetches": c.get("narrowed_fetches", 0),
             "latency": {
                 "search": t.get("search", {"count": 0}),
                 "fetch": t.get("fetch", {"count": 0}),
