@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import textwrap
@@ -102,33 +101,26 @@ _WORKER = textwrap.dedent(
 
 
 @pytest.mark.parametrize("counter", ["redis", "sqlite"])
-async def test_budget_is_never_exceeded_across_processes(
+def test_budget_is_never_exceeded_across_processes(
     request: pytest.FixtureRequest, key_prefix: str, tmp_path: Path, counter: str
 ) -> None:
     # Counted in Redis (on PostgreSQL), or in the embedded default's SQLite file.
     url = request.getfixturevalue("postgres_url" if counter == "redis" else "sqlite_url")
-    await ks.migrations.upgrade_async(url)
-    migrated_url = url
+    ks.migrations.upgrade(url)
     script = tmp_path / "worker.py"
     script.write_text(_WORKER)
     redis = request.getfixturevalue("redis_base_url") if counter == "redis" else ""
     procs = [
-        await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(script),
-            migrated_url,
-            redis,
-            key_prefix,
-            str(n),
-            "12",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        subprocess.Popen(
+            [sys.executable, str(script), url, redis, key_prefix, str(n), "12"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         for n in range(3)
     ]
     reports = []
     for proc in procs:
-        out, err = await proc.communicate()
+        out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err.decode()[-2000:]
         reports.append(json.loads(out.decode().strip().splitlines()[-1]))
     assert sum(r["calls"] for r in reports) == 15  # 36 searches, a budget of 15: exactly
