@@ -126,3 +126,35 @@ def test_budget_is_never_exceeded_across_processes(
         reports.append(json.loads(out.decode().strip().splitlines()[-1]))
     assert sum(r["calls"] for r in reports) == 15  # 36 searches, a budget of 15: exactly
     assert sum(r["spent"] for r in reports) == 21
+
+
+async def test_budget_shows_in_metrics_prometheus_and_the_dashboard(migrated_url: str) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from kuya_store.dashboard import render_dashboard
+    from kuya_store.integrations.prometheus import exposition
+
+    market = FakeMarketplace(listings=3)
+    async with ks.CompsStore(
+        database_url=migrated_url, fetchers={"sold": market.sold}, api_budget=10
+    ) as store:
+        await store.comps.search(CARD)
+        budget = store.metrics()["budget"]
+        (period,) = budget["sold"]
+        assert budget["sold"][period] == {"used_here": 1, "limit": 10}
+        body, _ = exposition(store)
+        samples = {
+            (s.name, s.labels.get("search_type")): s.value
+            for family in text_string_to_metric_families(body.decode())
+            for s in family.samples
+        }
+        assert samples[("kuya_api_budget_used", "sold")] == 1
+        assert samples[("kuya_api_budget_limit", "sold")] == 10
+        await store.flush()
+        page = render_dashboard(
+            stats=await store.analytics.search_stats(),
+            top=await store.analytics.top_searches(),
+            metrics=store.metrics(),
+            chart_url="/chart",
+        )
+        assert f"sold 1 of 10 ({period})" in page
