@@ -98,8 +98,9 @@ def test_4_processes_x_50_concurrent_misses_make_one_call(
     # The other three processes took the holder's result from Redis: after waiting on its
     # lock, or, when they arrived after it finished, straight from the hot tier; in the
     # holder's process a search that arrived just as the flight landed reads it there too.
-    assert set(sources) <= {"api", "redis", "memory"}
-    assert sum(s == "redis" for s in sources) >= 150
+    # (Or, on a loaded machine, from the database the holder's fetch was written to.)
+    assert set(sources) <= {"api", "redis", "memory", "database"}
+    assert sum(s != "api" for s in sources) >= 150
 
 
 async def test_lock_holder_that_dies_is_taken_over(redis_base_url: str, key_prefix: str) -> None:
