@@ -22,6 +22,7 @@ from kuya_store.errors import (
     KuyaStoreError,
     NotFoundError,
     StorageUnavailableError,
+    StoreClosedError,
 )
 from kuya_store.fetching import Fetcher
 from kuya_store.models import (
@@ -75,6 +76,7 @@ __all__ = [
     "SearchType",
     "Source",
     "StorageUnavailableError",
+    "StoreClosedError",
     "StoreSettings",
     "SyncCompsStore",
     "TitleInfo",

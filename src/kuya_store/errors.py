@@ -10,6 +10,7 @@ __all__ = [
     "KuyaStoreError",
     "NotFoundError",
     "StorageUnavailableError",
+    "StoreClosedError",
 ]
 
 
@@ -57,3 +58,7 @@ class NotFoundError(KuyaStoreError, LookupError):
 
 class StorageUnavailableError(KuyaStoreError):
     """No tier could answer: hot tier, database and fetcher all failed."""
+
+
+class StoreClosedError(KuyaStoreError, RuntimeError):
+    """The store was closed, before or during this call; open a new one."""
