@@ -86,13 +86,13 @@ class BudgetExhaustedError(FetcherError):
     """The day's (or hour's) API budget of this search type is spent, and nothing is stored."""
 
 
-class StoreClosedError(KuyaStoreError):
-    """The store was closed: it takes no more calls."""
-
-
 class NotFoundError(KuyaStoreError, LookupError):
     """The row asked for does not exist, or belongs to somebody else."""
 
 
 class StorageUnavailableError(KuyaStoreError):
     """No tier could answer: hot tier, database and fetcher all failed."""
+
+
+class StoreClosedError(KuyaStoreError, RuntimeError):
+    """The store was closed, before or during this call; open a new one."""
