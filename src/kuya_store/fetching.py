@@ -7,29 +7,25 @@
 - The call runs in a task of its own (a *flight*), shielded from the searches that wait
   on it: a search that is cancelled returns at once, the others get the flight's outcome,
   and a paid result is kept even when nobody waits for it any more.
-- Each attempt is cut off by ``fetch_timeout``; only failures a retry can fix are retried
-  (:mod:`kuya_store.retries`), and only while some search still waits. The cross-process
-  lock is extended while its holder fetches, and a holder whose fetch failed tells its
-  waiters, so a failure that retrying cannot fix is paid once across processes too.
+- The paid requests themselves (pages, retries, budget) are made by
+  :class:`~kuya_store.upstream.Upstream`, retried only while some search still waits.
+  The cross-process lock is extended while its holder fetches, and a holder whose fetch
+  failed tells its waiters, so a failure that retrying cannot fix is paid once across
+  processes too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
-from pydantic import BaseModel, ValidationError
-from tenacity import RetryCallState
-
 from kuya_store.budget import ApiBudget
 from kuya_store.clock import Clock
 from kuya_store.errors import (
-    BudgetExhaustedError,
     FetcherError,
     InvalidInputError,
     StoreClosedError,
@@ -37,18 +33,14 @@ from kuya_store.errors import (
 from kuya_store.freshness import FreshnessPolicy, fresh_until
 from kuya_store.keys import ResultIdentity
 from kuya_store.metrics import Metrics
-from kuya_store.models import FetchRequest, FetchResult, FetchStats, Listing, SearchType, Source
-from kuya_store.paging import PagedFetcher, after_page, merge_sales, pages_wanted
+from kuya_store.models import FetchRequest, Source
 from kuya_store.pricing import Valuator
-from kuya_store.retries import is_transient_fetch_error, retrying
 from kuya_store.settings import StoreSettings
 from kuya_store.stored import StoredResult
 from kuya_store.tiers import HotTier
+from kuya_store.upstream import Fetcher, Upstream, validate_fetch_result
 
 __all__ = ["FetchCoordinator", "Fetcher", "validate_fetch_result"]
-
-Fetcher = Callable[[FetchRequest], Awaitable[FetchResult] | FetchResult]
-"""``async def fetcher(request) -> FetchResult``; a plain function runs in a worker thread."""
 
 Fill = Callable[[ResultIdentity, StoredResult, datetime], Awaitable[None]]
 Outcome = tuple[StoredResult, Source, bool]
@@ -72,68 +64,17 @@ class _Locking(Protocol):
     async def mark_failed(self, identity: ResultIdentity, token: str, ttl: timedelta) -> None: ...
 
 
-def _as_data(value: object) -> object:
-    """A model's fields as plain data, so one built with ``model_construct`` is validated too."""
-    if isinstance(value, BaseModel):
-        return {name: _as_data(item) for name, item in value.__dict__.items()}
-    if isinstance(value, list | tuple):
-        return [_as_data(item) for item in value]
-    return value
-
-
-def validate_fetch_result(value: object) -> FetchResult:
-    """Validate what a fetcher returned; bad data is ``InvalidInputError`` naming the field.
-
-    Whatever form it takes (a ``FetchResult``, a list of listings or of dicts, an object
-    with ``listings``; models built with ``model_construct`` too), it goes through the
-    same validation, so a float price is rounded to the cent however it arrives.
-    """
-    try:
-        if isinstance(value, list | tuple):
-            result = FetchResult.model_validate({"listings": _as_data(value)})
-        elif isinstance(value, FetchResult):
-            result = FetchResult.model_validate(_as_data(value))
-        else:
-            # An object with ``listings`` (a dataclass, another model): read its attributes.
-            loose = FetchResult.model_validate(value, from_attributes=True)
-            result = FetchResult.model_validate(_as_data(loose))
-    except ValidationError as exc:
-        raise InvalidInputError.from_validation_error(exc, "fetcher") from None
-    seen: set[str] = set()
-    for index, listing in enumerate(result.listings):
-        if listing.item_id in seen:
-            raise InvalidInputError(
-                f"fetcher.listings[{index}].item_id", f"duplicate item_id {listing.item_id!r}"
-            )
-        seen.add(listing.item_id)
-    return result
-
-
-async def _invoke(fetcher: Fetcher | PagedFetcher, request: FetchRequest) -> object:
-    if isinstance(fetcher, PagedFetcher):
-        fetcher = fetcher.fetcher
-    call = getattr(fetcher, "__call__", None)  # noqa: B004 - async callable objects too
-    if inspect.iscoroutinefunction(fetcher) or inspect.iscoroutinefunction(call):
-        return await fetcher(request)  # type: ignore[misc]
-    outcome = await asyncio.to_thread(fetcher, request)
-    return await outcome if inspect.isawaitable(outcome) else outcome
-
-
-def _summed(stats: list[FetchStats]) -> FetchStats | None:
-    """Each page's counts added up, field by field (a field no page reported stays unset)."""
-    if not stats:
-        return None
-    totals: dict[str, int] = {}
-    for one in stats:
-        for name, value in one.as_dict().items():
-            totals[name] = totals.get(name, 0) + value
-    return FetchStats(**totals)
-
-
 @dataclass(eq=False)
 class _Flight:
-    """One upstream fetch in progress, and how many searches still wait for it."""
+    """One upstream fetch in progress: what it asks, and how many searches wait for it."""
 
+    identity: ResultIdentity
+    request: FetchRequest
+    fetcher: Fetcher
+    newer_than: datetime | None = None
+    """With ``refresh=True``: a stored result fetched before this does not count as ready."""
+    stale: StoredResult | None = None
+    """The newest stored result that is no longer fresh (a paged refresh extends it)."""
     task: asyncio.Task[Outcome] | None = None
     waiters: int = 0
 
@@ -158,9 +99,14 @@ class FetchCoordinator:
         self._metrics = metrics
         self._hot = hot
         self._fill = fill
-        self._valuator = valuator
-        self._policy = policy
-        self._budget = budget
+        self._upstream_fetch = Upstream(
+            settings=settings,
+            clock=clock,
+            metrics=metrics,
+            valuator=valuator,
+            policy=policy,
+            budget=budget,
+        )
         self._inflight: dict[ResultIdentity, _Flight] = {}
 
     @property
@@ -190,9 +136,9 @@ class FetchCoordinator:
         flight = self._inflight.get(identity)
         joined = flight is not None
         if flight is None:
-            flight = _Flight()
+            flight = _Flight(identity, request, fetcher, newer_than, stale)
             flight.task = asyncio.create_task(
-                self._fly(identity, request, fetcher, flight, on_fetched, newer_than, stale),
+                self._fly(flight, on_fetched),
                 name=f"kuya-fetch-{identity.search_type.value}",
             )
             self._inflight[identity] = flight
@@ -236,34 +182,16 @@ class FetchCoordinator:
             await asyncio.wait(pending, timeout=1.0)
         return len(pending)
 
-    async def _fly(
-        self,
-        identity: ResultIdentity,
-        request: FetchRequest,
-        fetcher: Fetcher,
-        flight: _Flight,
-        on_fetched: OnFetched,
-        newer_than: datetime | None,
-        stale: StoredResult | None,
-    ) -> Outcome:
-        stored, source, paid = await self._across_processes(
-            identity, request, fetcher, flight, newer_than, stale
-        )
+    async def _fly(self, flight: _Flight, on_fetched: OnFetched) -> Outcome:
+        stored, source, paid = await self._across_processes(flight)
         if paid:
             # Persisted by the flight itself: a paid result is kept even if every search
             # that asked for it was cancelled meanwhile.
             on_fetched(stored)
         return stored, source, paid
 
-    async def _across_processes(
-        self,
-        identity: ResultIdentity,
-        request: FetchRequest,
-        fetcher: Fetcher,
-        flight: _Flight,
-        newer_than: datetime | None,
-        stale: StoredResult | None,
-    ) -> Outcome:
+    async def _across_processes(self, flight: _Flight) -> Outcome:
+        identity, newer_than = flight.identity, flight.newer_than
         hot = self._hot
         # A search whose lookup began before another task's fetch filled the hot tier
         # arrives here after that fetch is over: look once more before paying for a call.
@@ -272,17 +200,14 @@ class FetchCoordinator:
             self._metrics.incr("single_flight_waits")
             return ready, Source(hot.name), False
         if not isinstance(hot, _Locking):
-            upstream = await self._upstream(identity, request, fetcher, flight, stale)
-            return upstream, Source.API, True
+            return await self._upstream(flight), Source.API, True
         lock_ttl = self._settings.single_flight_lock_ttl
         deadline = time.monotonic() + self._settings.flight_wait.total_seconds()
         waited = False
         while True:
             state, token = await hot.try_lock(identity, lock_ttl)
             if state == "acquired":
-                return await self._holding(
-                    identity, request, fetcher, flight, newer_than, token, stale
-                )
+                return await self._holding(flight, token)
             if state == "unavailable":
                 break
             if not waited:
@@ -294,19 +219,11 @@ class FetchCoordinator:
             if time.monotonic() >= deadline:
                 self._metrics.incr("lock_wait_timeouts")
                 break
-        return await self._upstream(identity, request, fetcher, flight, stale), Source.API, True
+        return await self._upstream(flight), Source.API, True
 
-    async def _holding(
-        self,
-        identity: ResultIdentity,
-        request: FetchRequest,
-        fetcher: Fetcher,
-        flight: _Flight,
-        newer_than: datetime | None,
-        token: str,
-        stale: StoredResult | None,
-    ) -> Outcome:
+    async def _holding(self, flight: _Flight, token: str) -> Outcome:
         """Fetch while holding the cross-process lock, extending it until the fetch is over."""
+        identity = flight.identity
         hot = self._hot
         assert isinstance(hot, _Locking)
         ttl = self._settings.single_flight_lock_ttl
@@ -314,11 +231,11 @@ class FetchCoordinator:
         failed = False
         try:
             # Another process may have fetched it between our last look and the lock.
-            ready = await self._ready(identity, newer_than)
+            ready = await self._ready(identity, flight.newer_than)
             if ready is not None:
                 return ready, Source.REDIS, False
             try:
-                stored = await self._upstream(identity, request, fetcher, flight, stale)
+                stored = await self._upstream(flight)
             except (FetcherError, InvalidInputError):
                 failed = True
                 raise
@@ -377,165 +294,13 @@ class FetchCoordinator:
                 return None  # the holder died: try to take over
         return None
 
-    def _count_retry(self, state: RetryCallState) -> None:
-        self._metrics.incr("api_retries")
-
-    async def _upstream(
-        self,
-        identity: ResultIdentity,
-        request: FetchRequest,
-        fetcher: Fetcher,
-        flight: _Flight,
-        stale: StoredResult | None = None,
-    ) -> StoredResult:
-        started = time.perf_counter()
-        asked_at = self._clock()  # the data is as of the request, however long it took
-        try:
-            if isinstance(fetcher, PagedFetcher):
-                got = await self._pages(identity, request, fetcher, flight, stale)
-            else:
-                got = await self._whole(identity, request, fetcher, flight)
-        finally:
-            self._metrics.observe("fetch", (time.perf_counter() - started) * 1000)
-        listings, pages, complete, stats = got
-        snapshot = None
-        if identity.search_type is SearchType.SOLD:
-            snapshot = self._valuator.value(
-                identity.card_identifier, listings, snapshot_date=asked_at.date(), now=asked_at
-            )
-        window = self._policy.fresh_for(identity.search_type, listings, asked_at)
-        stored = StoredResult(
-            query=request.query,
-            card_identifier=identity.card_identifier,
-            search_type=identity.search_type,
-            params=request.params,
-            listings=listings,
-            fetched_at=asked_at,
-            pages_scraped=pages,
-            snapshot=snapshot,
-            stats=stats,
-            complete=complete,
-            fresh_until=asked_at + window,
+    async def _upstream(self, flight: _Flight) -> StoredResult:
+        stored = await self._upstream_fetch.fetch(
+            flight.identity,
+            flight.request,
+            flight.fetcher,
+            stale=flight.stale,
+            keep_going=lambda: flight.waiters > 0,
         )
-        await self._fill(identity, stored, self._clock())
+        await self._fill(flight.identity, stored, self._clock())
         return stored
-
-    async def _whole(
-        self, identity: ResultIdentity, request: FetchRequest, fetcher: Fetcher, flight: _Flight
-    ) -> tuple[list[Listing], int, bool | None, FetchStats | None]:
-        expected = pages_wanted(request.params, self._settings.default_pages)
-        fetched = await self._request(identity, request, fetcher, flight, expected)
-        extra = fetched.pages_scraped - expected
-        if extra > 0 and not await self._budget.reserve(identity.search_type, extra):
-            self._metrics.incr("budget_overruns", extra)  # already spent by the fetcher
-        complete = None if fetched.has_more is None else not fetched.has_more
-        return fetched.listings, fetched.pages_scraped, complete, fetched.stats
-
-    async def _pages(
-        self,
-        identity: ResultIdentity,
-        request: FetchRequest,
-        fetcher: PagedFetcher,
-        flight: _Flight,
-        stale: StoredResult | None,
-    ) -> tuple[list[Listing], int, bool | None, FetchStats | None]:
-        """Ask pages 1..N, stopping early; a stored sold result is refreshed, not re-bought."""
-        wanted = pages_wanted(request.params, self._settings.default_pages)
-        known: frozenset[str] = frozenset()
-        if stale is not None and identity.search_type is SearchType.SOLD and stale.listings:
-            known = frozenset(x.item_id for x in stale.listings)
-        page_size = fetcher.page_size
-        collected: list[Listing] = []
-        stats: list[FetchStats] = []
-        complete: bool | None = None
-        reached_known = False
-        asked = 0
-        for number in range(1, wanted + 1):
-            try:
-                page = await self._request(
-                    identity, request.model_copy(update={"page": number}), fetcher, flight, 1
-                )
-            except FetcherError:
-                if asked == 0:
-                    raise
-                complete = False  # what was bought is kept; the rest waits for a later fetch
-                self._metrics.incr("fetches_cut_short")
-                break
-            asked += 1
-            if page.stats is not None:
-                stats.append(page.stats)
-            if page_size is None and page.has_more is True and page.listings:
-                page_size = len(page.listings)
-            collected.extend(page.listings)
-            verdict = after_page(page, number, wanted, page_size, known)
-            if verdict.stop:
-                complete, reached_known = verdict.complete, verdict.reached_known
-                break
-        if reached_known:
-            assert stale is not None
-            self._metrics.incr("incremental_refreshes")
-            limit = wanted * page_size if page_size is not None else None
-            listings, cut = merge_sales(collected, stale.listings, limit)
-            complete = False if cut else stale.complete
-        else:
-            listings, _ = merge_sales(collected, (), None)
-        return listings, asked, complete, _summed(stats)
-
-    async def _request(
-        self,
-        identity: ResultIdentity,
-        request: FetchRequest,
-        fetcher: Fetcher | PagedFetcher,
-        flight: _Flight,
-        cost: int,
-    ) -> FetchResult:
-        """One upstream request (a page, or a whole result costing ``cost`` pages), retried."""
-        settings = self._settings
-        timeout = settings.fetch_timeout.total_seconds()
-        backoff = settings.fetch_backoff.total_seconds()
-        attempts = 0
-        try:
-            async for attempt in retrying(
-                settings.fetch_attempts,
-                backoff=backoff,
-                max_backoff=backoff * 16,
-                transient=is_transient_fetch_error,
-                keep_going=lambda: flight.waiters > 0,
-                before_sleep=self._count_retry,
-            ):
-                with attempt:
-                    attempts += 1
-                    # Every attempt is a paid request: it takes its place in the budget first.
-                    if not await self._budget.reserve(identity.search_type, cost):
-                        raise BudgetExhaustedError(
-                            f"the API budget of {identity.search_type.value!r} searches is spent"
-                        )
-                    self._metrics.incr("api_calls", cost)
-                    try:
-                        async with asyncio.timeout(timeout):
-                            raw = await _invoke(fetcher, request)
-                    except ValidationError as exc:
-                        # The fetcher built a model from bad data itself: its bug, not the
-                        # upstream's, so it is reported like any invalid output.
-                        self._metrics.incr("api_errors")
-                        raise InvalidInputError.from_validation_error(exc, "fetcher") from None
-                    except Exception:
-                        self._metrics.incr("api_errors")
-                        raise
-                    return validate_fetch_result(raw)
-        except (InvalidInputError, BudgetExhaustedError):
-            raise  # the fetcher's own bug, or no budget left: neither is the upstream failing
-        except Exception as exc:
-            raise FetcherError(self._failure(identity, exc, attempts, timeout)) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    @staticmethod
-    def _failure(
-        identity: ResultIdentity, cause: BaseException, attempts: int, timeout: float
-    ) -> str:
-        kind = identity.search_type.value
-        if isinstance(cause, TimeoutError):
-            message = f"fetcher for {kind!r} timed out after {timeout:g}s"
-        else:
-            message = f"fetcher for {kind!r} failed: {type(cause).__name__}: {cause}"
-        return f"{message} ({attempts} attempt{'s' if attempts != 1 else ''})"
