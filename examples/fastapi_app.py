@@ -6,11 +6,13 @@ Run it offline with realistic fake listings:
     uvicorn examples.fastapi_app:app
 
 Configure it like any store: ``KUYA_DATABASE_URL``, ``KUYA_REDIS_URL``, ``KUYA_MODE``, ...
-Replace ``FakeMarketplace`` with your sold-listings and browse API clients.
+Set ``SEARCHAPI_API_KEY`` to fetch real sold listings (``examples/sold_listings_api.py``);
+replace ``FakeMarketplace`` with your browse API client for active listings.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -36,10 +38,19 @@ class SearchQuery(BaseModel):
     sort_by: str | None = None
 
 
+def _fetchers(market: FakeMarketplace) -> dict[str, Any]:
+    """The real sold-listings API when ``SEARCHAPI_API_KEY`` is set, else the fake market."""
+    if api_key := os.environ.get("SEARCHAPI_API_KEY"):
+        from examples.sold_listings_api import SoldListingsAPI  # the app runs from the repo
+
+        return {"sold": SoldListingsAPI(api_key), "active": market.active}
+    return {"sold": market.sold, "active": market.active}
+
+
 def create_app(create_schema: bool = True, **store_kwargs: Any) -> FastAPI:
     """The app; keyword arguments go to ``CompsStore`` (URLs, mode, fetchers, clock...)."""
     market = FakeMarketplace()
-    store_kwargs.setdefault("fetchers", {"sold": market.sold, "active": market.active})
+    store_kwargs.setdefault("fetchers", _fetchers(market))
     app = FastAPI(
         title="Kuya Comps", lifespan=lifespan(create_schema=create_schema, **store_kwargs)
     )

@@ -148,3 +148,39 @@ def test_ready_is_503_only_when_nothing_can_answer(
     assert status(down) == (503, {"status": "unhealthy", "redis": False, "database": False})
     live = down.get("/health/live")
     assert live.status_code == 200
+
+
+def test_the_sold_listings_fetcher_reads_the_sale_date_text() -> None:
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    api = _load("sold_listings_api")
+    now = datetime(2025, 11, 27, 12, 0, tzinfo=UTC)
+    page = [
+        {
+            "title": "2023 Topps Chrome Wembanyama #1 RC PSA 10",
+            "price": {"raw": "$1,190.00", "extracted": 1190.0},
+            "link": "https://www.ebay.com/itm/2023-topps/256789012345",
+            "buying_format": "Buy It Now",
+            "sold_date": "Sold  Nov 24, 2025",
+        },
+        {
+            "title": "2023 Topps Chrome Wembanyama #1 RC",
+            "price": "$120.50",
+            "item_id": "111",
+            "buying_format": "Auction",
+            "bids": 12,
+            "sold_date": "Sold 3d ago",
+        },
+        {"title": "no price", "item_id": "112", "price": "$10.00 to $20.00"},
+        {"title": "odd date", "item_id": "113", "price": "$5", "sold_date": "last spring"},
+        {"title": "repeated", "item_id": "111", "price": "$1"},
+    ]
+    listings = api.listings_from_page(page, now=now)
+    assert [listing.item_id for listing in listings] == ["256789012345", "111", "113"]
+    slab, auction, odd = listings
+    assert slab.price == Decimal("1190.00") and slab.listing_type == "buy_it_now"
+    assert slab.sold_date == datetime(2025, 11, 24, tzinfo=UTC)
+    assert auction.listing_type == "auction" and auction.bids == 12
+    assert auction.sold_date == datetime(2025, 11, 24, 12, 0, tzinfo=UTC)
+    assert odd.sold_date is None and all(listing.sold for listing in listings)

@@ -40,7 +40,14 @@ from kuya_store.models import (
     SearchType,
     Source,
 )
-from kuya_store.pricing import DefaultValuator, TitleInfo, Valuator, normalize_card, parse_title
+from kuya_store.pricing import (
+    DefaultValuator,
+    TitleInfo,
+    Valuator,
+    normalize_card,
+    parse_sold_date,
+    parse_title,
+)
 from kuya_store.repository import CompsRepository
 from kuya_store.settings import StoreSettings
 from kuya_store.store import CompsStore
@@ -95,6 +102,7 @@ __all__ = [
     "__version__",
     "migrations",
     "normalize_card",
+    "parse_sold_date",
     "parse_title",
     "render_price_chart",
 ]
