@@ -42,8 +42,11 @@ from kuya_store.models import (
 )
 from kuya_store.pricing import (
     DefaultValuator,
+    GradeOutcome,
+    GradingOutlook,
     TitleInfo,
     Valuator,
+    grading_outlook,
     normalize_card,
     parse_sold_date,
     parse_title,
@@ -72,6 +75,8 @@ __all__ = [
     "FetchStats",
     "Fetcher",
     "FetcherError",
+    "GradeOutcome",
+    "GradingOutlook",
     "Health",
     "ImportReport",
     "InvalidInputError",
@@ -100,6 +105,7 @@ __all__ = [
     "User",
     "Valuator",
     "__version__",
+    "grading_outlook",
     "migrations",
     "normalize_card",
     "parse_sold_date",

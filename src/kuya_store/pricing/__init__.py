@@ -8,6 +8,7 @@ from __future__ import annotations
 from kuya_store.pricing.cards import normalize_card
 from kuya_store.pricing.dates import parse_sold_date
 from kuya_store.pricing.filters import apply_filters, keep_listing
+from kuya_store.pricing.grades import GradeOutcome, GradingOutlook, grading_outlook
 from kuya_store.pricing.query import MAX_QUERY_LENGTH, SearchQuery, parse_query
 from kuya_store.pricing.titles import TitleInfo, clear_title_cache, parse_title
 from kuya_store.pricing.valuation import DefaultValuator, Valuator
@@ -15,11 +16,14 @@ from kuya_store.pricing.valuation import DefaultValuator, Valuator
 __all__ = [
     "MAX_QUERY_LENGTH",
     "DefaultValuator",
+    "GradeOutcome",
+    "GradingOutlook",
     "SearchQuery",
     "TitleInfo",
     "Valuator",
     "apply_filters",
     "clear_title_cache",
+    "grading_outlook",
     "keep_listing",
     "normalize_card",
     "parse_query",

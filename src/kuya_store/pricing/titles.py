@@ -16,7 +16,7 @@ from typing import Any
 from kuya_store.errors import InvalidInputError
 from kuya_store.pricing._text import ascii_fold, collapse_spaces
 
-__all__ = ["GRADERS", "TitleInfo", "clear_title_cache", "parse_title"]
+__all__ = ["GRADERS", "TitleInfo", "clear_title_cache", "grade_value", "parse_title"]
 
 MAX_TITLE_LENGTH = 500
 
@@ -168,6 +168,11 @@ _RAW = re.compile(
     rf"(?<!wwe )(?<!night ){_W}(?:raw|ungraded|un-graded|not\s+graded|non[\s-]?graded|"
     rf"never\s+graded){_E}"
 )
+
+
+def grade_value(grader: str, number: str) -> Decimal | None:
+    """The grade a title's number means for a grader (``"sgc", "96"`` -> 9), if valid."""
+    return _grade_value(grader.lower(), number)
 
 
 def _grade_value(grader: str, number: str) -> Decimal | None:
