@@ -63,6 +63,10 @@ def create_app(create_schema: bool = True, **store_kwargs: Any) -> FastAPI:
     async def upstream(request: Request, exc: ks.FetcherError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=502)
 
+    @app.exception_handler(ks.NotFoundError)
+    async def not_found(request: Request, exc: ks.NotFoundError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
     @app.exception_handler(ks.StorageUnavailableError)
     async def unavailable(request: Request, exc: ks.StorageUnavailableError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503)
@@ -106,6 +110,22 @@ def create_app(create_schema: bool = True, **store_kwargs: Any) -> FastAPI:
         await store.flush(timeout=2.0)
         history = await store.analytics.price_history(card)
         return Response(ks.render_price_chart(history), media_type="image/svg+xml")
+
+    @app.get("/users/{user_id}/collection")
+    async def collection(user_id: int, store: StoreDep) -> dict[str, Any]:
+        """A user's cards, what they are worth against what was paid, and the value history.
+
+        The user id comes from the path for brevity; a real app takes it from its session.
+        """
+        await store.flush(timeout=2.0)
+        cards = await store.collections.list_cards(user_id)
+        summary = await store.collections.summary(user_id)
+        history = await store.collections.value_history(user_id)
+        return {
+            "cards": [c.model_dump(mode="json") for c in cards],
+            "summary": summary.model_dump(mode="json"),
+            "history": [p.model_dump(mode="json") for p in history],
+        }
 
     @app.get("/health/live")
     async def live() -> dict[str, str]:

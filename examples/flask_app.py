@@ -57,6 +57,10 @@ def create_app(
     def upstream(exc: ks.FetcherError) -> tuple[Response, int]:
         return jsonify(detail=str(exc)), 502
 
+    @app.errorhandler(ks.NotFoundError)
+    def not_found(exc: ks.NotFoundError) -> tuple[Response, int]:
+        return jsonify(detail=str(exc)), 404
+
     @app.errorhandler(ks.StorageUnavailableError)
     def unavailable(exc: ks.StorageUnavailableError) -> tuple[Response, int]:
         return jsonify(detail=str(exc)), 503
@@ -109,6 +113,22 @@ def create_app(
             "history": [h.model_dump(mode="json") for h in history],
             "trend": trend.model_dump(mode="json"),
             "chart": f"/analytics/{quote(card, safe='')}/chart.svg" if history else None,
+        }
+
+    @app.get("/users/<int:user_id>/collection")
+    def collection(user_id: int) -> dict[str, Any]:
+        """A user's cards, what they are worth against what was paid, and the value history.
+
+        The user id comes from the path for brevity; a real app takes it from its session.
+        """
+        kuya.store.flush(timeout=2.0)
+        cards = kuya.store.collections.list_cards(user_id)
+        summary = kuya.store.collections.summary(user_id)
+        history = kuya.store.collections.value_history(user_id)
+        return {
+            "cards": [c.model_dump(mode="json") for c in cards],
+            "summary": summary.model_dump(mode="json"),
+            "history": [p.model_dump(mode="json") for p in history],
         }
 
     @app.get("/health/live")

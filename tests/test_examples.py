@@ -14,6 +14,7 @@ from urllib.parse import quote
 import pytest
 from fastapi.testclient import TestClient
 
+import kuya_store as ks
 from servers import free_port
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -184,3 +185,26 @@ def test_the_sold_listings_fetcher_reads_the_sale_date_text() -> None:
     assert auction.listing_type == "auction" and auction.bids == 12
     assert auction.sold_date == datetime(2025, 11, 24, 12, 0, tzinfo=UTC)
     assert odd.sold_date is None and all(listing.sold for listing in listings)
+
+
+def test_the_collection_route(make_client: Any, sqlite_url: str) -> None:
+    from kuya_store.demo import FakeMarketplace
+
+    market = FakeMarketplace()
+    with ks.SyncCompsStore(
+        database_url=sqlite_url, fetchers={"sold": market.sold, "active": market.active}
+    ) as store:
+        store.create_schema()
+        ana = store.accounts.create_user("ana@example.com", "correct horse battery staple")
+        binder = store.collections.create_binder(ana.id, "Rookies")
+        store.collections.add_card(ana.id, binder.id, CARD, purchase_price="1.00")
+        assert store.collections.revalue(budget=1).valued == 1
+    client = make_client(database_url=sqlite_url)
+    response = client.get(f"/users/{ana.id}/collection")
+    assert response.status_code == 200, _body(response)
+    data = _json(response)
+    [card] = data["cards"]
+    assert card["query"] == CARD and card["last_value"] and card["gain"]
+    assert data["summary"]["cards"] == 1 and data["summary"]["cost_basis"] == "1.00"
+    assert len(data["history"]) == 1 and data["history"][0]["value"] == card["last_value"]
+    assert _json(client.get(f"/users/{ana.id + 1}/collection"))["cards"] == []

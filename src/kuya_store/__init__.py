@@ -16,6 +16,14 @@ from kuya_store.analytics import Analytics, PriceTrend, SearchStats, TopSearch, 
 from kuya_store.backup import Backup, ImportReport, PurgeReport
 from kuya_store.chart import render_price_chart
 from kuya_store.clock import ManualClock
+from kuya_store.collections import (
+    Binder,
+    CollectedCard,
+    Collections,
+    CollectionSummary,
+    CollectionValue,
+    RevalueReport,
+)
 from kuya_store.errors import (
     FetcherError,
     InvalidInputError,
@@ -66,6 +74,11 @@ __all__ = [
     "Alert",
     "Analytics",
     "Backup",
+    "Binder",
+    "CollectedCard",
+    "CollectionSummary",
+    "CollectionValue",
+    "Collections",
     "CompsRepository",
     "CompsResult",
     "CompsStore",
@@ -89,6 +102,7 @@ __all__ = [
     "PriceSnapshot",
     "PriceTrend",
     "PurgeReport",
+    "RevalueReport",
     "SavedSearch",
     "SearchFilters",
     "SearchStats",

@@ -3,8 +3,8 @@
 One private event loop runs in a daemon thread; every call is handed to it with
 ``run_coroutine_threadsafe`` and waited for, so the facade is safe to use from many
 threads at once. The async objects are wrapped, not rewritten: each coroutine method of
-``store.comps``, ``store.analytics``, ``store.accounts`` and ``store.backup`` becomes a
-blocking method of the same name.
+``store.comps``, ``store.analytics``, ``store.accounts``, ``store.backup`` and
+``store.collections`` becomes a blocking method of the same name.
 """
 
 from __future__ import annotations
@@ -84,11 +84,12 @@ class SyncCompsStore:
     Arguments are those of :class:`~kuya_store.CompsStore`; fetchers may be sync or async.
     """
 
-    _PARTS = ("comps", "analytics", "accounts", "backup")
+    _PARTS = ("comps", "analytics", "accounts", "backup", "collections")
     comps: Any
     analytics: Any
     accounts: Any
     backup: Any
+    collections: Any
 
     def __init__(self, settings: StoreSettings | None = None, **kwargs: Any) -> None:
         self._portal = _Portal()
