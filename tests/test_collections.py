@@ -131,6 +131,8 @@ async def test_binders_and_cards(store: ks.CompsStore) -> None:
     [
         ({"query": ""}, "query"),
         ({"grade": "banana"}, "grade"),
+        ({"grade": 10}, "grade"),
+        ({"grade": "PSA 10\x00"}, "grade"),
         ({"grade": "BGS 9.5", "query": f"{WEMBY} PSA 10"}, "grade"),
         ({"purchase_price": "-1"}, "purchase_price"),
         ({"purchase_price": "abc"}, "purchase_price"),
@@ -302,3 +304,40 @@ def test_history_carries_each_cards_newest_value_forward() -> None:
         (4, Decimal("17.00"), 2, Decimal("2.00")),  # a's value goes on until a new one
     ]
     assert card_value(snap("a", 1, "12.00"), "PSA 10") is None
+
+
+async def test_the_budget_holds_while_other_searches_spend_calls_too(
+    store: ks.CompsStore, market: Market
+) -> None:
+    import asyncio
+
+    ana = await _user(store, "ana")
+    binder = await store.collections.create_binder(ana, "Base")
+    queries = [f"2024 Topps Chrome Collected {n} #{n}" for n in range(8)]
+    for query in queries:
+        await store.collections.add_card(ana, binder.id, query)
+
+    async def traffic() -> None:
+        for n in range(8):
+            await store.comps.search(f"2024 Bowman Someone Else {n}")
+            await asyncio.sleep(0)
+
+    before = store.metrics()["api_calls"]
+    report, _ = await asyncio.gather(store.collections.revalue(budget=3), traffic())
+    collected = [q for q in market.calls if q in queries]
+    assert len(collected) <= 3  # its own calls stay within the budget
+    assert report.api_calls >= len(collected)  # others' calls meanwhile count against it
+    assert store.metrics()["api_calls"] - before == len(market.calls)
+
+
+async def test_revalue_of_one_user_leaves_the_others_alone(
+    store: ks.CompsStore, market: Market
+) -> None:
+    ana, bo = await _user(store, "ana"), await _user(store, "bo")
+    mine = await store.collections.create_binder(ana, "A")
+    theirs = await store.collections.create_binder(bo, "B")
+    await store.collections.add_card(ana, mine.id, "2024 Topps Chrome Ana #1")
+    other = await store.collections.add_card(bo, theirs.id, "2024 Topps Chrome Bo #2")
+    report = await store.collections.revalue(budget=5, user_id=ana)
+    assert report.cards == 1 and market.calls == ["2024 Topps Chrome Ana #1"]
+    assert (await store.collections.get_card(bo, other.id)).last_value is None

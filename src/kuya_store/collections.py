@@ -94,7 +94,8 @@ class RevalueReport(_Frozen):
     searches: int
     """Searches made (each answered by a tier or the fetcher)."""
     api_calls: int
-    """API calls counted while those searches ran (never more than ``budget``)."""
+    """API calls counted while those searches ran, including any that other requests made
+    meanwhile; the searches' own calls never exceed ``budget``."""
     from_stored: int
     """Cards valued from the newest stored snapshot, without a search."""
 
@@ -131,12 +132,12 @@ class CollectionSummary(_Frozen):
 def _grade(grade: str | None, query: str) -> tuple[str | None, str]:
     """The card's grade and the query its value is searched with."""
     named = query_grade(normalize_card(query))
+    if grade is not None and (not isinstance(grade, str) or "\x00" in grade or len(grade) > 20):
+        raise InvalidInputError("grade", "must be a grade such as 'PSA 10'")
     if grade is None or grade.strip().lower() in _RAW_WORDS:
         if grade is not None and named is not None:
             raise InvalidInputError("grade", f"the query names {named}; a raw card's must not")
         return named, query
-    if not isinstance(grade, str) or "\x00" in grade or len(grade) > 20:
-        raise InvalidInputError("grade", "must be a grade such as 'PSA 10'")
     canonical = query_grade(normalize_card(f"card {grade}"))
     if canonical is None:
         raise InvalidInputError("grade", "must be a grade such as 'PSA 10' or 'BGS 9.5'")
