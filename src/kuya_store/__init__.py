@@ -16,6 +16,14 @@ from kuya_store.analytics import Analytics, PriceTrend, SearchStats, TopSearch, 
 from kuya_store.backup import Backup, ImportReport, PurgeReport
 from kuya_store.chart import render_price_chart
 from kuya_store.clock import ManualClock
+from kuya_store.collections import (
+    Binder,
+    CollectedCard,
+    Collections,
+    CollectionSummary,
+    CollectionValue,
+    RevalueReport,
+)
 from kuya_store.errors import (
     BudgetExhaustedError,
     FetcherError,
@@ -43,7 +51,17 @@ from kuya_store.models import (
     Source,
 )
 from kuya_store.paging import PagedFetcher, paged
-from kuya_store.pricing import DefaultValuator, TitleInfo, Valuator, normalize_card, parse_title
+from kuya_store.pricing import (
+    DefaultValuator,
+    GradeOutcome,
+    GradingOutlook,
+    TitleInfo,
+    Valuator,
+    grading_outlook,
+    normalize_card,
+    parse_sold_date,
+    parse_title,
+)
 from kuya_store.repository import CompsRepository
 from kuya_store.settings import StoreSettings
 from kuya_store.store import CompsStore
@@ -59,7 +77,12 @@ __all__ = [
     "Alert",
     "Analytics",
     "Backup",
+    "Binder",
     "BudgetExhaustedError",
+    "CollectedCard",
+    "CollectionSummary",
+    "CollectionValue",
+    "Collections",
     "CompsRepository",
     "CompsResult",
     "CompsStore",
@@ -71,6 +94,8 @@ __all__ = [
     "FetcherError",
     "FixedFreshness",
     "FreshnessPolicy",
+    "GradeOutcome",
+    "GradingOutlook",
     "Health",
     "ImportReport",
     "InvalidInputError",
@@ -84,6 +109,7 @@ __all__ = [
     "PriceSnapshot",
     "PriceTrend",
     "PurgeReport",
+    "RevalueReport",
     "SaleRateFreshness",
     "SavedSearch",
     "SearchFilters",
@@ -101,9 +127,11 @@ __all__ = [
     "User",
     "Valuator",
     "__version__",
+    "grading_outlook",
     "migrations",
     "normalize_card",
     "paged",
+    "parse_sold_date",
     "parse_title",
     "render_price_chart",
 ]

@@ -10,10 +10,10 @@ import sqlalchemy as sa
 
 from kuya_store.db.engine import DatabaseFeature
 from kuya_store.db.tables import metadata
-from kuya_store.errors import InvalidInputError
+from kuya_store.errors import InvalidInputError, NotFoundError
 from kuya_store.models import PriceSnapshot, _Frozen
 from kuya_store.persistence import snapshot_from_row
-from kuya_store.pricing import normalize_card
+from kuya_store.pricing import GradingOutlook, grading_outlook, normalize_card
 
 __all__ = ["Analytics", "PriceTrend", "SearchStats", "TopSearch", "TrendPoint", "TypeStats"]
 
@@ -168,6 +168,41 @@ class Analytics(DatabaseFeature):
             slope_per_day=slope,
             direction=direction,
         )
+
+    async def grading_outlook(
+        self,
+        card: str,
+        *,
+        odds: dict[str, float | Decimal],
+        grading_cost: Decimal | float | str,
+        raw_value: Decimal | float | str | None = None,
+    ) -> GradingOutlook:
+        """Is grading this raw card worth it? From the card's newest snapshot.
+
+        The newest ``price_snapshots`` row of the card gives each grade's market value
+        (its ``grading_analysis``); ``odds`` and ``grading_cost`` are the caller's, see
+        :func:`kuya_store.grading_outlook` and ``docs/pricing.md``.
+
+        Raises:
+            NotFoundError: no snapshot of the card holds sales by grade.
+            InvalidInputError: bad odds or cost, or no raw value to compare with.
+        """
+        card_identifier = normalize_card(card)
+        stmt = (
+            sa.select(_snapshots)
+            .where(
+                _snapshots.c.card_identifier == card_identifier,
+                _snapshots.c.grading_analysis.is_not(None),
+            )
+            .order_by(_snapshots.c.snapshot_date.desc())
+            .limit(1)
+        )
+        async with self._connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        snapshot = None if row is None else snapshot_from_row(row)
+        if snapshot is None or not snapshot.grading_analysis:
+            raise NotFoundError(f"no sales by grade stored for card {card_identifier!r}")
+        return grading_outlook(snapshot, odds=odds, grading_cost=grading_cost, raw_value=raw_value)
 
     async def search_stats(self, since: datetime | None = None) -> SearchStats:
         """Totals, cache hit rate, API calls (made and saved) and latency percentiles."""

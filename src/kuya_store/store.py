@@ -14,6 +14,7 @@ from kuya_store.analytics import Analytics
 from kuya_store.backup import Backup
 from kuya_store.budget import ApiBudget
 from kuya_store.clock import Clock, utcnow
+from kuya_store.collections import Collections
 from kuya_store.errors import InvalidInputError, KuyaStoreError
 from kuya_store.fetching import Fetcher
 from kuya_store.freshness import FreshnessPolicy, policy_for
@@ -169,6 +170,9 @@ class CompsStore:
         self.analytics = Analytics(engine, self._clock)
         self.accounts = Accounts(engine, self._clock, self.comps)
         self.backup = Backup(engine, self._clock)
+        self.collections = Collections(
+            engine, self._clock, self.comps, lambda: self._metrics.count("api_calls")
+        )
         self._database_size: int | None = None
         self._closed = False
 

@@ -274,6 +274,7 @@ class SyncCompsStore:
     analytics: Any
     accounts: Any
     backup: Any
+    collections: Any
 
     def __init__(self, settings: StoreSettings | None = None, **kwargs: Any) -> None:
         self._args = (settings, kwargs)
