@@ -283,7 +283,7 @@ class SyncCompsStore:
         self._opened = _open(settings, kwargs)
         self._finalizer = weakref.finalize(self, _close_forgotten, self._opened)
         self.settings = self._opened.store.settings
-        for part in ("comps", "analytics", "accounts", "backup"):
+        for part in ("comps", "analytics", "accounts", "backup", "collections"):
             setattr(self, part, _Blocking(self, part))
         _stores.add(self)
 
