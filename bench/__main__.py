@@ -16,7 +16,17 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from bench import history, hot_path, memory, near_cache, persist, replay, stampede, upsert
+from bench import (
+    history,
+    hot_path,
+    memory,
+    near_cache,
+    persist,
+    replay,
+    stampede,
+    upsert,
+    valuation,
+)
 from bench.servers import real_servers
 from bench.stats import Target, targets_table
 
@@ -36,6 +46,7 @@ BENCHMARKS = {
     "stampede": Benchmark(stampede.run),
     "memory": Benchmark(memory.run, needs_servers=False),
     "replay": Benchmark(replay.run, needs_servers=False),
+    "valuation": Benchmark(valuation.run, needs_servers=False),
 }
 
 

@@ -6,11 +6,13 @@ Run it offline with realistic fake listings:
     uvicorn examples.fastapi_app:app
 
 Configure it like any store: ``KUYA_DATABASE_URL``, ``KUYA_REDIS_URL``, ``KUYA_MODE``, ...
-Replace ``FakeMarketplace`` with your sold-listings and browse API clients.
+Set ``SEARCHAPI_API_KEY`` to fetch real sold listings (``examples/sold_listings_api.py``);
+replace ``FakeMarketplace`` with your browse API client for active listings.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -36,10 +38,19 @@ class SearchQuery(BaseModel):
     sort_by: str | None = None
 
 
+def _fetchers(market: FakeMarketplace) -> dict[str, Any]:
+    """The real sold-listings API when ``SEARCHAPI_API_KEY`` is set, else the fake market."""
+    if api_key := os.environ.get("SEARCHAPI_API_KEY"):
+        from examples.sold_listings_api import SoldListingsAPI  # the app runs from the repo
+
+        return {"sold": SoldListingsAPI(api_key), "active": market.active}
+    return {"sold": market.sold, "active": market.active}
+
+
 def create_app(create_schema: bool = True, **store_kwargs: Any) -> FastAPI:
     """The app; keyword arguments go to ``CompsStore`` (URLs, mode, fetchers, clock...)."""
     market = FakeMarketplace()
-    store_kwargs.setdefault("fetchers", {"sold": market.sold, "active": market.active})
+    store_kwargs.setdefault("fetchers", _fetchers(market))
     app = FastAPI(
         title="Kuya Comps", lifespan=lifespan(create_schema=create_schema, **store_kwargs)
     )
@@ -51,6 +62,10 @@ def create_app(create_schema: bool = True, **store_kwargs: Any) -> FastAPI:
     @app.exception_handler(ks.FetcherError)
     async def upstream(request: Request, exc: ks.FetcherError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=502)
+
+    @app.exception_handler(ks.NotFoundError)
+    async def not_found(request: Request, exc: ks.NotFoundError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
 
     @app.exception_handler(ks.StorageUnavailableError)
     async def unavailable(request: Request, exc: ks.StorageUnavailableError) -> JSONResponse:
@@ -95,6 +110,22 @@ def create_app(create_schema: bool = True, **store_kwargs: Any) -> FastAPI:
         await store.flush(timeout=2.0)
         history = await store.analytics.price_history(card)
         return Response(ks.render_price_chart(history), media_type="image/svg+xml")
+
+    @app.get("/users/{user_id}/collection")
+    async def collection(user_id: int, store: StoreDep) -> dict[str, Any]:
+        """A user's cards, what they are worth against what was paid, and the value history.
+
+        The user id comes from the path for brevity; a real app takes it from its session.
+        """
+        await store.flush(timeout=2.0)
+        cards = await store.collections.list_cards(user_id)
+        summary = await store.collections.summary(user_id)
+        history = await store.collections.value_history(user_id)
+        return {
+            "cards": [c.model_dump(mode="json") for c in cards],
+            "summary": summary.model_dump(mode="json"),
+            "history": [p.model_dump(mode="json") for p in history],
+        }
 
     @app.get("/health/live")
     async def live() -> dict[str, str]:

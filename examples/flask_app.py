@@ -6,11 +6,13 @@ Run it offline with realistic fake listings:
     flask --app examples.flask_app:create_app run
 
 Configure it through ``app.config`` or the environment: ``KUYA_DATABASE_URL``,
-``KUYA_REDIS_URL``, ``KUYA_MODE``, ... Replace ``FakeMarketplace`` with your API clients.
+``KUYA_REDIS_URL``, ``KUYA_MODE``, ... Set ``SEARCHAPI_API_KEY`` to fetch real sold listings
+(``examples/sold_listings_api.py``); replace ``FakeMarketplace`` with your browse API client.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 from urllib.parse import quote
 
@@ -27,6 +29,15 @@ def _flag(name: str) -> bool:
     return request.args.get(name, "false").lower() in ("1", "true", "yes", "on")
 
 
+def _fetchers(market: FakeMarketplace) -> dict[str, Any]:
+    """The real sold-listings API when ``SEARCHAPI_API_KEY`` is set, else the fake market."""
+    if api_key := os.environ.get("SEARCHAPI_API_KEY"):
+        from examples.sold_listings_api import SoldListingsAPI  # the app runs from the repo
+
+        return {"sold": SoldListingsAPI(api_key), "active": market.active}
+    return {"sold": market.sold, "active": market.active}
+
+
 def create_app(
     config: dict[str, Any] | None = None, create_schema: bool = True, **store_kwargs: Any
 ) -> Flask:
@@ -34,7 +45,7 @@ def create_app(
     app = Flask(__name__)
     app.config.update(config or {})
     market = FakeMarketplace()
-    store_kwargs.setdefault("fetchers", {"sold": market.sold, "active": market.active})
+    store_kwargs.setdefault("fetchers", _fetchers(market))
     kuya = KuyaStore(create_schema=create_schema, **store_kwargs)
     kuya.init_app(app)
 
@@ -45,6 +56,10 @@ def create_app(
     @app.errorhandler(ks.FetcherError)
     def upstream(exc: ks.FetcherError) -> tuple[Response, int]:
         return jsonify(detail=str(exc)), 502
+
+    @app.errorhandler(ks.NotFoundError)
+    def not_found(exc: ks.NotFoundError) -> tuple[Response, int]:
+        return jsonify(detail=str(exc)), 404
 
     @app.errorhandler(ks.StorageUnavailableError)
     def unavailable(exc: ks.StorageUnavailableError) -> tuple[Response, int]:
@@ -98,6 +113,22 @@ def create_app(
             "history": [h.model_dump(mode="json") for h in history],
             "trend": trend.model_dump(mode="json"),
             "chart": f"/analytics/{quote(card, safe='')}/chart.svg" if history else None,
+        }
+
+    @app.get("/users/<int:user_id>/collection")
+    def collection(user_id: int) -> dict[str, Any]:
+        """A user's cards, what they are worth against what was paid, and the value history.
+
+        The user id comes from the path for brevity; a real app takes it from its session.
+        """
+        kuya.store.flush(timeout=2.0)
+        cards = kuya.store.collections.list_cards(user_id)
+        summary = kuya.store.collections.summary(user_id)
+        history = kuya.store.collections.value_history(user_id)
+        return {
+            "cards": [c.model_dump(mode="json") for c in cards],
+            "summary": summary.model_dump(mode="json"),
+            "history": [p.model_dump(mode="json") for p in history],
         }
 
     @app.get("/health/live")

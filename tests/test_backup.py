@@ -579,7 +579,10 @@ async def test_purge_since_takes_back_overwritten_snapshots_and_listings(
     clock = ks.ManualClock(T0)
     prices = _MovingPrices()
     async with ks.CompsStore(
-        database_url=migrated_url, clock=clock, fetchers={"sold": prices}
+        database_url=migrated_url,
+        clock=clock,
+        fetchers={"sold": prices},
+        freshness_policy="fixed",  # refetched 41 minutes later
     ) as store:
         first = await store.comps.search(card)
         await store.flush()

@@ -140,7 +140,8 @@ async def test_cancelled_owner_does_not_cancel_the_others(migrated_url: str) -> 
         await asyncio.sleep(0.05)
         owner.cancel()
         results = await asyncio.gather(*others)  # no CancelledError leaks into them
-        assert {r.source for r in results} == {"api"}
+        # They shared the flight (or, on a slow machine, read what it stored).
+        assert {r.source for r in results} <= {"api", "memory", "database"}
         assert all(r.cache_hit for r in results)
         assert owner.cancelled()
         assert store.metrics()["api_calls"] == 1

@@ -14,6 +14,7 @@ from urllib.parse import quote
 import pytest
 from fastapi.testclient import TestClient
 
+import kuya_store as ks
 from servers import free_port
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -148,3 +149,62 @@ def test_ready_is_503_only_when_nothing_can_answer(
     assert status(down) == (503, {"status": "unhealthy", "redis": False, "database": False})
     live = down.get("/health/live")
     assert live.status_code == 200
+
+
+def test_the_sold_listings_fetcher_reads_the_sale_date_text() -> None:
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    api = _load("sold_listings_api")
+    now = datetime(2025, 11, 27, 12, 0, tzinfo=UTC)
+    page = [
+        {
+            "title": "2023 Topps Chrome Wembanyama #1 RC PSA 10",
+            "price": {"raw": "$1,190.00", "extracted": 1190.0},
+            "link": "https://www.ebay.com/itm/2023-topps/256789012345",
+            "buying_format": "Buy It Now",
+            "sold_date": "Sold  Nov 24, 2025",
+        },
+        {
+            "title": "2023 Topps Chrome Wembanyama #1 RC",
+            "price": "$120.50",
+            "item_id": "111",
+            "buying_format": "Auction",
+            "bids": 12,
+            "sold_date": "Sold 3d ago",
+        },
+        {"title": "no price", "item_id": "112", "price": "$10.00 to $20.00"},
+        {"title": "odd date", "item_id": "113", "price": "$5", "sold_date": "last spring"},
+        {"title": "repeated", "item_id": "111", "price": "$1"},
+    ]
+    listings = api.listings_from_page(page, now=now)
+    assert [listing.item_id for listing in listings] == ["256789012345", "111", "113"]
+    slab, auction, odd = listings
+    assert slab.price == Decimal("1190.00") and slab.listing_type == "buy_it_now"
+    assert slab.sold_date == datetime(2025, 11, 24, tzinfo=UTC)
+    assert auction.listing_type == "auction" and auction.bids == 12
+    assert auction.sold_date == datetime(2025, 11, 24, 12, 0, tzinfo=UTC)
+    assert odd.sold_date is None and all(listing.sold for listing in listings)
+
+
+def test_the_collection_route(make_client: Any, sqlite_url: str) -> None:
+    from kuya_store.demo import FakeMarketplace
+
+    market = FakeMarketplace()
+    with ks.SyncCompsStore(
+        database_url=sqlite_url, fetchers={"sold": market.sold, "active": market.active}
+    ) as store:
+        store.create_schema()
+        ana = store.accounts.create_user("ana@example.com", "correct horse battery staple")
+        binder = store.collections.create_binder(ana.id, "Rookies")
+        store.collections.add_card(ana.id, binder.id, CARD, purchase_price="1.00")
+        assert store.collections.revalue(budget=1).valued == 1
+    client = make_client(database_url=sqlite_url)
+    response = client.get(f"/users/{ana.id}/collection")
+    assert response.status_code == 200, _body(response)
+    data = _json(response)
+    [card] = data["cards"]
+    assert card["query"] == CARD and card["last_value"] and card["gain"]
+    assert data["summary"]["cards"] == 1 and data["summary"]["cost_basis"] == "1.00"
+    assert len(data["history"]) == 1 and data["history"][0]["value"] == card["last_value"]
+    assert _json(client.get(f"/users/{ana.id + 1}/collection"))["cards"] == []

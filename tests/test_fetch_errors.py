@@ -154,7 +154,10 @@ async def test_permanent_failure_is_paid_once_by_200_concurrent_searches(
         await asyncio.sleep(1.0)  # every search arrives while the one call is under way
         raise ks.PermanentFetchError("missing API key", status=401)
 
-    async with ks.CompsStore(database_url=migrated_url, fetchers={"sold": no_key}) as store:
+    # No stored tier to look in first, so every search reaches the one flight at once.
+    async with ks.CompsStore(
+        database_url=migrated_url, mode="cache_only", fetchers={"sold": no_key}
+    ) as store:
         outcomes = await asyncio.gather(
             *(store.comps.search(QUERY) for _ in range(200)), return_exceptions=True
         )

@@ -172,5 +172,5 @@ def migrations_error() -> type[Exception]:
 
 
 def test_head_is_shipped_in_the_package() -> None:
-    assert migrations.head() == "0003"
+    assert migrations.head() == "0005"
     assert asyncio.iscoroutinefunction(migrations.upgrade_async)

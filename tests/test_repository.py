@@ -55,6 +55,8 @@ async def make_store(
             "key_prefix": key_prefix,
             "write_flush_interval": 0.01,
             "fetch_backoff": 0.001,
+            # These tests pin the plan's fixed windows; the sale-rate policy has its own.
+            "freshness_policy": "fixed",
         }
         options.update(overrides)
         fetchers = options.pop("fetchers", {"sold": market.sold, "active": market.active})

@@ -98,8 +98,9 @@ def test_4_processes_x_50_concurrent_misses_make_one_call(
     # The other three processes took the holder's result from Redis: after waiting on its
     # lock, or, when they arrived after it finished, straight from the hot tier; in the
     # holder's process a search that arrived just as the flight landed reads it there too.
-    assert set(sources) <= {"api", "redis", "memory"}
-    assert sum(s == "redis" for s in sources) >= 150
+    # (Or, on a loaded machine, from the database the holder's fetch was written to.)
+    assert set(sources) <= {"api", "redis", "memory", "database"}
+    assert sum(s != "api" for s in sources) >= 150
 
 
 async def test_lock_holder_that_dies_is_taken_over(redis_base_url: str, key_prefix: str) -> None:
@@ -286,7 +287,7 @@ async def test_fetcher_failing_half_the_time_is_retried(migrated_url: str) -> No
 async def _seed_old_result(url: str, clock: ks.ManualClock) -> None:
     market = FakeMarketplace(listings=5, clock=clock)
     async with ks.CompsStore(
-        database_url=url, fetchers={"sold": market.sold}, clock=clock
+        database_url=url, fetchers={"sold": market.sold}, clock=clock, freshness_policy="fixed"
     ) as store:
         await store.comps.search(QUERY)
 
@@ -304,6 +305,7 @@ async def test_failing_fetcher_serves_stale_within_max_stale(migrated_url: str) 
         database_url=migrated_url,
         fetchers={"sold": down},
         clock=clock,
+        freshness_policy="fixed",
         fetch_backoff=0.001,
         max_stale=timedelta(days=1),
     ) as store:
@@ -371,6 +373,7 @@ async def test_hanging_fetcher_falls_back_to_stale(migrated_url: str) -> None:
         database_url=migrated_url,
         fetchers={"sold": hangs},
         clock=clock,
+        freshness_policy="fixed",
         fetch_timeout=0.1,
         fetch_attempts=1,
     ) as store:

@@ -22,6 +22,7 @@ ADDED_COLUMNS = {
     ("searches", "params"),
     ("searches", "result_key"),
     ("searches", "fetch_stats"),
+    ("searches", "complete"),
     ("saved_searches", "search_type"),
     ("saved_searches", "last_alert_observation"),
     ("saved_searches", "last_alerted_at"),
@@ -35,10 +36,24 @@ ADDED_INDEXES = {
     "search_results_pkey",
     "kuya_store_alembic_version_pkc",
     "idx_saved_searches_alerts",
+    "api_usage_pkey",
+    "binders_pkey",
+    "binders_user_id_name_key",
+    "collection_cards_pkey",
+    "idx_collection_cards_user",
+    "idx_collection_cards_binder",
+    "idx_collection_cards_valued",
+    "idx_collection_cards_card",
 }
 # Indexes the plan defines that had to change for correctness, each explained in docs/schema.md.
 CHANGED_INDEXES = {"idx_searches_query": ("USING btree", "USING hash")}
-ADDED_TABLES = {"search_results", "kuya_store_alembic_version"}
+ADDED_TABLES = {
+    "search_results",
+    "kuya_store_alembic_version",
+    "api_usage",
+    "binders",
+    "collection_cards",
+}
 # Foreign keys the plan leaves at NO ACTION that must not block purging old searches.
 SET_NULL_FKS = {"price_snapshots_search_id_fkey", "listing_cache_search_id_fkey"}
 

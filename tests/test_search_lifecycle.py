@@ -192,7 +192,10 @@ async def test_stale_answer_is_not_a_call_saved(migrated_url: str) -> None:
     clock = ks.ManualClock()
     market = FakeMarketplace(listings=4, clock=clock)
     async with ks.CompsStore(
-        database_url=migrated_url, fetchers={"sold": market.sold}, clock=clock
+        database_url=migrated_url,
+        fetchers={"sold": market.sold},
+        clock=clock,
+        freshness_policy="fixed",
     ) as store:
         await store.comps.search(CARD)
         await store.flush()
@@ -202,7 +205,11 @@ async def test_stale_answer_is_not_a_call_saved(migrated_url: str) -> None:
         raise ks.TransientFetchError("upstream 503", status=503)
 
     async with ks.CompsStore(
-        database_url=migrated_url, fetchers={"sold": down}, clock=clock, fetch_backoff=0.001
+        database_url=migrated_url,
+        fetchers={"sold": down},
+        clock=clock,
+        fetch_backoff=0.001,
+        freshness_policy="fixed",
     ) as store:
         stale = await store.comps.search(CARD)
         assert (stale.source, stale.cache_hit) == ("stale", True)

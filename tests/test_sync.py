@@ -78,3 +78,30 @@ def test_bad_settings_leave_no_thread_behind() -> None:
         t for t in threading.enumerate() if t.ident not in before and t.name == "kuya-store-loop"
     ]
     assert leftover == []
+
+
+def test_parts_and_methods_the_facade_does_not_name_are_made_blocking(
+    migrated_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Cards:
+        def __init__(self, store: ks.CompsStore) -> None:
+            self._store = store
+
+        async def count(self) -> int:
+            return len(await self._store.analytics.top_searches())
+
+    class Extended(ks.CompsStore):
+        async def maintain(self) -> str:
+            return "maintained"
+
+        @property
+        def cards(self) -> Cards:
+            return Cards(self)
+
+    monkeypatch.setattr("kuya_store.sync.CompsStore", Extended)
+    with ks.SyncCompsStore(database_url=migrated_url) as store:
+        assert store.maintain() == "maintained"
+        assert store.cards.count() == 0
+        assert store.cards is store.cards  # one proxy, made once
+        with pytest.raises(AttributeError):
+            store.no_such_part  # noqa: B018

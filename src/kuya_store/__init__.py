@@ -16,7 +16,16 @@ from kuya_store.analytics import Analytics, PriceTrend, SearchStats, TopSearch, 
 from kuya_store.backup import Backup, ImportReport, PurgeReport
 from kuya_store.chart import render_price_chart
 from kuya_store.clock import ManualClock
+from kuya_store.collections import (
+    Binder,
+    CollectedCard,
+    Collections,
+    CollectionSummary,
+    CollectionValue,
+    RevalueReport,
+)
 from kuya_store.errors import (
+    BudgetExhaustedError,
     FetcherError,
     InvalidInputError,
     KuyaStoreError,
@@ -27,6 +36,7 @@ from kuya_store.errors import (
     TransientFetchError,
 )
 from kuya_store.fetching import Fetcher
+from kuya_store.freshness import FixedFreshness, FreshnessPolicy, SaleRateFreshness
 from kuya_store.models import (
     CompsResult,
     FetchRequest,
@@ -40,7 +50,18 @@ from kuya_store.models import (
     SearchType,
     Source,
 )
-from kuya_store.pricing import DefaultValuator, TitleInfo, Valuator, normalize_card, parse_title
+from kuya_store.paging import PagedFetcher, paged
+from kuya_store.pricing import (
+    DefaultValuator,
+    GradeOutcome,
+    GradingOutlook,
+    TitleInfo,
+    Valuator,
+    grading_outlook,
+    normalize_card,
+    parse_sold_date,
+    parse_title,
+)
 from kuya_store.repository import CompsRepository
 from kuya_store.settings import StoreSettings
 from kuya_store.store import CompsStore
@@ -56,6 +77,12 @@ __all__ = [
     "Alert",
     "Analytics",
     "Backup",
+    "Binder",
+    "BudgetExhaustedError",
+    "CollectedCard",
+    "CollectionSummary",
+    "CollectionValue",
+    "Collections",
     "CompsRepository",
     "CompsResult",
     "CompsStore",
@@ -65,6 +92,10 @@ __all__ = [
     "FetchStats",
     "Fetcher",
     "FetcherError",
+    "FixedFreshness",
+    "FreshnessPolicy",
+    "GradeOutcome",
+    "GradingOutlook",
     "Health",
     "ImportReport",
     "InvalidInputError",
@@ -73,10 +104,13 @@ __all__ = [
     "Listing",
     "ManualClock",
     "NotFoundError",
+    "PagedFetcher",
     "PermanentFetchError",
     "PriceSnapshot",
     "PriceTrend",
     "PurgeReport",
+    "RevalueReport",
+    "SaleRateFreshness",
     "SavedSearch",
     "SearchFilters",
     "SearchStats",
@@ -93,8 +127,11 @@ __all__ = [
     "User",
     "Valuator",
     "__version__",
+    "grading_outlook",
     "migrations",
     "normalize_card",
+    "paged",
+    "parse_sold_date",
     "parse_title",
     "render_price_chart",
 ]

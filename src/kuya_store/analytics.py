@@ -10,10 +10,10 @@ import sqlalchemy as sa
 
 from kuya_store.db.engine import DatabaseFeature
 from kuya_store.db.tables import metadata
-from kuya_store.errors import InvalidInputError
+from kuya_store.errors import InvalidInputError, NotFoundError
 from kuya_store.models import PriceSnapshot, _Frozen
 from kuya_store.persistence import snapshot_from_row
-from kuya_store.pricing import normalize_card
+from kuya_store.pricing import GradingOutlook, grading_outlook, normalize_card
 
 __all__ = ["Analytics", "PriceTrend", "SearchStats", "TopSearch", "TrendPoint", "TypeStats"]
 
@@ -169,6 +169,41 @@ class Analytics(DatabaseFeature):
             direction=direction,
         )
 
+    async def grading_outlook(
+        self,
+        card: str,
+        *,
+        odds: dict[str, float | Decimal],
+        grading_cost: Decimal | float | str,
+        raw_value: Decimal | float | str | None = None,
+    ) -> GradingOutlook:
+        """Is grading this raw card worth it? From the card's newest snapshot.
+
+        The newest ``price_snapshots`` row of the card gives each grade's market value
+        (its ``grading_analysis``); ``odds`` and ``grading_cost`` are the caller's, see
+        :func:`kuya_store.grading_outlook` and ``docs/pricing.md``.
+
+        Raises:
+            NotFoundError: no snapshot of the card holds sales by grade.
+            InvalidInputError: bad odds or cost, or no raw value to compare with.
+        """
+        card_identifier = normalize_card(card)
+        stmt = (
+            sa.select(_snapshots)
+            .where(
+                _snapshots.c.card_identifier == card_identifier,
+                _snapshots.c.grading_analysis.is_not(None),
+            )
+            .order_by(_snapshots.c.snapshot_date.desc())
+            .limit(1)
+        )
+        async with self._connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        snapshot = None if row is None else snapshot_from_row(row)
+        if snapshot is None or not snapshot.grading_analysis:
+            raise NotFoundError(f"no sales by grade stored for card {card_identifier!r}")
+        return grading_outlook(snapshot, odds=odds, grading_cost=grading_cost, raw_value=raw_value)
+
     async def search_stats(self, since: datetime | None = None) -> SearchStats:
         """Totals, cache hit rate, API calls (made and saved) and latency percentiles."""
         start = _as_datetime(since, "since")
@@ -193,11 +228,21 @@ class Analytics(DatabaseFeature):
         return SearchStats(**overall.model_dump(), since=start, by_type=by_type)
 
     async def _type_stats(self, conn: Any, total: int, hits: int, where: list[Any]) -> TypeStats:
+        # Every page a fetch asked was one paid request (a fetch row with no count: one).
+        pages = sa.case(
+            (sa.or_(_searches.c.pages_scraped.is_(None), _searches.c.pages_scraped < 1), 1),
+            else_=_searches.c.pages_scraped,
+        )
+        calls = await conn.scalar(
+            sa.select(sa.func.coalesce(sa.func.sum(pages), 0)).where(
+                *where, _searches.c.cache_hit.is_(False)
+            )
+        )
         return TypeStats(
             total=total,
             cache_hits=hits,
             cache_hit_rate=round(hits / total, 4) if total else 0.0,
-            api_calls=total - hits,
+            api_calls=int(calls or 0),
             api_calls_saved=hits,
             p50_ms=await self._percentile(conn, where, 50, total),
             p95_ms=await self._percentile(conn, where, 95, total),

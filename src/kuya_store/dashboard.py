@@ -71,6 +71,15 @@ def render_dashboard(
     )
     tiers = metrics.get("tier_hits", {})
     tier_text = ", ".join(f"{escape(k)} {v}" for k, v in tiers.items())
+    budget = metrics.get("budget", {})
+    spent = [
+        f"{kind} {figures['used_here']:,} of {figures['limit']:,} ({period})"
+        for kind in ("sold", "active")
+        for period, figures in budget.get(kind, {}).items()
+    ]
+    budget_text = (
+        "; ".join(spent) if budget.get("daily_limit") or budget.get("hourly_limit") else ""
+    )
     tiles = "".join(
         (
             _tile("Searches", f"{stats.total:,}", "searches"),
@@ -80,6 +89,7 @@ def render_dashboard(
             _tile(
                 "p95 latency", f"{stats.p95_ms} ms" if stats.p95_ms is not None else "n/a", "p95"
             ),
+            _tile("API budget", budget_text or "no budget set", "api-budget"),
         )
     )
     return (

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 __all__ = [
+    "BudgetExhaustedError",
     "FetcherError",
     "InvalidInputError",
     "KuyaStoreError",
@@ -81,8 +82,8 @@ class TransientFetchError(FetcherError):
         super().__init__(message)
 
 
-class StoreClosedError(KuyaStoreError):
-    """The store was closed: it takes no more calls."""
+class BudgetExhaustedError(FetcherError):
+    """The day's (or hour's) API budget of this search type is spent, and nothing is stored."""
 
 
 class NotFoundError(KuyaStoreError, LookupError):
@@ -91,3 +92,7 @@ class NotFoundError(KuyaStoreError, LookupError):
 
 class StorageUnavailableError(KuyaStoreError):
     """No tier could answer: hot tier, database and fetcher all failed."""
+
+
+class StoreClosedError(KuyaStoreError, RuntimeError):
+    """The store was closed, before or during this call; open a new one."""

@@ -7,41 +7,40 @@
 - The call runs in a task of its own (a *flight*), shielded from the searches that wait
   on it: a search that is cancelled returns at once, the others get the flight's outcome,
   and a paid result is kept even when nobody waits for it any more.
-- Each attempt is cut off by ``fetch_timeout``; only failures a retry can fix are retried
-  (:mod:`kuya_store.retries`), and only while some search still waits. The cross-process
-  lock is extended while its holder fetches, and a holder whose fetch failed tells its
-  waiters, so a failure that retrying cannot fix is paid once across processes too.
+- The paid requests themselves (pages, retries, budget) are made by
+  :class:`~kuya_store.upstream.Upstream`, retried only while some search still waits.
+  The cross-process lock is extended while its holder fetches, and a holder whose fetch
+  failed tells its waiters, so a failure that retrying cannot fix is paid once across
+  processes too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
-from pydantic import BaseModel, ValidationError
-from tenacity import RetryCallState
-
+from kuya_store.budget import ApiBudget
 from kuya_store.clock import Clock
-from kuya_store.errors import FetcherError, InvalidInputError, StoreClosedError
-from kuya_store.freshness import is_fresh
+from kuya_store.errors import (
+    FetcherError,
+    InvalidInputError,
+    StoreClosedError,
+)
+from kuya_store.freshness import FreshnessPolicy, fresh_until
 from kuya_store.keys import ResultIdentity
 from kuya_store.metrics import Metrics
-from kuya_store.models import FetchRequest, FetchResult, SearchType, Source
+from kuya_store.models import FetchRequest, Source
 from kuya_store.pricing import Valuator
-from kuya_store.retries import is_transient_fetch_error, retrying
 from kuya_store.settings import StoreSettings
 from kuya_store.stored import StoredResult
 from kuya_store.tiers import HotTier
+from kuya_store.upstream import Fetcher, Upstream, validate_fetch_result
 
 __all__ = ["FetchCoordinator", "Fetcher", "validate_fetch_result"]
-
-Fetcher = Callable[[FetchRequest], Awaitable[FetchResult] | FetchResult]
-"""``async def fetcher(request) -> FetchResult``; a plain function runs in a worker thread."""
 
 Fill = Callable[[ResultIdentity, StoredResult, datetime], Awaitable[None]]
 Outcome = tuple[StoredResult, Source, bool]
@@ -65,55 +64,17 @@ class _Locking(Protocol):
     async def mark_failed(self, identity: ResultIdentity, token: str, ttl: timedelta) -> None: ...
 
 
-def _as_data(value: object) -> object:
-    """A model's fields as plain data, so one built with ``model_construct`` is validated too."""
-    if isinstance(value, BaseModel):
-        return {name: _as_data(item) for name, item in value.__dict__.items()}
-    if isinstance(value, list | tuple):
-        return [_as_data(item) for item in value]
-    return value
-
-
-def validate_fetch_result(value: object) -> FetchResult:
-    """Validate what a fetcher returned; bad data is ``InvalidInputError`` naming the field.
-
-    Whatever form it takes (a ``FetchResult``, a list of listings or of dicts, an object
-    with ``listings``; models built with ``model_construct`` too), it goes through the
-    same validation, so a float price is rounded to the cent however it arrives.
-    """
-    try:
-        if isinstance(value, list | tuple):
-            result = FetchResult.model_validate({"listings": _as_data(value)})
-        elif isinstance(value, FetchResult):
-            result = FetchResult.model_validate(_as_data(value))
-        else:
-            # An object with ``listings`` (a dataclass, another model): read its attributes.
-            loose = FetchResult.model_validate(value, from_attributes=True)
-            result = FetchResult.model_validate(_as_data(loose))
-    except ValidationError as exc:
-        raise InvalidInputError.from_validation_error(exc, "fetcher") from None
-    seen: set[str] = set()
-    for index, listing in enumerate(result.listings):
-        if listing.item_id in seen:
-            raise InvalidInputError(
-                f"fetcher.listings[{index}].item_id", f"duplicate item_id {listing.item_id!r}"
-            )
-        seen.add(listing.item_id)
-    return result
-
-
-async def _invoke(fetcher: Fetcher, request: FetchRequest) -> object:
-    call = getattr(fetcher, "__call__", None)  # noqa: B004 - async callable objects too
-    if inspect.iscoroutinefunction(fetcher) or inspect.iscoroutinefunction(call):
-        return await fetcher(request)  # type: ignore[misc]
-    outcome = await asyncio.to_thread(fetcher, request)
-    return await outcome if inspect.isawaitable(outcome) else outcome
-
-
 @dataclass(eq=False)
 class _Flight:
-    """One upstream fetch in progress, and how many searches still wait for it."""
+    """One upstream fetch in progress: what it asks, and how many searches wait for it."""
 
+    identity: ResultIdentity
+    request: FetchRequest
+    fetcher: Fetcher
+    newer_than: datetime | None = None
+    """With ``refresh=True``: a stored result fetched before this does not count as ready."""
+    stale: StoredResult | None = None
+    """The newest stored result that is no longer fresh (a paged refresh extends it)."""
     task: asyncio.Task[Outcome] | None = None
     waiters: int = 0
 
@@ -130,13 +91,22 @@ class FetchCoordinator:
         hot: HotTier,
         fill: Fill,
         valuator: Valuator,
+        policy: FreshnessPolicy,
+        budget: ApiBudget,
     ) -> None:
         self._settings = settings
         self._clock = clock
         self._metrics = metrics
         self._hot = hot
         self._fill = fill
-        self._valuator = valuator
+        self._upstream_fetch = Upstream(
+            settings=settings,
+            clock=clock,
+            metrics=metrics,
+            valuator=valuator,
+            policy=policy,
+            budget=budget,
+        )
         self._inflight: dict[ResultIdentity, _Flight] = {}
 
     @property
@@ -152,6 +122,7 @@ class FetchCoordinator:
         *,
         on_fetched: OnFetched,
         newer_than: datetime | None = None,
+        stale: StoredResult | None = None,
     ) -> Outcome:
         """The result of one shared flight for ``identity``; starts it if none runs.
 
@@ -159,13 +130,15 @@ class FetchCoordinator:
             on_fetched: run by the flight when it made the paid call (this search's record).
             newer_than: with ``refresh=True``: a stored result fetched before this moment
                 does not count as ready.
+            stale: the newest stored result that is no longer fresh: a paged sold fetch
+                refreshes it instead of buying every page again.
         """
         flight = self._inflight.get(identity)
         joined = flight is not None
         if flight is None:
-            flight = _Flight()
+            flight = _Flight(identity, request, fetcher, newer_than, stale)
             flight.task = asyncio.create_task(
-                self._fly(identity, request, fetcher, flight, on_fetched, newer_than),
+                self._fly(flight, on_fetched),
                 name=f"kuya-fetch-{identity.search_type.value}",
             )
             self._inflight[identity] = flight
@@ -209,32 +182,16 @@ class FetchCoordinator:
             await asyncio.wait(pending, timeout=1.0)
         return len(pending)
 
-    async def _fly(
-        self,
-        identity: ResultIdentity,
-        request: FetchRequest,
-        fetcher: Fetcher,
-        flight: _Flight,
-        on_fetched: OnFetched,
-        newer_than: datetime | None,
-    ) -> Outcome:
-        stored, source, paid = await self._across_processes(
-            identity, request, fetcher, flight, newer_than
-        )
+    async def _fly(self, flight: _Flight, on_fetched: OnFetched) -> Outcome:
+        stored, source, paid = await self._across_processes(flight)
         if paid:
             # Persisted by the flight itself: a paid result is kept even if every search
             # that asked for it was cancelled meanwhile.
             on_fetched(stored)
         return stored, source, paid
 
-    async def _across_processes(
-        self,
-        identity: ResultIdentity,
-        request: FetchRequest,
-        fetcher: Fetcher,
-        flight: _Flight,
-        newer_than: datetime | None,
-    ) -> Outcome:
+    async def _across_processes(self, flight: _Flight) -> Outcome:
+        identity, newer_than = flight.identity, flight.newer_than
         hot = self._hot
         # A search whose lookup began before another task's fetch filled the hot tier
         # arrives here after that fetch is over: look once more before paying for a call.
@@ -243,14 +200,14 @@ class FetchCoordinator:
             self._metrics.incr("single_flight_waits")
             return ready, Source(hot.name), False
         if not isinstance(hot, _Locking):
-            return await self._upstream(identity, request, fetcher, flight), Source.API, True
+            return await self._upstream(flight), Source.API, True
         lock_ttl = self._settings.single_flight_lock_ttl
         deadline = time.monotonic() + self._settings.flight_wait.total_seconds()
         waited = False
         while True:
             state, token = await hot.try_lock(identity, lock_ttl)
             if state == "acquired":
-                return await self._holding(identity, request, fetcher, flight, newer_than, token)
+                return await self._holding(flight, token)
             if state == "unavailable":
                 break
             if not waited:
@@ -262,18 +219,11 @@ class FetchCoordinator:
             if time.monotonic() >= deadline:
                 self._metrics.incr("lock_wait_timeouts")
                 break
-        return await self._upstream(identity, request, fetcher, flight), Source.API, True
+        return await self._upstream(flight), Source.API, True
 
-    async def _holding(
-        self,
-        identity: ResultIdentity,
-        request: FetchRequest,
-        fetcher: Fetcher,
-        flight: _Flight,
-        newer_than: datetime | None,
-        token: str,
-    ) -> Outcome:
+    async def _holding(self, flight: _Flight, token: str) -> Outcome:
         """Fetch while holding the cross-process lock, extending it until the fetch is over."""
+        identity = flight.identity
         hot = self._hot
         assert isinstance(hot, _Locking)
         ttl = self._settings.single_flight_lock_ttl
@@ -281,11 +231,11 @@ class FetchCoordinator:
         failed = False
         try:
             # Another process may have fetched it between our last look and the lock.
-            ready = await self._ready(identity, newer_than)
+            ready = await self._ready(identity, flight.newer_than)
             if ready is not None:
                 return ready, Source.REDIS, False
             try:
-                stored = await self._upstream(identity, request, fetcher, flight)
+                stored = await self._upstream(flight)
             except (FetcherError, InvalidInputError):
                 failed = True
                 raise
@@ -313,7 +263,7 @@ class FetchCoordinator:
     ) -> StoredResult | None:
         hit = await self._hot.get(identity)
         ttl = self._settings.hot_ttl(identity.search_type)
-        if hit is None or not is_fresh(hit.fetched_at, self._clock(), ttl):
+        if hit is None or self._clock() >= fresh_until(hit, ttl):
             return None
         if newer_than is not None and hit.fetched_at < newer_than:
             return None
@@ -344,77 +294,13 @@ class FetchCoordinator:
                 return None  # the holder died: try to take over
         return None
 
-    def _count_retry(self, state: RetryCallState) -> None:
-        self._metrics.incr("api_retries")
-
-    async def _upstream(
-        self, identity: ResultIdentity, request: FetchRequest, fetcher: Fetcher, flight: _Flight
-    ) -> StoredResult:
-        settings = self._settings
-        timeout = settings.fetch_timeout.total_seconds()
-        backoff = settings.fetch_backoff.total_seconds()
-        started = time.perf_counter()
-        attempts = 0
-        try:
-            async for attempt in retrying(
-                settings.fetch_attempts,
-                backoff=backoff,
-                max_backoff=backoff * 16,
-                transient=is_transient_fetch_error,
-                keep_going=lambda: flight.waiters > 0,
-                before_sleep=self._count_retry,
-            ):
-                with attempt:
-                    attempts += 1
-                    # The data is as of the request: a fetch that began before an
-                    # invalidation stays older than it, however long the answer took.
-                    asked_at = self._clock()
-                    self._metrics.incr("api_calls")
-                    try:
-                        async with asyncio.timeout(timeout):
-                            raw = await _invoke(fetcher, request)
-                    except ValidationError as exc:
-                        # The fetcher built a model from bad data itself: its bug, not the
-                        # upstream's, so it is reported like any invalid output.
-                        self._metrics.incr("api_errors")
-                        raise InvalidInputError.from_validation_error(exc, "fetcher") from None
-                    except Exception:
-                        self._metrics.incr("api_errors")
-                        raise
-                    fetched = validate_fetch_result(raw)
-        except InvalidInputError:
-            raise  # the fetcher's own bug, reported as such
-        except Exception as exc:
-            raise FetcherError(self._failure(identity, exc, attempts, timeout)) from exc
-        finally:
-            self._metrics.observe("fetch", (time.perf_counter() - started) * 1000)
-        now = asked_at
-        snapshot = None
-        if identity.search_type is SearchType.SOLD:
-            snapshot = self._valuator.value(
-                identity.card_identifier, fetched.listings, snapshot_date=now.date(), now=now
-            )
-        stored = StoredResult(
-            query=request.query,
-            card_identifier=identity.card_identifier,
-            search_type=identity.search_type,
-            params=request.params,
-            listings=fetched.listings,
-            fetched_at=now,
-            pages_scraped=fetched.pages_scraped,
-            snapshot=snapshot,
-            stats=fetched.stats,
+    async def _upstream(self, flight: _Flight) -> StoredResult:
+        stored = await self._upstream_fetch.fetch(
+            flight.identity,
+            flight.request,
+            flight.fetcher,
+            stale=flight.stale,
+            keep_going=lambda: flight.waiters > 0,
         )
-        await self._fill(identity, stored, self._clock())
+        await self._fill(flight.identity, stored, self._clock())
         return stored
-
-    @staticmethod
-    def _failure(
-        identity: ResultIdentity, cause: BaseException, attempts: int, timeout: float
-    ) -> str:
-        kind = identity.search_type.value
-        if isinstance(cause, TimeoutError):
-            message = f"fetcher for {kind!r} timed out after {timeout:g}s"
-        else:
-            message = f"fetcher for {kind!r} failed: {type(cause).__name__}: {cause}"
-        return f"{message} ({attempts} attempt{'s' if attempts != 1 else ''})"

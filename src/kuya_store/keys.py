@@ -22,6 +22,7 @@ __all__ = [
     "MAX_QUERY_LENGTH",
     "ResultIdentity",
     "is_encodable",
+    "parsed_query",
     "validate_filters",
     "validate_params",
     "validate_query",
@@ -133,6 +134,11 @@ def canonical_json(value: Any) -> str:
 
 
 _parse_memo = functools.lru_cache(maxsize=16_384)(parse_query)
+
+
+def parsed_query(text: str) -> SearchQuery:
+    """``parse_query``, memoised for the short queries that recur."""
+    return _parsed(text)
 
 
 def _parsed(text: str) -> SearchQuery:

@@ -278,6 +278,8 @@ class FetchRequest(_Frozen):
     search_type: SearchType
     filters: SearchFilters = SearchFilters()
     params: Params = Field(default_factory=dict)
+    page: Annotated[int, Field(ge=1)] | None = None
+    """The page asked of a paged fetcher (1-based, newest first); ``None`` for a whole result."""
 
 
 class FetchStats(_Frozen):
@@ -306,6 +308,8 @@ class FetchResult(_Frozen):
     listings: list[Listing]
     pages_scraped: Annotated[int, Field(ge=0, le=10_000)] = 1
     stats: FetchStats | None = None
+    has_more: bool | None = None
+    """Whether the upstream holds more beyond these listings; ``None`` when it does not say."""
 
     @field_validator("listings")
     @classmethod
@@ -343,6 +347,12 @@ class CompsResult(_Frozen):
     snapshot: PriceSnapshot | None = None
     pages_scraped: int | None = None
     execution_time_ms: int = 0
+    complete: bool = False
+    """The upstream had nothing beyond these listings (before filters)."""
+    fresh_until: UTCDateTime | None = None
+    """Until when this answer counts as fresh; a later search asks upstream again."""
+    display_complete: bool = True
+    """Every listing carries its display data (``extra``); a database answer has none."""
 
 
 class Invalidation(_Frozen):

@@ -91,6 +91,7 @@ class SearchRecord:
     user_id: int | None = None
     result_key: str | None = None
     fetch_stats: dict[str, int] | None = None
+    complete: bool | None = None
 
     def row(self) -> dict[str, Any]:
         return {
@@ -107,6 +108,7 @@ class SearchRecord:
             "params": self.params,
             "result_key": self.result_key,
             "fetch_stats": self.fetch_stats,
+            "complete": self.complete,
         }
 
 
@@ -349,6 +351,7 @@ class Database:
                         _searches.c.created_at,
                         _searches.c.pages_scraped,
                         _searches.c.params,
+                        _searches.c.complete,
                     )
                     .where(
                         _searches.c.result_key == identity.result_key,
@@ -378,6 +381,7 @@ class Database:
             listings=listings,
             fetched_at=head.created_at,
             pages_scraped=head.pages_scraped,
+            complete=head.complete,
         )
 
     async def get_listing(self, item_id: str) -> Listing | None:

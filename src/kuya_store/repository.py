@@ -15,21 +15,24 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from cachetools import LRUCache, TTLCache
 
+from kuya_store.answering import Level, levels, start_level
+from kuya_store.budget import ApiBudget
 from kuya_store.clock import Clock
 from kuya_store.db.engine import outage_as_unavailable
 from kuya_store.errors import (
+    BudgetExhaustedError,
     FetcherError,
     InvalidInputError,
     NotFoundError,
     StoreClosedError,
 )
 from kuya_store.fetching import FetchCoordinator, Fetcher
-from kuya_store.freshness import is_fresh, remaining
+from kuya_store.freshness import FreshnessPolicy, fresh_until
 from kuya_store.keys import (
     ResultIdentity,
     is_encodable,
@@ -51,8 +54,9 @@ from kuya_store.models import (
     SearchType,
     Source,
 )
+from kuya_store.paging import PagedFetcher
 from kuya_store.persistence import Database, FetchRecord, SearchRecord, listing_ttl
-from kuya_store.pricing import Valuator, apply_filters
+from kuya_store.pricing import Valuator
 from kuya_store.settings import StoreSettings
 from kuya_store.stored import StoredResult
 from kuya_store.tiers import HotTier, TierUnavailableError
@@ -64,6 +68,7 @@ __all__ = ["CompsRepository", "Fetcher"]
 
 _log = logging.getLogger("kuya_store.repository")
 _NO_FILTERS = SearchFilters()
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class _Asked(NamedTuple):
@@ -90,6 +95,8 @@ class CompsRepository:
         writer: WriteBehind | None,
         fetchers: Mapping[SearchType, Fetcher],
         valuator: Valuator,
+        policy: FreshnessPolicy,
+        budget: ApiBudget,
     ) -> None:
         self._settings = settings
         self._clock = clock
@@ -100,6 +107,8 @@ class CompsRepository:
         self._writer = writer
         self._fetchers = dict(fetchers)
         self._valuator = valuator
+        self._policy = policy
+        self.budget = budget
         self._reads_database = settings.mode == "read_through" and database is not None
         self._fetching = FetchCoordinator(
             settings=settings,
@@ -108,18 +117,22 @@ class CompsRepository:
             hot=hot,
             fill=self._fill,
             valuator=valuator,
+            policy=policy,
+            budget=budget,
         )
         self._db = (
-            DatabaseTier(database, settings, metrics, valuator) if database is not None else None
+            DatabaseTier(database, settings, metrics, valuator, policy)
+            if database is not None
+            else None
         )
         # When each card was last invalidated here: nothing fetched before it may answer,
         # fill a tier or be stored as a result, whichever tier or buffer it comes from.
         self._fences: TTLCache[str, datetime] = TTLCache(
             maxsize=100_000, ttl=settings.max_stale.total_seconds(), timer=self._timer
         )
-        self._valued: LRUCache[tuple[str, datetime, SearchFilters], PriceSnapshot] = LRUCache(
-            maxsize=4096
-        )
+        self._valued: LRUCache[
+            tuple[str, datetime, SearchFilters, tuple[str, ...]], PriceSnapshot
+        ] = LRUCache(maxsize=4096)
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -202,40 +215,23 @@ class CompsRepository:
         record: bool,
         started: float,
     ) -> CompsResult:
-        text, kind, wanted, options, card, identity = asked
+        text, kind, wanted, options, card, _ = asked
         now = self._clock()
-        stored, source = (None, None) if refresh else await self._lookup(identity, now)
+        chain = levels(text, kind, wanted, options, filter_upstream=self._settings.filter_upstream)
+        found = await self._answer_stored(chain, now, refresh)
+        level, stored, source, known = found
         paid = False
         if stored is None:
             chosen = fetcher or self._fetchers.get(kind)
             if chosen is None:
                 raise FetcherError(f"no fetcher registered for {kind.value!r} searches")
-            request = FetchRequest(
-                query=text,
-                search_type=kind,
-                filters=wanted if self._settings.filter_upstream else SearchFilters(),
-                params=options,
+            level, stored, source, paid = await self._answer_upstream(
+                asked, chain, known, chosen, user, started, now, refresh
             )
-
-            def on_fetched(result: StoredResult) -> None:
-                self._persist(asked, user, result, started)
-
-            try:
-                stored, source, paid = await self._fetching.fetch(
-                    identity,
-                    request,
-                    chosen,
-                    on_fetched=on_fetched,
-                    newer_than=now if refresh else None,
-                )
-            except FetcherError:
-                stored = await self._stale(identity, now)
-                if stored is None:
-                    raise
-                source = Source.STALE
-
-        listings = self._filtered(stored, wanted)
-        snapshot = self._snapshot(identity, stored, wanted, listings)
+        assert level is not None
+        assert source is not None
+        listings = level.listings(stored)
+        snapshot = self._snapshot(level, stored, listings)
         elapsed = (time.perf_counter() - started) * 1000
         self._metrics.incr("searches")
         self._metrics.observe("search", elapsed)
@@ -258,7 +254,6 @@ class CompsRepository:
                         user_id=user,
                     )
                 )
-        assert source is not None
         return CompsResult(
             query=text,
             card_identifier=card,
@@ -272,26 +267,83 @@ class CompsRepository:
             snapshot=snapshot,
             pages_scraped=stored.pages_scraped,
             execution_time_ms=int(elapsed),
+            complete=stored.complete is True,
+            fresh_until=self._fresh_until(stored),
+            display_complete=source not in (Source.DATABASE, Source.STALE),
         )
 
-    def _filtered(self, stored: StoredResult, wanted: SearchFilters) -> list[Listing]:
-        if self._settings.filter_upstream:
-            return stored.listings
-        return apply_filters(stored.listings, wanted)
+    async def _answer_stored(
+        self, chain: list[Level], now: datetime, refresh: bool
+    ) -> tuple[Level | None, StoredResult | None, Source | None, list[StoredResult | None]]:
+        """The first level with a fresh result that answers; else what each level holds."""
+        known: list[StoredResult | None] = []
+        for level in chain:
+            hit, source, stale = await self._lookup(level.identity, now)
+            if hit is not None and not refresh and level.answers(hit):
+                return level, hit, source, known
+            known.append(hit or stale)
+        return None, None, None, known
+
+    async def _answer_upstream(
+        self,
+        asked: _Asked,
+        chain: list[Level],
+        known: list[StoredResult | None],
+        fetcher: Fetcher,
+        user: int | None,
+        started: float,
+        now: datetime,
+        refresh: bool,
+    ) -> tuple[Level, StoredResult, Source, bool]:
+        """Fetch the broadest level not known to be cut off, narrower if it cannot answer."""
+        kind = asked.kind
+        first = start_level(chain, known, paged=isinstance(fetcher, PagedFetcher))
+        for index in range(first, len(chain)):
+            level = chain[index]
+            stale = known[index]
+            request = FetchRequest(
+                query=level.query,
+                search_type=kind,
+                filters=level.upstream_filters,
+                params=asked.options,
+            )
+
+            def on_fetched(result: StoredResult, level: Level = level) -> None:
+                self._persist(asked, level, user, result, started)
+
+            try:
+                stored, source, paid = await self._fetching.fetch(
+                    level.identity,
+                    request,
+                    fetcher,
+                    on_fetched=on_fetched,
+                    newer_than=now if refresh else None,
+                    stale=stale,
+                )
+            except BudgetExhaustedError:
+                fallback = await self._stale(level.identity, now, any_age=True) or stale
+                if fallback is None:
+                    raise
+                return level, fallback, Source.STALE, False
+            except FetcherError:
+                fallback = await self._stale(level.identity, now)
+                if fallback is None:
+                    raise
+                return level, fallback, Source.STALE, False
+            if level.answers(stored) or index == len(chain) - 1:
+                return level, stored, source, paid
+            self._metrics.incr("narrowed_fetches")
+        raise AssertionError("the last level always answers")  # pragma: no cover
 
     def _snapshot(
-        self,
-        identity: ResultIdentity,
-        stored: StoredResult,
-        wanted: SearchFilters,
-        listings: list[Listing],
+        self, level: Level, stored: StoredResult, listings: list[Listing]
     ) -> PriceSnapshot | None:
         """The valuation of exactly ``listings`` (what this answer shows)."""
-        if identity.search_type is not SearchType.SOLD:
+        if level.identity.search_type is not SearchType.SOLD:
             return None
         if stored.snapshot is not None and len(listings) == len(stored.listings):
             return stored.snapshot  # nothing hidden: the fetch's own valuation
-        key = (identity.result_key, stored.fetched_at, wanted)
+        key = (level.identity.result_key, stored.fetched_at, level.local_filters, level.excluded)
         snapshot = self._valued.get(key)
         if snapshot is None:
             snapshot = value_result(self._valuator, stored, listings).snapshot
@@ -299,48 +351,58 @@ class CompsRepository:
             self._valued[key] = snapshot
         return snapshot
 
+    def _fresh_until(self, stored: StoredResult) -> datetime:
+        return fresh_until(stored, self._settings.fresh_for(stored.search_type))
+
     def _fenced(self, identity: ResultIdentity, fetched_at: datetime) -> bool:
         """Whether data fetched at ``fetched_at`` predates an invalidation of its card."""
         fence = self._fences.get(identity.card_key)
         return fence is not None and fetched_at <= fence
 
-    def _usable(
-        self, identity: ResultIdentity, hit: StoredResult, now: datetime, window: timedelta
-    ) -> bool:
-        return is_fresh(hit.fetched_at, now, window) and not self._fenced(identity, hit.fetched_at)
+    def _usable(self, identity: ResultIdentity, hit: StoredResult, now: datetime) -> bool:
+        return now < self._fresh_until(hit) and not self._fenced(identity, hit.fetched_at)
 
     async def _lookup(
         self, identity: ResultIdentity, now: datetime, count: bool = True
-    ) -> tuple[StoredResult | None, Source | None]:
+    ) -> tuple[StoredResult | None, Source | None, StoredResult | None]:
+        """A fresh result from the first tier that has one; else the newest stored, if any."""
         incr = self._metrics.incr if count else (lambda name, amount=1: None)
-        ttl = self._settings.hot_ttl(identity.search_type)
         if self._near is not None:
             hit = await self._near.get(identity)
-            if hit is not None and self._usable(identity, hit, now, ttl):
+            if hit is not None and self._usable(identity, hit, now):
                 incr("hit_memory")
-                return hit, Source.MEMORY
+                return hit, Source.MEMORY, None
         hit = await self._hot.get(identity)
-        if hit is not None and self._usable(identity, hit, now, ttl):
+        if hit is not None and self._usable(identity, hit, now):
             incr(f"hit_{self._hot.name}")
             await self._fill_near(identity, hit, now)
-            return hit, Source(self._hot.name)
+            return hit, Source(self._hot.name), None
+        stale = None
         if self._reads_database:
-            window = self._settings.fresh_for(identity.search_type)
             assert self._db is not None
-            hit = await self._db.newest(identity, since=now - window)
-            if hit is not None and self._usable(identity, hit, now, window):
+            stored = await self._db.newest(identity, since=now - self._settings.max_stale)
+            if stored is not None and self._fenced(identity, stored.fetched_at):
+                stored = None
+            if stored is not None and self._usable(identity, stored, now):
                 incr("hit_database")
-                await self._fill(identity, hit, now)
-                return hit, Source.DATABASE
+                await self._fill(identity, stored, now)
+                return stored, Source.DATABASE, None
+            stale = stored
         incr("misses")
-        return None, None
+        return None, None, stale
 
-    async def _stale(self, identity: ResultIdentity, now: datetime) -> StoredResult | None:
-        """When the fetcher failed: the newest stored result up to ``max_stale`` old."""
+    async def _stale(
+        self, identity: ResultIdentity, now: datetime, any_age: bool = False
+    ) -> StoredResult | None:
+        """When the fetcher failed: the newest stored result up to ``max_stale`` old.
+
+        With ``any_age`` (the budget is spent) a result of any age serves.
+        """
         if not self._reads_database:
             return None
         assert self._db is not None
-        stale = await self._db.newest(identity, since=now - self._settings.max_stale)
+        since = _EPOCH if any_age else now - self._settings.max_stale
+        stale = await self._db.newest(identity, since=since)
         if stale is None or self._fenced(identity, stale.fetched_at):
             return None
         self._metrics.incr("hit_stale")
@@ -350,14 +412,18 @@ class CompsRepository:
         self, identity: ResultIdentity, result: StoredResult, now: datetime
     ) -> None:
         if self._near is not None and not self._fenced(identity, result.fetched_at):
-            ttl = remaining(result.fetched_at, now, self._settings.hot_ttl(identity.search_type))
+            ttl = self._hot_ttl(result, now)
             await self._near.set(identity, result, min(ttl, self._settings.near_cache_ttl))
+
+    def _hot_ttl(self, result: StoredResult, now: datetime) -> timedelta:
+        """A hot tier keeps a result for its TTL from now, never past its freshness."""
+        left = self._fresh_until(result) - now
+        return max(min(left, self._settings.hot_ttl(result.search_type)), timedelta(0))
 
     async def _fill(self, identity: ResultIdentity, result: StoredResult, now: datetime) -> None:
         if self._fenced(identity, result.fetched_at):
             return
-        ttl = remaining(result.fetched_at, now, self._settings.hot_ttl(identity.search_type))
-        await self._hot.set(identity, result, ttl)
+        await self._hot.set(identity, result, self._hot_ttl(result, now))
         await self._fill_near(identity, result, now)
 
     def _submit(self, record: SearchRecord | FetchRecord) -> None:
@@ -366,12 +432,13 @@ class CompsRepository:
             raise StoreClosedError("the store closed before this search could be recorded")
 
     def _persist(
-        self, asked: _Asked, user: int | None, stored: StoredResult, started: float
+        self, asked: _Asked, level: Level, user: int | None, stored: StoredResult, started: float
     ) -> None:
         """Queue a paid fetch with its search-log row (run by the flight that fetched it)."""
         if self._writer is None:
             return
-        text, kind, wanted, options, card, identity = asked
+        text, kind, wanted, options, card, _ = asked
+        identity = level.identity
         fenced = self._fenced(identity, stored.fetched_at)
         record = SearchRecord(
             query=text,
@@ -383,10 +450,11 @@ class CompsRepository:
             execution_time_ms=int((time.perf_counter() - started) * 1000),
             cache_hit=False,
             pages_scraped=stored.pages_scraped,
-            items_count=len(self._filtered(stored, wanted)),
+            items_count=len(level.listings(stored)),
             user_id=user,
             result_key=None if fenced else identity.result_key,
             fetch_stats=stored.stats.as_dict() if stored.stats is not None else None,
+            complete=stored.complete,
         )
         self._submit(
             FetchRecord(
@@ -409,22 +477,23 @@ class CompsRepository:
         Fresh results come back as from :meth:`search`; an older stored one (up to
         ``max_stale``) comes back with ``source="stale"``; ``None`` when nothing is stored.
         """
-        _, kind, wanted, options, card, identity = asked = self._ask(
-            query, search_type, filters, params
-        )
+        text, kind, wanted, options, card, _ = self._ask(query, search_type, filters, params)
         now = self._clock()
-        stored, source = await self._lookup(identity, now, count=False)
-        if stored is None and self._reads_database:
-            assert self._db is not None
-            stored = await self._db.newest(identity, since=now - self._settings.max_stale)
-            if stored is not None and self._fenced(identity, stored.fetched_at):
-                stored = None
-            source = Source.STALE
-        if stored is None or source is None:
+        chain = levels(text, kind, wanted, options, filter_upstream=self._settings.filter_upstream)
+        answer: tuple[Level, StoredResult, Source] | None = None
+        for level in chain:
+            hit, source, stale = await self._lookup(level.identity, now, count=False)
+            if hit is not None and source is not None and level.answers(hit):
+                answer = (level, hit, source)
+                break
+            if answer is None and stale is not None and level.answers(stale):
+                answer = (level, stale, Source.STALE)
+        if answer is None:
             return None
-        listings = self._filtered(stored, wanted)
+        level, stored, source = answer
+        listings = level.listings(stored)
         return CompsResult(
-            query=asked.text,
+            query=text,
             card_identifier=card,
             search_type=kind,
             filters=wanted,
@@ -433,8 +502,11 @@ class CompsRepository:
             source=source,
             fetched_at=stored.fetched_at,
             cache_hit=True,
-            snapshot=self._snapshot(identity, stored, wanted, listings),
+            snapshot=self._snapshot(level, stored, listings),
             pages_scraped=stored.pages_scraped,
+            complete=stored.complete is True,
+            fresh_until=self._fresh_until(stored),
+            display_complete=source not in (Source.DATABASE, Source.STALE),
         )
 
     async def invalidate(self, query: str, search_type: SearchType | str) -> Invalidation:

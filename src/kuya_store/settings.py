@@ -106,6 +106,17 @@ class StoreSettings(BaseSettings):
     # Database freshness: how old a stored fetch may be and still answer (the plan's Phase 3).
     sold_fresh_for: timedelta = timedelta(minutes=30)
     active_fresh_for: timedelta = timedelta(minutes=5)
+    # How long a sold result answers: "sale_rate" lengthens the window of a card that
+    # rarely sells, up to ``sold_max_fresh_for``; "fixed" keeps ``sold_fresh_for``.
+    freshness_policy: Literal["fixed", "sale_rate"] = "sale_rate"
+    sold_max_fresh_for: timedelta = timedelta(hours=24)
+    expected_new_sales: float = Field(0.25, gt=0, le=100)
+    """How many sales a sold answer may be missing, on average, before it is asked again."""
+    # Paged fetchers: pages asked for a full fetch when ``params`` says nothing.
+    default_pages: int = Field(1, ge=1, le=100)
+    # The API budget: upstream requests per search type per UTC day (and hour); None: none.
+    api_budget: int | None = Field(None, ge=0)
+    api_budget_hourly: int | None = Field(None, ge=0)
     # When a cached listing is due for a refresh (``listing_cache.ttl``).
     listing_refresh_after: timedelta = timedelta(hours=24)
     # Oldest stored result that may be served as ``source="stale"`` when the fetcher fails.
@@ -159,6 +170,7 @@ class StoreSettings(BaseSettings):
         "sold_ttl",
         "active_ttl",
         "sold_fresh_for",
+        "sold_max_fresh_for",
         "active_fresh_for",
         "listing_refresh_after",
         "max_stale",
@@ -199,6 +211,8 @@ class StoreSettings(BaseSettings):
                 f"single_flight_wait: must be at least {longest.total_seconds():g}s, the "
                 "longest a fetch can take (fetch_attempts x fetch_timeout plus backoff)"
             )
+        if self.sold_max_fresh_for < self.sold_fresh_for:
+            raise ValueError("sold_max_fresh_for: must not be shorter than sold_fresh_for")
         if self.single_flight_lock_ttl < 3 * self.redis_socket_timeout:
             raise ValueError(
                 "single_flight_lock_ttl: must be at least 3 x redis_socket_timeout "

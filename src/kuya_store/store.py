@@ -12,9 +12,12 @@ from kuya_store import migrations
 from kuya_store.accounts import Accounts
 from kuya_store.analytics import Analytics
 from kuya_store.backup import Backup
+from kuya_store.budget import ApiBudget
 from kuya_store.clock import Clock, utcnow
+from kuya_store.collections import Collections
 from kuya_store.errors import InvalidInputError, KuyaStoreError
 from kuya_store.fetching import Fetcher
+from kuya_store.freshness import FreshnessPolicy, policy_for
 from kuya_store.metrics import Metrics
 from kuya_store.models import Health, SearchType
 from kuya_store.persistence import Database
@@ -108,6 +111,7 @@ class CompsStore:
         fetchers: Mapping[SearchType | str, Fetcher] | None = None,
         clock: Clock | None = None,
         valuator: Valuator | str | None = None,
+        freshness: FreshnessPolicy | None = None,
         **overrides: Any,
     ) -> None:
         if isinstance(valuator, str):  # an import path: the ``valuator`` setting
@@ -153,11 +157,22 @@ class CompsStore:
             writer=self._writer,
             fetchers={SearchType(k): v for k, v in (fetchers or {}).items()},
             valuator=chosen_valuator,
+            policy=freshness or policy_for(self.settings),
+            budget=ApiBudget(
+                self.settings,
+                self._clock,
+                self._metrics,
+                redis=getattr(self._hot, "client", None),
+                engine=self._database.engine if self._database is not None else None,
+            ),
         )
         engine = self._database.engine if self._database is not None else None
         self.analytics = Analytics(engine, self._clock)
         self.accounts = Accounts(engine, self._clock, self.comps)
         self.backup = Backup(engine, self._clock)
+        self.collections = Collections(
+            engine, self._clock, self.comps, lambda: self._metrics.count("api_calls")
+        )
         self._database_size: int | None = None
         self._closed = False
 
@@ -307,6 +322,15 @@ class CompsStore:
                 "pool": self._database.pool_stats() if self._database is not None else {},
                 "size_bytes": self._database_size,
             },
+            "budget": {
+                **self.comps.budget.usage(),
+                "refused": {
+                    kind.value: c.get(f"budget_refused_{kind.value}", 0) for kind in SearchType
+                },
+                "fallbacks": c.get("budget_fallbacks", 0),
+            },
+            "incremental_refreshes": c.get("incremental_refreshes", 0),
+            "narrowed_fetches": c.get("narrowed_fetches", 0),
             "latency": {
                 "search": t.get("search", {"count": 0}),
                 "fetch": t.get("fetch", {"count": 0}),

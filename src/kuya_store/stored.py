@@ -35,6 +35,11 @@ class StoredResult(_Frozen):
     pages_scraped: int | None = None
     snapshot: PriceSnapshot | None = None
     stats: FetchStats | None = None
+    complete: bool | None = None
+    """The upstream had nothing more; ``False`` when the page limit cut it off, ``None``
+    when the fetcher does not say."""
+    fresh_until: UTCDateTime | None = None
+    """Set by the freshness policy when the result is fetched or read back."""
 
     def without_extra(self) -> StoredResult:
         """The database's view of this result: listing metadata only."""

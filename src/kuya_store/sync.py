@@ -1,22 +1,49 @@
 """``SyncCompsStore``: the same store without ``await``, for Flask, scripts and notebooks.
 
-One private event loop runs in a daemon thread; every call is handed to it with
-``run_coroutine_threadsafe`` and waited for, so the facade is safe to use from many
-threads at once. The async objects are wrapped, not rewritten: each coroutine method of
-``store.comps``, ``store.analytics``, ``store.accounts`` and ``store.backup`` becomes a
-blocking method of the same name.
+anyio's blocking portal runs the async store on an event loop in a daemon thread; every
+call is handed to it and waited for, so the facade is safe from many threads at once.
+The async objects are wrapped, not rewritten: each coroutine method of ``store.comps``,
+``store.analytics``, ``store.accounts``, ``store.backup`` (and of any other part of the
+store) becomes a blocking method of the same name.
+
+Its life, whatever the caller forgets:
+
+- ``close()`` refuses new calls, lets the calls in flight finish within ``timeout`` and
+  then cancels them (their callers get :class:`~kuya_store.StoreClosedError`), persists
+  the buffer in what is left of ``timeout``, disconnects and stops the loop; it returns
+  within about ``timeout`` plus a few seconds even while a fetcher hangs.
+- In a forked child (``gunicorn --preload``) the store re-opens itself on first use: a
+  new loop, new connections, an empty buffer. The parent's copy is never touched in the
+  child, so what the parent had buffered is written once, by the parent.
+- A store nobody closed is closed when it is garbage collected or the interpreter exits;
+  only a weak reference is held for that, so it never keeps a store alive.
+
+The loop thread is started here rather than by ``anyio.from_thread.start_blocking_portal``
+because that context manager joins the thread without a bound (a sync fetcher still
+running would hold ``close()``), and in a forked child its exit would wait on a loop that
+no longer runs.
 """
 
 from __future__ import annotations
 
-import asyncio
+import concurrent.futures
+import contextlib
 import functools
 import inspect
+import logging
+import os
 import threading
-from collections.abc import Callable, Coroutine
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+import anyio
+from anyio.from_thread import BlockingPortal
+
+from kuya_store.errors import StoreClosedError
 from kuya_store.models import Health
 from kuya_store.settings import StoreSettings
 from kuya_store.store import CompsStore
@@ -24,57 +51,216 @@ from kuya_store.store import CompsStore
 __all__ = ["SyncCompsStore"]
 
 _T = TypeVar("_T")
+_log = logging.getLogger("kuya_store.sync")
+
+_THREAD_NAME = "kuya-store-loop"
+_GRACE = 5.0
+"""Seconds allowed, beyond the flush timeout, for disconnecting and stopping the loop."""
+_FORGOTTEN_CLOSE_TIMEOUT = 30.0
+_CLOSED = "this SyncCompsStore is closed; open a new one"
+_CLOSED_DURING_CALL = "the SyncCompsStore was closed while this call was running"
+
+_Last = Callable[[float | None], Awaitable[object]]
+"""The store's own close, handed the seconds left of the close timeout."""
 
 
 class _Portal:
-    """An event loop in a thread of its own, and a way to run coroutines on it."""
+    """anyio's blocking portal on an event loop in a daemon thread of its own."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        started: concurrent.futures.Future[BlockingPortal] = concurrent.futures.Future()
         self._thread = threading.Thread(
-            target=self.loop.run_forever, name="kuya-store-loop", daemon=True
+            target=_serve, args=(started,), name=_THREAD_NAME, daemon=True
         )
         self._thread.start()
+        self._portal = started.result()
+        self._lock = threading.Lock()
+        self._calls: set[concurrent.futures.Future[Any]] = set()
+        self._accepting = True
+        self._stopped = False
 
-    def call(self, coro: Coroutine[Any, Any, _T]) -> _T:
-        if threading.current_thread() is self._thread:
-            coro.close()
+    def call(self, func: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+        """Run ``func(*args)`` on the loop and wait; ``StoreClosedError`` once stopping."""
+        self.refuse_own_thread()
+        with self._lock:
+            if not self._accepting:
+                raise StoreClosedError(_CLOSED)
+        try:
+            future = self._portal.start_task_soon(func, *args)
+        except RuntimeError:  # the portal stopped between the check and the call
+            raise StoreClosedError(_CLOSED) from None
+        with self._lock:
+            self._calls.add(future)
+            if not self._accepting:  # stop() took its list of calls before this one
+                future.cancel()
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise StoreClosedError(_CLOSED_DURING_CALL) from None
+        finally:
+            with self._lock:
+                self._calls.discard(future)
+
+    def stop(self, last: _Last | None, timeout: float | None) -> None:
+        """Refuse new calls, let running ones finish, then cancel them, run ``last``, stop.
+
+        Running calls and ``last`` share ``timeout``: ``last`` is handed what is left of it.
+        """
+        self.refuse_own_thread()
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._accepting = False
+            running = list(self._calls)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        concurrent.futures.wait(running, timeout)
+        for future in running:
+            future.cancel()  # their callers get StoreClosedError
+        if last is not None:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            self._run_last(last, left)
+        with contextlib.suppress(RuntimeError):  # the loop is already gone
+            self._portal.call(self._portal.stop, True)
+        self._thread.join(_GRACE)
+        if self._thread.is_alive():
+            # A sync fetcher still running in a worker thread holds the loop's exit.
+            _log.warning("event loop still finishing in the background (a fetcher is running)")
+
+    def _run_last(self, last: _Last, left: float | None) -> None:
+        try:
+            future = self._portal.start_task_soon(last, left)
+        except RuntimeError:
+            return
+        bound = None if left is None else left + _GRACE
+        try:
+            future.result(bound)
+        except TimeoutError:
+            future.cancel()
+            _log.error("closing the store took longer than %.1f s; stopped waiting", bound)
+        except concurrent.futures.CancelledError:
+            pass
+        except Exception:
+            _log.exception("closing the store failed")
+
+    def refuse_own_thread(self) -> None:
+        """Waiting on the loop from the loop's own thread would never end."""
+        if threading.get_ident() == self._thread.ident:
             raise RuntimeError(
-                "SyncCompsStore called from its own event loop; use CompsStore there"
+                "SyncCompsStore called from its own event loop (from an async fetcher?); "
+                "await the CompsStore (store.async_store) there"
             )
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
-    def stop(self) -> None:
-        if self.loop.is_running():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(timeout=10)
-        if not self.loop.is_running():
-            self.loop.close()
+
+def _serve(started: concurrent.futures.Future[BlockingPortal]) -> None:
+    async def run() -> None:
+        async with BlockingPortal() as portal:
+            started.set_result(portal)
+            await portal.sleep_until_stopped()
+
+    try:
+        anyio.run(run)
+    except BaseException as exc:
+        if not started.done():
+            started.set_exception(exc)
+        else:
+            _log.exception("the store's event loop stopped with an error")
+
+
+@dataclass(frozen=True)
+class _Opened:
+    """An open async store, its portal, and the process they belong to."""
+
+    portal: _Portal
+    store: CompsStore
+    pid: int
+
+
+async def _start(settings: StoreSettings | None, kwargs: dict[str, Any]) -> CompsStore:
+    store = CompsStore(settings, **kwargs)
+    await store.start()
+    return store
+
+
+def _open(settings: StoreSettings | None, kwargs: dict[str, Any]) -> _Opened:
+    portal = _Portal()
+    try:
+        store = portal.call(_start, settings, kwargs)
+    except BaseException:
+        portal.stop(None, 0)
+        raise
+    return _Opened(portal, store, os.getpid())
+
+
+def _shut(opened: _Opened, timeout: float | None) -> None:
+    """Close an open store; in a forked child the parent's copy is left alone."""
+    if opened.pid == os.getpid():
+        opened.portal.stop(opened.store.close, timeout)
+
+
+def _close_forgotten(opened: _Opened) -> None:
+    """Close a store nobody closed: it was garbage collected, or the interpreter is exiting."""
+    if opened.pid != os.getpid():
+        return
+    _log.info("closing a SyncCompsStore that was not closed")
+    if threading.current_thread() is threading.main_thread():
+        _shut(opened, _FORGOTTEN_CLOSE_TIMEOUT)
+    else:
+        # The collector may be running on a thread the close needs (the loop's, a driver's).
+        threading.Thread(
+            target=_shut, args=(opened, _FORGOTTEN_CLOSE_TIMEOUT), name="kuya-store-close"
+        ).start()
+
+
+_stores: weakref.WeakSet[SyncCompsStore] = weakref.WeakSet()
+_forsaken: list[_Opened] = []
+"""A forked child's copies of its parent's stores: kept, never used, never finalized."""
+
+
+def _after_fork_in_child() -> None:
+    # A lock some parent thread held at the fork would stay held in the child forever.
+    for store in list(_stores):
+        store._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Blocking:
-    """Exposes an async object's coroutine methods as blocking methods of the same name."""
+    """One part of the store (``comps``, ...) with its coroutine methods made blocking."""
 
-    def __init__(self, target: object, portal: _Portal) -> None:
-        self._target = target
-        self._portal = portal
+    def __init__(self, facade: SyncCompsStore, part: str) -> None:
+        self._facade = facade
+        self._part = part
 
     def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._target, name)
+        attribute = getattr(getattr(self._facade.async_store, self._part), name)
         if not inspect.iscoroutinefunction(attribute):
             return attribute
+        part = self._part
 
         @functools.wraps(attribute)
         def blocking(*args: Any, **kwargs: Any) -> Any:
-            return self._portal.call(attribute(*args, **kwargs))
+            return self._facade._run(
+                lambda store: getattr(getattr(store, part), name)(*args, **kwargs)
+            )
 
         return blocking
 
     def __dir__(self) -> list[str]:
-        return sorted(set(dir(self._target)))
+        return sorted(set(dir(getattr(self._facade.async_store, self._part))))
 
     def __repr__(self) -> str:
-        return f"<blocking {self._target!r}>"
+        return f"<blocking {self._part} of {self._facade!r}>"
+
+
+def _has_coroutine_methods(value: object) -> bool:
+    return any(
+        inspect.iscoroutinefunction(getattr(type(value), name, None))
+        for name in dir(type(value))
+        if not name.startswith("_")
+    )
 
 
 class SyncCompsStore:
@@ -84,32 +270,48 @@ class SyncCompsStore:
     Arguments are those of :class:`~kuya_store.CompsStore`; fetchers may be sync or async.
     """
 
-    _PARTS = ("comps", "analytics", "accounts", "backup")
     comps: Any
     analytics: Any
     accounts: Any
     backup: Any
+    collections: Any
 
     def __init__(self, settings: StoreSettings | None = None, **kwargs: Any) -> None:
-        self._portal = _Portal()
-        try:
-            self._store: CompsStore = self._portal.call(_open(settings, kwargs))
-        except BaseException:
-            self._portal.stop()
-            raise
-        self.settings = self._store.settings
-        for part in self._PARTS:
-            setattr(self, part, _Blocking(getattr(self._store, part), self._portal))
-        self._closed = False
+        self._args = (settings, kwargs)
         self._lock = threading.Lock()
+        self._closed = False
+        self._opened = _open(settings, kwargs)
+        self._finalizer = weakref.finalize(self, _close_forgotten, self._opened)
+        self.settings = self._opened.store.settings
+        for part in ("comps", "analytics", "accounts", "backup", "collections"):
+            setattr(self, part, _Blocking(self, part))
+        _stores.add(self)
+
+    def __getattr__(self, name: str) -> Any:
+        """Parts and coroutine methods of the async store this class does not name."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        attribute = getattr(self.async_store, name)
+        if inspect.iscoroutinefunction(attribute):
+
+            @functools.wraps(attribute)
+            def blocking(*args: Any, **kwargs: Any) -> Any:
+                return self._run(lambda store: getattr(store, name)(*args, **kwargs))
+
+            return blocking
+        if _has_coroutine_methods(attribute):
+            part = _Blocking(self, name)
+            setattr(self, name, part)
+            return part
+        return attribute
 
     @property
     def async_store(self) -> CompsStore:
         """The wrapped :class:`CompsStore` (its coroutines must run on this facade's loop)."""
-        return self._store
+        return self._current().store
 
     def __repr__(self) -> str:
-        return f"Sync{self._store!r}"
+        return f"Sync{self._opened.store!r}"
 
     def __enter__(self) -> Self:
         return self
@@ -122,50 +324,75 @@ class SyncCompsStore:
     ) -> None:
         self.close()
 
-    def _call(self, method: Callable[..., Coroutine[Any, Any, _T]], *args: Any) -> _T:
-        return self._portal.call(method(*args))
+    def _current(self) -> _Opened:
+        """The open store of this process: re-opened once after a fork; never after close."""
+        opened = self._opened
+        if self._closed:
+            raise StoreClosedError(_CLOSED)
+        if opened.pid != os.getpid():
+            return self._reopen_after_fork()
+        return opened
+
+    def _reopen_after_fork(self) -> _Opened:
+        with self._lock:
+            if self._closed:
+                raise StoreClosedError(_CLOSED)
+            if self._opened.pid != os.getpid():
+                # The parent's loop thread does not exist here and its connections are the
+                # parent's: leave them be (and its buffer to the parent) and start afresh.
+                _forsaken.append(self._opened)
+                self._finalizer.detach()
+                self._opened = _open(*self._args)
+                self._finalizer = weakref.finalize(self, _close_forgotten, self._opened)
+                _log.info("store re-opened in forked process %d", self._opened.pid)
+            return self._opened
+
+    def _run(self, step: Callable[[CompsStore], Awaitable[_T]]) -> _T:
+        opened = self._current()
+        return opened.portal.call(step, opened.store)
 
     def create_schema(self) -> None:
         """Migrate the database to the newest revision."""
-        self._call(self._store.create_schema)
+        self._run(CompsStore.create_schema)
 
     def health(self) -> Health:
         """Readiness: healthy, degraded or unhealthy."""
-        return self._call(self._store.health)
+        return self._run(CompsStore.health)
 
     def ping_redis(self) -> bool:
         """True when Redis answers."""
-        return self._call(self._store.ping_redis)
+        return self._run(CompsStore.ping_redis)
 
     def ping_database(self) -> bool:
         """True when the database answers."""
-        return self._call(self._store.ping_database)
+        return self._run(CompsStore.ping_database)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every buffered write is persisted."""
-        return self._call(self._store.flush, timeout)
+        return self._run(lambda store: store.flush(timeout))
 
     def database_size(self) -> int | None:
         """Bytes the database takes; remembered for ``metrics()``."""
-        return self._call(self._store.database_size)
+        return self._run(CompsStore.database_size)
 
     def metrics(self) -> dict[str, Any]:
         """Counters and timings as a plain dict."""
-        return self._store.metrics()
+        return self._current().store.metrics()
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Persist what is buffered, disconnect, and stop the loop thread."""
+        """Persist what is buffered, disconnect, and stop the loop thread, within ``timeout``.
+
+        Calls running in other threads may finish within ``timeout``; then they are cancelled
+        and raise ``StoreClosedError``, as does every call after this one. Closing twice is
+        harmless.
+        """
+        if self._opened.pid == os.getpid():
+            self._opened.portal.refuse_own_thread()
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        try:
-            self._call(self._store.close, timeout)
-        finally:
-            self._portal.stop()
-
-
-async def _open(settings: StoreSettings | None, kwargs: dict[str, Any]) -> CompsStore:
-    store = CompsStore(settings, **kwargs)
-    await store.start()
-    return store
+            opened = self._opened
+        self._finalizer.detach()
+        _stores.discard(self)
+        _shut(opened, timeout)

@@ -20,6 +20,7 @@ fetched result in its own transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections import deque
@@ -149,6 +150,7 @@ class WriteBehind:
         self._task: asyncio.Task[None] | None = None
         self._outage = False
         self._urgent = False
+        self._hurry = asyncio.Event()  # set by flush(): cuts the gathering pause short
         self._closed = False
         # flush() waits for a count, not an empty queue, so steady traffic cannot starve it.
         self._accepted = 0
@@ -223,6 +225,7 @@ class WriteBehind:
         limit = self._timeout if timeout is None else timeout
         self._ensure_running()  # also while close() flushes: what was accepted is written
         self._urgent = True
+        self._hurry.set()
         self._wakeup.set()
         try:
             async with asyncio.timeout(limit):
@@ -280,11 +283,13 @@ class WriteBehind:
         while True:
             if not self._queue:
                 self._urgent = False
+                self._hurry.clear()
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 if not self._urgent and self._queue and len(self._queue) < self._batch_size:
-                    # Let a burst of hits gather into one statement.
-                    await asyncio.sleep(self._interval)
+                    # Let a burst of hits gather into one statement, unless flush() asks.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._hurry.wait(), self._interval)
                 continue  # woken by flush() with nothing queued, or ready to write
             try:
                 async for attempt in AsyncRetrying(

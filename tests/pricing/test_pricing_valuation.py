@@ -96,7 +96,7 @@ def test_worked_example_of_the_documentation() -> None:
         "s2": 1.0,
         "s3": 0.6289,
         "s4": 0.4714,
-        "s5": 0.406,
+        "s5": 0.043,
         "s6": 0.184,
         "s9": 0.261,
     }
@@ -108,11 +108,11 @@ def test_worked_example_of_the_documentation() -> None:
     assert snap.model_dump(mode="json") == {
         "card_identifier": IDENT,
         "snapshot_date": "2024-03-01",
-        "fmv_low": "39.78",
-        "fmv_high": "52.58",
-        "market_value": "42.82",
-        "quick_sale": "40.24",
-        "patient_sale": "49.86",
+        "fmv_low": "40.62",
+        "fmv_high": "53.81",
+        "market_value": "43.55",
+        "quick_sale": "41.04",
+        "patient_sale": "51.40",
         "sample_size": 7,
         "min_price": "38.50",
         "max_price": "120.00",
@@ -123,8 +123,24 @@ def test_worked_example_of_the_documentation() -> None:
             "refractor": {"count": 1, "median": "55.00", "premium_pct": "27.9"},
         },
         "grading_analysis": {
-            "PSA 10": {"count": 1, "median": "120.00", "premium_pct": "179.1"},
-            "raw": {"count": 6, "median": "43.00", "premium_pct": "0.0"},
+            "PSA 10": {
+                "count": 1,
+                "median": "120.00",
+                "premium_pct": "179.1",
+                "market_value": None,
+                "quick_sale": None,
+                "patient_sale": None,
+                "market_premium_pct": None,
+            },
+            "raw": {
+                "count": 6,
+                "median": "43.00",
+                "premium_pct": "0.0",
+                "market_value": "41.67",
+                "quick_sale": "40.31",
+                "patient_sale": "43.40",
+                "market_premium_pct": "0.0",
+            },
         },
     }
 

@@ -1,4 +1,5 @@
-"""The migration plan's five tables, plus the link table correctness needs (``docs/schema.md``).
+"""The migration plan's five tables, plus the link table correctness needs and the collections
+(``docs/schema.md``).
 
 Names, columns, nullability, defaults, constraints and indexes follow the migration plan's DDL.
 Constraint names follow PostgreSQL's own defaults, so the schema is the one the migration plan's
@@ -19,6 +20,8 @@ from kuya_store.db.types import JSONType, Money, UTCDateTime
 __all__ = [
     "NAMING_CONVENTION",
     "Base",
+    "BinderRow",
+    "CollectionCardRow",
     "ListingRow",
     "PriceSnapshotRow",
     "SavedSearchRow",
@@ -83,6 +86,7 @@ class SearchRow(Base):
     params: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     result_key: Mapped[str | None] = mapped_column(sa.String(64))
     fetch_stats: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    complete: Mapped[bool | None] = mapped_column(sa.Boolean)
 
     __table_args__ = (
         # Hash on PostgreSQL: a B-tree entry cannot hold a query of 5,000 characters.
@@ -203,4 +207,58 @@ class SavedSearchRow(Base):
             postgresql_where=sa.text("alert_enabled = true"),
             sqlite_where=sa.text("alert_enabled = 1"),
         ),
+    )
+
+
+class ApiUsageRow(Base):
+    """Upstream requests spent per budget period and search type (the API budget's count)."""
+
+    __tablename__ = "api_usage"
+
+    period: Mapped[str] = mapped_column(sa.String(20), primary_key=True)
+    search_type: Mapped[str] = mapped_column(sa.String(20), primary_key=True)
+    used: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+
+
+class BinderRow(Base):
+    """``binders``: a user's named groups of collected cards (an addition, ``docs/schema.md``)."""
+
+    __tablename__ = "binders"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+    )
+    name: Mapped[str] = mapped_column(sa.String(100), nullable=False)
+    created_at: Mapped[datetime | None] = mapped_column(UTCDateTime, server_default=_now)
+
+    __table_args__ = (sa.UniqueConstraint("user_id", "name"),)
+
+
+class CollectionCardRow(Base):
+    """``collection_cards``: one card a user owns, what was paid, and its latest value."""
+
+    __tablename__ = "collection_cards"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+    )
+    binder_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("binders.id", ondelete="CASCADE"), nullable=False
+    )
+    query: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    grade: Mapped[str | None] = mapped_column(sa.String(20))
+    card_identifier: Mapped[str] = mapped_column(sa.String(200), nullable=False)
+    purchase_price: Mapped[Decimal | None] = mapped_column(Money)
+    purchase_date: Mapped[date | None] = mapped_column(sa.Date)
+    created_at: Mapped[datetime | None] = mapped_column(UTCDateTime, server_default=_now)
+    last_value: Mapped[Decimal | None] = mapped_column(Money)
+    last_valued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        sa.Index("idx_collection_cards_user", "user_id"),
+        sa.Index("idx_collection_cards_binder", "binder_id"),
+        sa.Index("idx_collection_cards_valued", "last_valued_at"),
+        sa.Index("idx_collection_cards_card", "card_identifier"),
     )

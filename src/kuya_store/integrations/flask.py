@@ -16,11 +16,14 @@ def comps():
 
 Settings come from ``app.config`` keys ``KUYA_<SETTING>`` (``KUYA_DATABASE_URL``,
 ``KUYA_REDIS_URL``, ``KUYA_MODE``, ...), then the environment, then the defaults.
+
+One ``KuyaStore`` serves any number of apps (an app factory): each app gets its own store,
+which lives as long as the app does. A store made before the server forks its workers
+(``gunicorn --preload``) re-opens itself in each worker; see :class:`SyncCompsStore`.
 """
 
 from __future__ import annotations
 
-import atexit
 from typing import Any
 
 from flask import Flask, current_app
@@ -54,22 +57,33 @@ class KuyaStore:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        """Open the store for ``app``; it is flushed and closed when the process exits."""
+        """Open the store for ``app``; it is flushed and closed with the app or at process exit."""
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError(f"kuya-store is already set up on the app {app.name!r}")
         store = SyncCompsStore(**{**_config_settings(app), **self._store_kwargs})
-        if self._create_schema:
-            store.create_schema()
+        try:
+            if self._create_schema:
+                store.create_schema()
+        except BaseException:
+            store.close()
+            raise
+        # Only the app holds the store: one that is dropped closes it (SyncCompsStore closes
+        # what nobody closed when it is collected or the process exits).
         app.extensions[EXTENSION_KEY] = store
-        atexit.register(store.close)
 
     @property
     def store(self) -> SyncCompsStore:
         """The current app's store."""
-        store: SyncCompsStore = current_app.extensions[EXTENSION_KEY]
+        store: SyncCompsStore | None = current_app.extensions.get(EXTENSION_KEY)
+        if store is None:
+            raise RuntimeError(
+                f"no kuya-store on the app {current_app.name!r}: call KuyaStore.init_app(app)"
+            )
         return store
 
     @staticmethod
     def close(app: Flask) -> None:
-        """Flush and close ``app``'s store now (also done at process exit)."""
+        """Flush and close ``app``'s store now (also done when the app goes or at exit)."""
         store: SyncCompsStore | None = app.extensions.pop(EXTENSION_KEY, None)
         if store is not None:
             store.close()

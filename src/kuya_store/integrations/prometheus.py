@@ -82,9 +82,41 @@ class StoreCollector(Collector):
         writes = CounterMetricFamily(
             f"{ns}_writes", "Write-behind records by outcome.", labels=["outcome"]
         )
-        for outcome in ("written", "dropped", "rejected", "retries"):
-            writes.add_metric([outcome], m["writes"][outcome])
+        for outcome in (
+            "written",
+            "dropped",
+            "rejected",
+            "retries",
+            "user_unknown",
+            "refused_closed",
+        ):
+            writes.add_metric([outcome], m["writes"].get(outcome, 0))
         yield writes
+        budget = m.get("budget", {})
+        used = GaugeMetricFamily(
+            f"{ns}_api_budget_used",
+            "Upstream requests this process reserved in the current budget period.",
+            labels=["search_type", "period"],
+        )
+        limits = GaugeMetricFamily(
+            f"{ns}_api_budget_limit",
+            "Upstream requests allowed per budget period.",
+            labels=["search_type", "period"],
+        )
+        for kind in ("sold", "active"):
+            for period, figures in budget.get(kind, {}).items():
+                used.add_metric([kind, period], figures["used_here"])
+                limits.add_metric([kind, period], figures["limit"])
+        yield used
+        yield limits
+        refused = CounterMetricFamily(
+            f"{ns}_api_budget_refused",
+            "Upstream requests refused because the budget was spent.",
+            labels=["search_type"],
+        )
+        for kind, count in budget.get("refused", {}).items():
+            refused.add_metric([kind], count)
+        yield refused
         yield GaugeMetricFamily(
             f"{ns}_write_buffer_pending",
             "Records waiting to be written.",

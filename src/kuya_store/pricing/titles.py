@@ -16,7 +16,7 @@ from typing import Any
 from kuya_store.errors import InvalidInputError
 from kuya_store.pricing._text import ascii_fold, collapse_spaces
 
-__all__ = ["GRADERS", "TitleInfo", "clear_title_cache", "parse_title"]
+__all__ = ["GRADERS", "TitleInfo", "clear_title_cache", "grade_value", "parse_title"]
 
 MAX_TITLE_LENGTH = 500
 
@@ -37,6 +37,8 @@ GRADERS: dict[str, str] = {
     "ags": "AGS",
     "tag": "TAG",
     "gai": "GAI",
+    "ace": "ACE",
+    "ars": "ARS",
 }
 """Grading companies recognised in titles (lower-case spelling -> canonical name)."""
 
@@ -140,9 +142,9 @@ _TCG = re.compile(
 _GRADER_ALT = "|".join(sorted(GRADERS, key=len, reverse=True))
 _GRADE = re.compile(
     rf"{_W}(?P<g>{_GRADER_ALT})(?![a-z])(?:\s*/\s*dna)?[\s:#-]*"
-    r"(?:(?:graded|grade|gem|mint|mt|nm|near|ex|vg|good|gd|fair|fr|poor|pristine|perfect)"
+    r"(?:(?:graded|grading|grade|gem|mint|mt|nm|near|ex|vg|good|gd|fair|fr|poor|pristine|perfect)"
     r"[\s+/-]*){0,4}"
-    r"(?P<n>\d{1,3}(?:\.\d)?)(?![\d]|\.\d|\s*/\s*\d)"
+    r"(?P<n>\d{1,3}(?:\.\d)?)(?!\d|\.\d|/|\s+/\s+\d)"
 )
 _SLAB = re.compile(rf"{_W}(?P<g>psa|bgs|beckett|sgc|cgc|bvg|bccg){_E}")
 _NUMBER_NEXT = re.compile(r"\s*\d")
@@ -154,7 +156,7 @@ _AUTO_GRADE = re.compile(
 )
 _CANDIDATE_AFTER = re.compile(
     r"^\s*(?:\?|[(\[]?\s*(?:candidate|cand|worthy|potential|ready|quality|possible|"
-    r"prospect|contender|material|maybe|likely|centered|centering)\b|"
+    r"prospect|contender|material|maybe|likely|centering)\b|"
     r"or\s+(?:better|bgs|sgc|psa|cgc)\b)"
 )
 _CANDIDATE_BEFORE = re.compile(
@@ -166,6 +168,11 @@ _RAW = re.compile(
     rf"(?<!wwe )(?<!night ){_W}(?:raw|ungraded|un-graded|not\s+graded|non[\s-]?graded|"
     rf"never\s+graded){_E}"
 )
+
+
+def grade_value(grader: str, number: str) -> Decimal | None:
+    """The grade a title's number means for a grader (``"sgc", "96"`` -> 9), if valid."""
+    return _grade_value(grader.lower(), number)
 
 
 def _grade_value(grader: str, number: str) -> Decimal | None:
@@ -249,6 +256,21 @@ _PRINT_RUN = re.compile(
     r"\bserial\s+(?:numbered\s+)?(?:to\s+)?/?\s*|(?<![\d/])/\s*)(\d{1,5})\b"
 )
 _CONDITION_SCORE = re.compile(r"^\s*(?:condition|cond|quality|centering)")
+# "24/25" is a season when it opens the title or names a product's year; "Gold 24/25" is not.
+_SHORT_SEASON = re.compile(r"(?<![\w/#.])(\d{2})\s*/\s*(\d{2})(?![\w/])")
+_PRODUCT_AFTER = re.compile(
+    r"\s*(?:topps|panini|upper\s+deck|ud|bowman|donruss|prizm|select|optic|mosaic|hoops|"
+    r"fleer|score|leaf|o-?pee-?chee|opc|merlin|finest|chrome|match\s+attax|futera|skybox|"
+    r"stadium\s+club|immaculate|national\s+treasures|flawless|contenders|obsidian|revolution|"
+    r"chronicles|absolute|certified|spectra|sp|spx|season|nba|nhl|uefa|ucl|premier\s+league)\b"
+)
+# Words that only sports cards carry: with them, "001/119" is a serial, not a set number.
+_SPORTS = re.compile(
+    rf"{_W}(?:topps|panini|bowman|upper\s+deck|donruss|prizm|optic|select|mosaic|leaf|fleer|"
+    rf"score|hoops|contenders|refractors?|rc|rookie|auto|autograph|patch|nba|nfl|mlb|nhl){_E}"
+)
+# A set number glued to letters ("88a/147", "TG05/TG30") is never a print run.
+_SET_NUMBER_BEFORE = re.compile(r"\d[a-z]+$")
 
 
 def _without_dates_and_seasons(text: str) -> str:
@@ -260,12 +282,22 @@ def _without_dates_and_seasons(text: str) -> str:
             return " "
         return m[0]
 
-    return _SEASON.sub(season, text)
+    text = _SEASON.sub(season, text)
+
+    def short_season(m: re.Match[str]) -> str:
+        start, end = int(m[1]), int(m[2])
+        opens = not text[: m.start()].strip()
+        if end == (start + 1) % 100 and (opens or _PRODUCT_AFTER.match(text, m.end())):
+            return " "
+        return m[0]
+
+    return _SHORT_SEASON.sub(short_season, text)
 
 
 def _numbering(text: str, *, tcg: bool) -> tuple[int | None, int | None]:
     text = _without_dates_and_seasons(text)
     serialized = re.search(rf"{_W}serial(?:ized|ised)?{_E}", text) is not None
+    sports = not tcg and _SPORTS.search(text) is not None
     if _ONE_OF_ONE.search(text):
         return 1, 1
     for m in _FRACTION.finditer(text):
@@ -273,13 +305,17 @@ def _numbering(text: str, *, tcg: bool) -> tuple[int | None, int | None]:
         serial, run = int(left), int(right)
         if serial == 0 or serial > run:
             continue
-        if not serialized and (tcg or (len(left) > 1 and left.startswith("0"))):
+        zero_padded = len(left) > 1 and left.startswith("0")
+        if not serialized and (tcg or (zero_padded and not sports)):
             continue
         if _CONDITION_SCORE.search(text[m.end() :]):
             continue
         return serial, run
     for m in _PRINT_RUN.finditer(text):
-        if m[0].startswith("/") and re.search(r"(?:^|[^a-z])[wc]\s*$", text[: m.start()]):
+        before = text[: m.start()]
+        if m[0].startswith("/") and (
+            re.search(r"(?:^|[^a-z])[wc]\s*$", before) or _SET_NUMBER_BEFORE.search(before)
+        ):
             continue
         run = int(m[1])
         if run == 0 or (tcg and m[0].startswith("/")):
@@ -382,7 +418,7 @@ _NOT_PARALLEL_PHRASES = re.compile(
     rf"vida\s+blue|sonny\s+gray|jon\s+gray|evan\s+white|tyler\s+white|red\s+grange|"
     rf"black\s+panther|silver\s+surfer|green\s+lantern|green\s+goblin|white\s+border|"
     rf"black\s+border\s+(?:mtg|magic)|pink\s+panther|orange\s+bowl|rose\s+bowl|"
-    rf"gold\s+rush|blue\s+moon|(?:gold\s+)?hyper\s+rare|prism\s+star){_E}"
+    rf"gold\s+rush|blue\s+moon|chrome\s+black|(?:gold\s+)?hyper\s+rare|prism\s+star){_E}"
 )
 
 _FINISHES: tuple[tuple[str, str], ...] = (
@@ -390,10 +426,12 @@ _FINISHES: tuple[tuple[str, str], ...] = (
     (r"x\s*-?\s*fractors?|xfr", "x-fractor"),
     (r"logofractors?", "logofractor"),
     (r"refractors?|ref|refr", "refractor"),
+    (r"prism\s+refractors?", "prism refractor"),
     (r"reverse\s+holo(?:foil)?|rev\s+holo|reverse\s+foil", "reverse holo"),
+    (r"silver\s+holo|holo\s+silver", "holo"),
     (r"cosmos\s+holo", "cosmos holo"),
     (r"holo(?:foil|graphic)?", "holo"),
-    (r"etched\s+foil", "etched foil"),
+    (r"etched\s+foil|foil\s+etched", "etched foil"),
     (r"foil", "foil"),
     (r"printing\s+plates?|plates?", "printing plate"),
     (r"ghost\s+rare", "ghost rare"),
@@ -425,6 +463,8 @@ _COLOURS: tuple[tuple[str, str], ...] = (
     ),
 )
 _STRONG_PATTERNS = (
+    r"lava\s+lamp|dragon\s+scale|color\s+match|reptilian|foilboard|metallix|kaleidoscope|"
+    r"peacock|sunburst|starburst|honeycomb|fractal|"
     r"wave|mojo|shimmer|hyper|disco|cracked\s+ice|camo|tiger\s+stripes?|tiger|zebra|"
     r"snake\s?skin|lava|atomic|speckle|sparkle|pulsar|velocity|raywave|checkerboard|laser|"
     r"lazer|reactive|fast\s+break|nebula|mini[\s-]?diamond|scope|shock|vinyl|exclusives|negative"

@@ -8,6 +8,7 @@ computed in floating point, and they are converted to exact fractions before use
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from kuya_store.errors import InvalidInputError
 from kuya_store.models import Listing, PriceSnapshot
+from kuya_store.pricing.confidence import Confidence, dispersion, volume_confidence
+from kuya_store.pricing.grades import grading_key, query_grade
 from kuya_store.pricing.titles import TitleInfo, parse_title
 
 __all__ = [
@@ -25,10 +28,12 @@ __all__ = [
     "Sale",
     "Valuator",
     "weighted_percentile",
+    "weighted_percentiles",
 ]
 
 _SECONDS_PER_DAY = 86_400.0
 _MIN_WEIGHT = 1e-12
+_QUANTILES = tuple(Fraction(q, 100) for q in (20, 25, 50, 75, 80))
 
 
 @runtime_checkable
@@ -101,6 +106,13 @@ def weighted_percentile(items: Sequence[tuple[Decimal, float]], q: Fraction) -> 
     percentile (the median of an even sample is the mean of the middle two). The result
     always lies between two actual prices and is rounded half-up to the cent.
     """
+    return weighted_percentiles(items, (q,))[0]
+
+
+def weighted_percentiles(
+    items: Sequence[tuple[Decimal, float]], qs: Sequence[Fraction]
+) -> list[Decimal]:
+    """:func:`weighted_percentile` at each of ``qs``, sorting and weighing only once."""
     if not items:
         raise ValueError("no prices")
     ordered = sorted(items)
@@ -112,16 +124,18 @@ def weighted_percentile(items: Sequence[tuple[Decimal, float]], q: Fraction) -> 
         centres.append((before + w / 2) / total)
         before += w
     prices = [Fraction(p) for p, _ in ordered]
+    return [_percentile_at(prices, centres, q) for q in qs]
+
+
+def _percentile_at(prices: list[Fraction], centres: list[Fraction], q: Fraction) -> Decimal:
     if q <= centres[0]:
         return _money(prices[0])
     if q >= centres[-1]:
         return _money(prices[-1])
-    for i in range(len(ordered) - 1):
-        if centres[i] <= q <= centres[i + 1]:
-            span = centres[i + 1] - centres[i]
-            frac = Fraction(0) if span == 0 else (q - centres[i]) / span
-            return _money(prices[i] + frac * (prices[i + 1] - prices[i]))
-    return _money(prices[-1])  # pragma: no cover - unreachable: centres are increasing
+    i = bisect.bisect_right(centres, q) - 1  # centres[i] <= q < centres[i + 1]
+    span = centres[i + 1] - centres[i]
+    frac = Fraction(0) if span == 0 else (q - centres[i]) / span
+    return _money(prices[i] + frac * (prices[i + 1] - prices[i]))
 
 
 # -------------------------------------------------------------------------- valuator
@@ -164,18 +178,6 @@ def parallel_key(info: TitleInfo) -> str:
     return "base"
 
 
-def grading_key(info: TitleInfo) -> str:
-    """The ``grading_analysis`` group of a sale: ``"PSA 10"``, ``"BGS 9.5"``, ``"raw"``..."""
-    if not info.graded:
-        return "raw"
-    grade = None if info.grade is None else str(info.grade)
-    if info.grader and grade:
-        return f"{info.grader} {grade}"
-    if info.grader:
-        return info.grader
-    return f"graded {grade}" if grade else "graded"
-
-
 @dataclass(frozen=True, slots=True)
 class DefaultValuator:
     """The default valuation: recency- and competition-weighted percentiles of trimmed sales.
@@ -190,6 +192,8 @@ class DefaultValuator:
             many half-lives older than the newest dated sale.
         bid_step: extra weight per bid of an auction (``1 + bid_step * bids``) ...
         bid_cap: ... counting at most this many bids; buy-it-now sales weigh 1.
+        min_bids: an auction with fewer bids than this (and at least one) found too few
+            buyers to set a price: it weighs ``(bids / min_bids) ** 2``; 0 turns this off.
         recent_days: the window, before ``now``, in which sales count as recent for
             ``volume_confidence``.
     """
@@ -201,6 +205,7 @@ class DefaultValuator:
     bid_step: float = 0.05
     bid_cap: int = 10
     recent_days: int = 30
+    min_bids: int = 3
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.half_life_days) and self.half_life_days > 0):
@@ -217,6 +222,8 @@ class DefaultValuator:
             raise InvalidInputError("bid_cap", "must not be negative")
         if self.recent_days < 0:
             raise InvalidInputError("recent_days", "must not be negative")
+        if isinstance(self.min_bids, bool) or self.min_bids < 0:
+            raise InvalidInputError("min_bids", "must not be negative")
 
     # -- steps, public so that callers and the documentation can show each one --
 
@@ -234,8 +241,11 @@ class DefaultValuator:
         return usable
 
     def competition(self, listing: Listing) -> float:
-        """Auction competition factor: ``1 + bid_step * min(bids, bid_cap)``, else 1."""
+        """Auction factor: ``(bids / min_bids) ** 2`` below ``min_bids`` bids, else
+        ``1 + bid_step * min(bids, bid_cap)``; buy-it-now and unknown bids give 1."""
         if listing.listing_type == "auction" and listing.bids:
+            if listing.bids < self.min_bids:
+                return (listing.bids / self.min_bids) ** 2
             return 1.0 + self.bid_step * min(listing.bids, self.bid_cap)
         return 1.0
 
@@ -280,24 +290,59 @@ class DefaultValuator:
         kept = [s for s in sales if low <= Fraction(s.price) <= high]
         return kept if len(kept) >= self.min_sample else list(sales)
 
-    def confidence(self, sales: Sequence[Sale], now: datetime) -> str:
-        """``"none"``, ``"insufficient"``, ``"low"``, ``"medium"`` or ``"high"``."""
-        n = len(sales)
-        if n == 0:
-            return "none"
-        if n < self.min_sample:
-            return "insufficient"
-        recent = sum(
-            1
-            for s in sales
-            if s.listing.sold_date is not None
-            and (now - s.listing.sold_date).total_seconds() <= self.recent_days * _SECONDS_PER_DAY
+    def confidence(
+        self, sales: Sequence[Sale], now: datetime, kept: Sequence[Sale] | None = None
+    ) -> Confidence:
+        """``"none"``, ``"insufficient"``, ``"low"``, ``"medium"`` or ``"high"``: the weakest
+        of sale count, recency of the dated sales and dispersion of the ``kept`` ones."""
+        window = self.recent_days * _SECONDS_PER_DAY
+        dated = [s.listing.sold_date for s in sales if s.listing.sold_date is not None]
+        recent = sum(1 for moment in dated if (now - moment).total_seconds() <= window)
+        chosen = self.trim(sales) if kept is None else kept
+        return volume_confidence(
+            len(sales),
+            min_sample=self.min_sample,
+            dated=len(dated),
+            recent=recent,
+            spread=dispersion([s.price for s in chosen]),
         )
-        if n >= 20 and recent >= 10:
-            return "high"
-        if n >= 8 and recent >= 3:
-            return "medium"
-        return "low"
+
+    def percentiles(
+        self, kept: Sequence[Sale]
+    ) -> tuple[Decimal, Decimal, Decimal, Decimal, Decimal]:
+        """``fmv_low, quick_sale, market_value, patient_sale, fmv_high`` of trimmed sales."""
+        pairs = [(s.price, s.weight) for s in kept]
+        p20, p25, p50, p75, p80 = weighted_percentiles(pairs, _QUANTILES)
+        quick, patient = min(p25, p50), max(p75, p50)
+        return min(p20, quick), quick, p50, patient, max(p80, patient)
+
+    def grading_analysis(self, sales: Sequence[Sale]) -> dict[str, Any]:
+        """Per grade: ``count``, plain ``median`` and ``premium_pct`` over raw, and the
+        robust ``market_value``, ``quick_sale``, ``patient_sale`` (``None`` below
+        ``min_sample`` sales) with ``market_premium_pct`` over raw's market value."""
+        groups: dict[str, list[Sale]] = {}
+        for s in sales:
+            groups.setdefault(grading_key(s.info), []).append(s)
+        out = _analysis({key: [s.price for s in group] for key, group in groups.items()}, "raw")
+        markets: dict[str, Decimal] = {}
+        for key, group in groups.items():
+            entry = out[key]
+            entry.update(market_value=None, quick_sale=None, patient_sale=None)
+            if len(group) >= self.min_sample:
+                _, quick, market, patient, _ = self.percentiles(self.trim(group))
+                markets[key] = market
+                entry.update(
+                    market_value=str(market), quick_sale=str(quick), patient_sale=str(patient)
+                )
+        raw = markets.get("raw")
+        for key, entry in out.items():
+            value = markets.get(key)
+            entry["market_premium_pct"] = (
+                None
+                if raw is None or value is None or raw == 0
+                else _percent((Fraction(value) / Fraction(raw) - 1) * 100)
+            )
+        return out
 
     def value(
         self,
@@ -321,14 +366,16 @@ class DefaultValuator:
         _check_now(now)
         if not isinstance(snapshot_date, date):
             raise InvalidInputError("snapshot_date", "must be a date")
-        usable = self.usable_sales(listings)
-        sales = self.weigh(usable, now)
+        everything = self.weigh(self.usable_sales(listings), now)
+        grade = query_grade(card_identifier)
+        sales = (
+            everything if grade is None else [s for s in everything if grading_key(s.info) == grade]
+        )
         prices = [s.price for s in sales]
         base: dict[str, Any] = {
             "card_identifier": card_identifier,
             "snapshot_date": snapshot_date,
             "sample_size": len(sales),
-            "volume_confidence": self.confidence(sales, now),
         }
         if prices:
             base["min_price"] = min(prices)
@@ -337,29 +384,21 @@ class DefaultValuator:
                 sum((Fraction(p) for p in prices), Fraction(0)) / len(prices)
             )
         if len(sales) < self.min_sample:
-            return PriceSnapshot(**base)
+            return PriceSnapshot(**base, volume_confidence=self.confidence(sales, now, sales))
 
         kept = self.trim(sales)
-        pairs = [(s.price, s.weight) for s in kept]
-        p20, p25, p50, p75, p80 = (
-            weighted_percentile(pairs, Fraction(q, 100)) for q in (20, 25, 50, 75, 80)
-        )
-        market = p50
-        quick, patient = min(p25, market), max(p75, market)
-        low, high = min(p20, quick), max(p80, patient)
-
+        low, quick, market, patient, high = self.percentiles(kept)
         by_parallel: dict[str, list[Decimal]] = {}
-        by_grade: dict[str, list[Decimal]] = {}
         for s in sales:
             by_parallel.setdefault(parallel_key(s.info), []).append(s.price)
-            by_grade.setdefault(grading_key(s.info), []).append(s.price)
         return PriceSnapshot(
             **base,
+            volume_confidence=self.confidence(sales, now, kept),
             fmv_low=low,
             fmv_high=high,
             market_value=market,
             quick_sale=quick,
             patient_sale=patient,
             parallel_analysis=_analysis(by_parallel, "base"),
-            grading_analysis=_analysis(by_grade, "raw"),
+            grading_analysis=self.grading_analysis(everything),
         )

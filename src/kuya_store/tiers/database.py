@@ -12,6 +12,7 @@ import asyncio
 from datetime import datetime
 
 from kuya_store.breaker import CircuitBreaker
+from kuya_store.freshness import FreshnessPolicy
 from kuya_store.keys import ResultIdentity
 from kuya_store.metrics import Metrics
 from kuya_store.models import Listing, SearchType
@@ -43,9 +44,15 @@ class DatabaseTier:
     """Reads stored results, and detaches them on ``invalidate``, behind a circuit breaker."""
 
     def __init__(
-        self, database: Database, settings: StoreSettings, metrics: Metrics, valuator: Valuator
+        self,
+        database: Database,
+        settings: StoreSettings,
+        metrics: Metrics,
+        valuator: Valuator,
+        policy: FreshnessPolicy,
     ) -> None:
         self._database = database
+        self._policy = policy
         self._settings = settings
         self._metrics = metrics
         self._valuator = valuator
@@ -77,9 +84,13 @@ class DatabaseTier:
         if outcome == "failed":
             self._metrics.incr("db_read_errors")
             return None
-        if result is not None and identity.search_type is SearchType.SOLD:
+        if result is None:
+            return None
+        if identity.search_type is SearchType.SOLD:
             result = value_result(self._valuator, result)
-        return result
+        # Rows keep listings, not windows: the policy gives this result's freshness again.
+        window = self._policy.fresh_for(result.search_type, result.listings, result.fetched_at)
+        return result.model_copy(update={"fresh_until": result.fetched_at + window})
 
     async def detach(self, identity: ResultIdentity, before: datetime) -> bool:
         """Stop the card's results fetched up to ``before`` from answering; ``False`` if down."""
