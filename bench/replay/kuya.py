@@ -53,7 +53,7 @@ def _fetchers(market: Market) -> dict[ks.SearchType, Any]:
         return market.whole(request)
 
     if paged():
-        fetcher = ks.paged(page, page_size=PAGE_SIZE)  # type: ignore[attr-defined]
+        fetcher = ks.paged(page, page_size=PAGE_SIZE)
         return {ks.SearchType.SOLD: fetcher, ks.SearchType.ACTIVE: fetcher}
     return {ks.SearchType.SOLD: whole, ks.SearchType.ACTIVE: whole}
 

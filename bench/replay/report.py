@@ -54,7 +54,7 @@ class Size:
     @classmethod
     def of(cls, scale: float) -> Size:
         if scale < 1:
-            return cls(searches=300, cards=100, days=2, samples=200)
+            return cls(searches=200, cards=80, days=2, samples=150)
         return cls(searches=3_000, cards=150, days=3, samples=1_000)
 
 
@@ -103,8 +103,8 @@ def _freshness() -> tuple[str, list[tuple[str, dict[str, Any]]]]:
     """The default freshness, described, and the other settings the real store runs."""
     if kuya.settings_exist(["freshness_policy", "expected_new_sales"]):
         defaults = ks.StoreSettings(database_url="sqlite+aiosqlite://")
-        policy = defaults.freshness_policy  # type: ignore[attr-defined]
-        wanted = defaults.expected_new_sales  # type: ignore[attr-defined]
+        policy = defaults.freshness_policy
+        wanted = defaults.expected_new_sales
         more = 4 * wanted if policy == "sale_rate" else 0.5
         return f"{policy}, expected_new_sales={wanted:g}", [
             ("kuya-store, fixed: sold 30 min, active 5 min", {"freshness_policy": "fixed"}),
@@ -199,6 +199,16 @@ async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
     return _targets(ours, redis)
 
 
+def models_only(searches: int, cards: int, days: float, samples: int = 2_000) -> None:
+    """Print the modelled tables (no store) for a workload of this size."""
+    size = Size(searches=searches, cards=cards, days=days, samples=samples)
+    replay = _Replay(size)
+    _describe(replay, size)
+    redis = replay.model("(b) Redis-only (all params in the key, 30/5 min)", REDIS_ONLY)
+    _ladder(replay, redis)
+    _curve(replay, redis)
+
+
 def _check(model: Row, measured: Row) -> None:
     keys = ("missing_mean", "missing_p95", "error_p95", "active_missing_mean")
     same = model.run == measured.run and all(
@@ -231,6 +241,22 @@ def _ladder(replay: _Replay, redis: Row) -> None:
     ]
     print("\nkuya-store's rules one at a time, modelled in pure Python on the same replay:\n")
     _table([redis, *rows], redis.run)
+    without = [
+        ("without stopping at the last page", replace(rated, early_stop=False)),
+        (
+            "without answers from complete results",
+            replace(rated, fold_filters="never", fold_terms="never"),
+        ),
+        ("without keeping results across restarts", replace(rated, persist=False)),
+        ("without incremental sold refresh", replace(rated, incremental=False)),
+        ("without sale-rate freshness (fixed 30 min)", replace(rated, new_sales=None)),
+    ]
+    print("\nEach rule taken out of the modelled paged rules (sale-rate 0.25, 30 min to 24 h):\n")
+    _table(
+        [redis, replay.model("all of them", rated)]
+        + [replay.model(name, rules) for name, rules in without],
+        redis.run,
+    )
 
 
 def _forever(rules: Rules) -> Rules:
