@@ -85,7 +85,20 @@ def postgres_url(postgres_base_url: str) -> Iterator[str]:
     name = f"kt_{uuid.uuid4().hex[:12]}"
     asyncio.run(_admin(postgres_base_url, f'CREATE DATABASE "{name}"'))
     yield make_url(postgres_base_url).set(database=name).render_as_string(hide_password=False)
-    asyncio.run(_admin(postgres_base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(_drop(postgres_base_url, name))
+
+
+async def _drop(base_url: str, name: str) -> None:
+    import asyncpg
+
+    # An autovacuum worker of the superuser may still be in the database for a moment, and
+    # FORCE may not end it: try again shortly; a scratch database left behind is harmless.
+    for _ in range(20):
+        try:
+            await _admin(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except (asyncpg.InsufficientPrivilegeError, asyncpg.ObjectInUseError):
+            await asyncio.sleep(0.25)
 
 
 @pytest.fixture
