@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import kuya_store as ks
 from kuya_store.demo import FakeMarketplace
+from readback import rows as _rows
 
 QUERY = "2023 Topps Chrome Victor Wembanyama #1"
 SAME_CARD = "  2023 topps chrome VICTOR wembanyama 1 "
@@ -75,15 +76,6 @@ async def _count(url: str, table: str, where: str = "") -> int:
         async with engine.connect() as conn:
             sql = f"SELECT count(*) FROM {table}" + (f" WHERE {where}" if where else "")
             return int((await conn.execute(sa.text(sql))).scalar_one())
-    finally:
-        await engine.dispose()
-
-
-async def _rows(url: str, sql: str) -> list[dict[str, Any]]:
-    engine = create_async_engine(url)
-    try:
-        async with engine.connect() as conn:
-            return [dict(r._mapping) for r in await conn.execute(sa.text(sql))]
     finally:
         await engine.dispose()
 

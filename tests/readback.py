@@ -1,0 +1,18 @@
+"""Reading a test database back directly, bypassing the store (importable by every test)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+
+async def rows(url: str, sql: str) -> list[dict[str, Any]]:
+    """Every row ``sql`` returns, as dicts, on a connection of its own."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return [dict(r._mapping) for r in await conn.execute(sa.text(sql))]
+    finally:
+        await engine.dispose()
