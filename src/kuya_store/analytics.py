@@ -7,6 +7,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kuya_store.db.engine import DatabaseFeature
 from kuya_store.db.tables import metadata
@@ -137,9 +138,12 @@ class Analytics(DatabaseFeature):
         first, last = _as_date(start, "start"), _as_date(end, "end")
         if first is not None and last is not None and first > last:
             raise InvalidInputError("start", "must not be after end")
-        async with self._connect() as conn:
-            rows = await conn.execute(self.history_statement(card_identifier, first, last))
-            return [snapshot_from_row(r) for r in rows]
+        statement = self.history_statement(card_identifier, first, last)
+
+        async def read(conn: AsyncConnection) -> list[PriceSnapshot]:
+            return [snapshot_from_row(r) for r in await conn.execute(statement)]
+
+        return await self._read(read)
 
     async def price_trend(self, card: str, days: int = 30) -> PriceTrend:
         """Change in percent and slope per day of the market value over the last ``days``."""
@@ -174,7 +178,8 @@ class Analytics(DatabaseFeature):
         start = _as_datetime(since, "since")
         where = [_searches.c.created_at >= start] if start is not None else []
         hit = sa.case((_searches.c.cache_hit.is_(True), 1), else_=0)
-        async with self._connect() as conn:
+
+        async def read(conn: AsyncConnection) -> SearchStats:
             rows = await conn.execute(
                 sa.select(_searches.c.search_type, sa.func.count(), sa.func.sum(hit))
                 .where(*where)
@@ -190,7 +195,9 @@ class Analytics(DatabaseFeature):
             total = sum(t for t, _ in counts.values())
             hits = sum(h for _, h in counts.values())
             overall = await self._type_stats(conn, total, hits, where)
-        return SearchStats(**overall.model_dump(), since=start, by_type=by_type)
+            return SearchStats(**overall.model_dump(), since=start, by_type=by_type)
+
+        return await self._read(read)
 
     async def _type_stats(self, conn: Any, total: int, hits: int, where: list[Any]) -> TypeStats:
         return TypeStats(
@@ -239,8 +246,11 @@ class Analytics(DatabaseFeature):
         )
         if start is not None:
             stmt = stmt.where(_searches.c.created_at >= start)
-        async with self._connect() as conn:
-            rows = (await conn.execute(stmt)).all()
+
+        async def read(conn: AsyncConnection) -> list[Any]:
+            return list((await conn.execute(stmt)).all())
+
+        rows = await self._read(read)
         return [
             TopSearch(
                 card_identifier=r[0],

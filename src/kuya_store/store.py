@@ -155,7 +155,8 @@ class CompsStore:
             valuator=chosen_valuator,
         )
         engine = self._database.engine if self._database is not None else None
-        self.analytics = Analytics(engine, self._clock)
+        reader = self._database.read if self._database is not None else None
+        self.analytics = Analytics(engine, self._clock, reader)
         self.accounts = Accounts(engine, self._clock, self.comps)
         self.backup = Backup(engine, self._clock)
         self._database_size: int | None = None
@@ -305,6 +306,11 @@ class CompsStore:
                 * 1000,
                 "queries": t.get("db_query", {"count": 0}),
                 "pool": self._database.pool_stats() if self._database is not None else {},
+                "replicas": self._database.replicas.stats() if self._database is not None else [],
+                "replica_reads": c.get("replica_reads", 0),
+                "replica_skipped": c.get("replica_skipped", 0),
+                "replica_errors": c.get("replica_errors", 0),
+                "replica_confirmed_on_primary": c.get("replica_confirmed_on_primary", 0),
                 "size_bytes": self._database_size,
             },
             "latency": {

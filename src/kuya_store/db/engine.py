@@ -12,8 +12,8 @@ import errno
 import socket
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
@@ -27,11 +27,21 @@ from kuya_store.settings import StoreSettings, pgbouncer_requested
 
 __all__ = [
     "DatabaseFeature",
+    "Reader",
     "create_engine",
     "driver_arguments",
     "is_outage",
     "outage_as_unavailable",
 ]
+
+_T = TypeVar("_T")
+
+
+class Reader(Protocol):
+    """Runs a read on a connection of its choosing (a replica within the lag bound)."""
+
+    def __call__(self, work: Callable[[AsyncConnection], Awaitable[_T]], /) -> Awaitable[_T]: ...
+
 
 # SQLite result codes that say the file cannot be used now, not that the statement is wrong
 # ("no such table", a constraint) - extended codes such as SQLITE_IOERR_READ share a prefix.
@@ -196,9 +206,12 @@ class DatabaseFeature:
 
     _purpose = "this feature needs the database"
 
-    def __init__(self, engine: AsyncEngine | None, clock: Clock) -> None:
+    def __init__(
+        self, engine: AsyncEngine | None, clock: Clock, reader: Reader | None = None
+    ) -> None:
         self._engine = engine
         self._clock = clock
+        self._reader = reader
 
     def _require(self) -> AsyncEngine:
         if self._engine is None:
@@ -220,3 +233,12 @@ class DatabaseFeature:
         with outage_as_unavailable(self._purpose):
             async with engine.begin() as conn:
                 yield conn
+
+    async def _read(self, work: Callable[[AsyncConnection], Awaitable[_T]]) -> _T:
+        """Run a read that a replica within the lag bound may answer (else the primary)."""
+        engine = self._require()
+        with outage_as_unavailable(self._purpose):
+            if self._reader is not None:
+                return await self._reader(work)
+            async with engine.connect() as conn:
+                return await work(conn)
