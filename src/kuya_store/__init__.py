@@ -12,10 +12,19 @@ from importlib.metadata import PackageNotFoundError, version
 from kuya_store import migrations
 from kuya_store.accounts import Accounts, SavedSearch, User
 from kuya_store.alerts import Alert
-from kuya_store.analytics import Analytics, PriceTrend, SearchStats, TopSearch, TrendPoint
+from kuya_store.analytics import (
+    Analytics,
+    DailySearches,
+    PriceTrend,
+    SearchStats,
+    TopSearch,
+    TrendPoint,
+)
 from kuya_store.backup import Backup, ImportReport, PurgeReport
+from kuya_store.cards import CardMatch, Cards
 from kuya_store.chart import render_price_chart
 from kuya_store.clock import ManualClock
+from kuya_store.db.maintenance import MaintenanceReport
 from kuya_store.errors import (
     FetcherError,
     InvalidInputError,
@@ -56,9 +65,12 @@ __all__ = [
     "Alert",
     "Analytics",
     "Backup",
+    "CardMatch",
+    "Cards",
     "CompsRepository",
     "CompsResult",
     "CompsStore",
+    "DailySearches",
     "DefaultValuator",
     "FetchRequest",
     "FetchResult",
@@ -71,6 +83,7 @@ __all__ = [
     "Invalidation",
     "KuyaStoreError",
     "Listing",
+    "MaintenanceReport",
     "ManualClock",
     "NotFoundError",
     "PermanentFetchError",

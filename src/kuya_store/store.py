@@ -12,8 +12,11 @@ from kuya_store import migrations
 from kuya_store.accounts import Accounts
 from kuya_store.analytics import Analytics
 from kuya_store.backup import Backup
+from kuya_store.cards import Cards
 from kuya_store.clock import Clock, utcnow
-from kuya_store.errors import InvalidInputError, KuyaStoreError
+from kuya_store.db.engine import outage_as_unavailable
+from kuya_store.db.maintenance import MaintenanceReport, maintain
+from kuya_store.errors import InvalidInputError, KuyaStoreError, StorageUnavailableError
 from kuya_store.fetching import Fetcher
 from kuya_store.metrics import Metrics
 from kuya_store.models import Health, SearchType
@@ -159,6 +162,7 @@ class CompsStore:
         self.analytics = Analytics(engine, self._clock, reader)
         self.accounts = Accounts(engine, self._clock, self.comps)
         self.backup = Backup(engine, self._clock)
+        self.cards = Cards(engine, self._clock, reader)
         self._database_size: int | None = None
         self._closed = False
 
@@ -230,6 +234,19 @@ class CompsStore:
             await migrations.upgrade_async(self._database.engine)
         else:
             await migrations.upgrade_async(self.settings.database_url)
+
+    async def maintain(self) -> MaintenanceReport:
+        """Create partitions ahead, apply the retention settings, refresh analytics views.
+
+        Run it on a schedule, every few minutes (``kuya-store db maintain`` from cron):
+        ``docs/scaling.md`` says what each step does on PostgreSQL and on SQLite.
+        """
+        if self._database is None:
+            raise StorageUnavailableError(
+                "maintenance needs the database, which cache_only never uses"
+            )
+        with outage_as_unavailable("maintenance needs the database"):
+            return await maintain(self._database.engine, self.settings, self._clock())
 
     async def ping_redis(self) -> bool:
         """True when Redis answers PING; ``False`` when it does not or none is configured."""

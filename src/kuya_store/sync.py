@@ -3,8 +3,8 @@
 One private event loop runs in a daemon thread; every call is handed to it with
 ``run_coroutine_threadsafe`` and waited for, so the facade is safe to use from many
 threads at once. The async objects are wrapped, not rewritten: each coroutine method of
-``store.comps``, ``store.analytics``, ``store.accounts`` and ``store.backup`` becomes a
-blocking method of the same name.
+``store.comps``, ``store.analytics``, ``store.accounts``, ``store.backup`` and
+``store.cards`` becomes a blocking method of the same name.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from kuya_store.db.maintenance import MaintenanceReport
 from kuya_store.models import Health
 from kuya_store.settings import StoreSettings
 from kuya_store.store import CompsStore
@@ -84,11 +85,12 @@ class SyncCompsStore:
     Arguments are those of :class:`~kuya_store.CompsStore`; fetchers may be sync or async.
     """
 
-    _PARTS = ("comps", "analytics", "accounts", "backup")
+    _PARTS = ("comps", "analytics", "accounts", "backup", "cards")
     comps: Any
     analytics: Any
     accounts: Any
     backup: Any
+    cards: Any
 
     def __init__(self, settings: StoreSettings | None = None, **kwargs: Any) -> None:
         self._portal = _Portal()
@@ -148,6 +150,10 @@ class SyncCompsStore:
     def database_size(self) -> int | None:
         """Bytes the database takes; remembered for ``metrics()``."""
         return self._call(self._store.database_size)
+
+    def maintain(self) -> MaintenanceReport:
+        """Partitions ahead, retention, refreshed analytics views."""
+        return self._call(self._store.maintain)
 
     def metrics(self) -> dict[str, Any]:
         """Counters and timings as a plain dict."""
