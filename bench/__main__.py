@@ -16,7 +16,18 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from bench import history, hot_path, memory, near_cache, persist, replay, stampede, upsert
+from bench import (
+    history,
+    hot_path,
+    memory,
+    near_cache,
+    persist,
+    replay,
+    replicas,
+    scale,
+    stampede,
+    upsert,
+)
 from bench.servers import real_servers
 from bench.stats import Target, targets_table
 
@@ -36,6 +47,8 @@ BENCHMARKS = {
     "stampede": Benchmark(stampede.run),
     "memory": Benchmark(memory.run, needs_servers=False),
     "replay": Benchmark(replay.run, needs_servers=False),
+    "scale": Benchmark(scale.run),
+    "replicas": Benchmark(replicas.run),
 }
 
 

@@ -96,7 +96,11 @@ async def test_views_give_the_live_answers(filled: str) -> None:
     async with ks.CompsStore(database_url=filled, clock=clock) as store:
         await _same_answers(store)  # never refreshed: everything is the live part
         report = await store.maintain()
-        assert report.views_refreshed == ["search_stats_daily", "card_searches_daily"]
+        assert report.views_refreshed == [
+            "search_stats_daily",
+            "card_searches_daily",
+            "card_directory",
+        ]
         await _same_answers(store)
         stats = await store.analytics.search_stats()
         assert stats.total == 3000 and set(stats.by_type) == {"sold", "active"}

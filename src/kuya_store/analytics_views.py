@@ -66,6 +66,14 @@ _cards = sa.table(
     sa.column("query"),
     sa.column("last_searched_at"),
 )
+_directory = sa.table(
+    "card_directory",
+    sa.column("card"),
+    sa.column("searches"),
+    sa.column("cache_hits"),
+    sa.column("query"),
+    sa.column("last_searched_at"),
+)
 _watermark: sa.Select[Any] = sa.select(sa.column("watermark")).select_from(
     sa.table("analytics_watermark")
 )
@@ -195,13 +203,15 @@ async def top_rows(conn: AsyncConnection, limit: int, since: datetime | None) ->
         .where(_live(since))
         .group_by(card)
     )
+    # Since the beginning: the directory has a row per card, the daily view one per day.
+    source = _directory if since is None else _cards
     kept = sa.select(
-        _cards.c.card,
-        _cards.c.searches,
-        _cards.c.cache_hits,
-        _cards.c.query,
-        _cards.c.last_searched_at,
-    ).where(*_from_view(_cards.c.day, since))
+        source.c.card,
+        source.c.searches,
+        source.c.cache_hits,
+        source.c.query,
+        source.c.last_searched_at,
+    ).where(*([] if since is None else _from_view(_cards.c.day, since)))
     both = sa.union_all(kept, live).subquery()
     count = sa.func.sum(both.c.searches).label("n")
     last = sa.func.max(both.c.last_searched_at).label("last")

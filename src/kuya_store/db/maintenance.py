@@ -73,22 +73,34 @@ async def release_search_ids(conn: AsyncConnection, source: str, where: str = "T
 
     For the searches ``SELECT id FROM {source} WHERE {where}`` names, before they go: their
     result links are deleted, and listings and snapshots that name them keep no search.
-    The id range first bounds the work to the rows that can point at them.
+    Only the rows that can point at them are read: those in the searches' id range (each
+    referencing column is indexed), then checked against ``source``'s own key.
     """
-    low, high = (
-        await conn.execute(sa.text(f"SELECT min(id), max(id) FROM {source} WHERE {where}"))
-    ).one()
+    bounds = f"SELECT min(id), max(id) FROM {source} WHERE {where}"
+    low, high = (await conn.execute(sa.text(bounds))).one()
     if low is None:
         return
-    ids = f"SELECT id FROM {source} WHERE {where}"
     for table, column, action in _REFERENCES:
+        named = await conn.execute(
+            sa.text(f"SELECT DISTINCT {column} FROM {table} WHERE {column} BETWEEN :low AND :high"),
+            {"low": low, "high": high},
+        )
+        candidates = [r[0] for r in named]
+        if not candidates:
+            continue
+        going = [
+            r[0]
+            for r in await conn.execute(
+                sa.text(f"SELECT id FROM {source} WHERE ({where}) AND id = ANY(:ids)"),
+                {"ids": candidates},
+            )
+        ]
+        if not going:
+            continue
         target = (
             f"DELETE FROM {table}" if action == "delete" else f"UPDATE {table} SET {column} = NULL"
         )
-        await conn.execute(
-            sa.text(f"{target} WHERE {column} BETWEEN :low AND :high AND {column} IN ({ids})"),
-            {"low": low, "high": high},
-        )
+        await conn.execute(sa.text(f"{target} WHERE {column} = ANY(:ids)"), {"ids": going})
 
 
 async def _partman_schema(conn: AsyncConnection) -> str | None:
@@ -239,9 +251,12 @@ async def _delete_old(
 
 
 async def maintain(
-    engine: AsyncEngine, settings: StoreSettings, now: datetime
+    engine: AsyncEngine, settings: StoreSettings, now: datetime, *, views: bool = True
 ) -> MaintenanceReport:
-    """Keep both partitioned tables; ``now`` is the store's clock (retention counts from it)."""
+    """Keep both partitioned tables, then refresh the analytics views (unless ``views`` is off).
+
+    ``now`` is the store's clock: retention counts from it.
+    """
     report: dict[str, Any] = {"created": [], "dropped": [], "moved_rows": 0, "deleted_rows": 0}
     postgres = engine.dialect.name == "postgresql"
     partman = None
@@ -260,7 +275,7 @@ async def maintain(
                 continue
             partman = await _partman_schema(conn)
             await _keep_partitioned(conn, spec, settings, now, partman, report)
-    if postgres:
+    if postgres and views:
         async with engine.begin() as conn:
             await conn.execute(sa.text(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'"))
             await conn.execute(

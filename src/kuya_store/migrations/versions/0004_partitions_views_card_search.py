@@ -100,7 +100,8 @@ _CARD_SEARCH = (
         RAISE NOTICE 'card search without pg_trgm (full-text only): %', SQLERRM;
     END $kuya$""",
     """CREATE MATERIALIZED VIEW card_directory AS
-    SELECT card, sum(searches)::bigint AS searches, max(query) AS query,
+    SELECT card, sum(searches)::bigint AS searches, sum(cache_hits)::bigint AS cache_hits,
+           max(query) AS query, max(last_searched_at) AS last_searched_at,
            replace(card, '-', ' ') AS words,
            to_tsvector('simple', replace(card, '-', ' ')) AS document
     FROM card_searches_daily GROUP BY card""",
