@@ -100,3 +100,10 @@ async def test_without_pg_trgm_search_is_full_text_only(postgres_url: str) -> No
         assert await store.flush()
         assert (await _best(store, "chrome rookie"))[0] == WEMBY_RC
         assert await store.cards.search("wembanyma") == []  # no typo tolerance without it
+
+
+async def test_card_search_before_the_upgrade_says_what_to_do(database_url: str) -> None:
+    await ks.migrations.upgrade_async(database_url, "0003")
+    async with ks.CompsStore(database_url=database_url) as store:
+        with pytest.raises(ks.KuyaStoreError, match="db upgrade"):
+            await store.cards.search("wemby")

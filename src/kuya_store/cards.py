@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from kuya_store.analytics_views import card_key
 from kuya_store.db.engine import DatabaseFeature
 from kuya_store.db.tables import metadata
-from kuya_store.errors import InvalidInputError
+from kuya_store.errors import InvalidInputError, KuyaStoreError
 from kuya_store.models import _Frozen
 from kuya_store.pricing import normalize_card
 
@@ -108,6 +108,7 @@ class Cards(DatabaseFeature):
 
     _purpose = "card search reads the database"
     _trigram: bool | None = None
+    _ready = False
 
     async def search(self, text: str, limit: int = 10) -> list[CardMatch]:
         """The cards that best match ``text``, best first.
@@ -121,6 +122,7 @@ class Cards(DatabaseFeature):
             raise InvalidInputError("limit", "must be an integer from 1 to 100")
 
         async def read(conn: AsyncConnection) -> list[CardMatch]:
+            await self._check_schema(conn)
             if conn.dialect.name == "postgresql":
                 found = await self._postgres(conn, normal)
             else:
@@ -142,6 +144,22 @@ class Cards(DatabaseFeature):
             ]
 
         return await self._read(read)
+
+    async def _check_schema(self, conn: AsyncConnection) -> None:
+        if self._ready:
+            return
+        needed = "card_directory" if conn.dialect.name == "postgresql" else "card_names_fts"
+        if conn.dialect.name == "postgresql":
+            found = await conn.scalar(sa.text(f"SELECT to_regclass('{needed}') IS NOT NULL"))
+        else:
+            found = await conn.scalar(
+                sa.text(f"SELECT count(*) FROM sqlite_master WHERE name = '{needed}'")
+            )
+        if not found:
+            raise KuyaStoreError(
+                "card search needs the schema of revision 0004: run 'kuya-store db upgrade'"
+            )
+        self._ready = True
 
     async def _postgres(self, conn: AsyncConnection, normal: str) -> list[Any]:
         if self._trigram is None:
