@@ -23,6 +23,8 @@ from bench import (
     near_cache,
     persist,
     replay,
+    replicas,
+    scale,
     stampede,
     upsert,
     valuation,
@@ -47,6 +49,8 @@ BENCHMARKS = {
     "memory": Benchmark(memory.run, needs_servers=False),
     "replay": Benchmark(replay.run, needs_servers=False),
     "valuation": Benchmark(valuation.run, needs_servers=False),
+    "scale": Benchmark(scale.run),
+    "replicas": Benchmark(replicas.run),
 }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import SplitResult, urlsplit
 
 from pydantic import (
@@ -14,13 +14,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from kuya_store.errors import InvalidInputError
 
-__all__ = ["DEFAULT_DATABASE_URL", "Mode", "StoreSettings", "redact_url"]
+__all__ = ["DEFAULT_DATABASE_URL", "Mode", "StoreSettings", "pgbouncer_requested", "redact_url"]
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./kuya_comps.db"
 
@@ -59,6 +59,25 @@ def redact_url(url: str | None) -> str | None:
     except (ArgumentError, ValueError):
         # Unparseable: show the scheme only, since anything after it could be a secret.
         return url.split(":", 1)[0] + ":<unparseable>"
+
+
+_YES = frozenset({"1", "true", "yes", "on"})
+_NO = frozenset({"0", "false", "no", "off"})
+
+
+def pgbouncer_requested(url: URL) -> bool:
+    """Whether a database URL asks for PgBouncer mode with ``?pgbouncer=true``.
+
+    Raises:
+        ValueError: the parameter is there but is not a boolean word.
+    """
+    value = url.query.get("pgbouncer")
+    if value is None:
+        return False
+    word = (value[-1] if isinstance(value, tuple) else value).strip().lower()
+    if word not in _YES | _NO:
+        raise ValueError(f"has pgbouncer={word!r}; use pgbouncer=true or pgbouncer=false")
+    return word in _YES
 
 
 def _positive(value: timedelta) -> timedelta:
@@ -139,6 +158,18 @@ class StoreSettings(BaseSettings):
     slow_query_threshold: timedelta = timedelta(milliseconds=200)
     echo_sql: bool = False
 
+    # Scaling the persistent tier out (docs/scaling.md).
+    pgbouncer: bool = False
+    """Connections go through PgBouncer in transaction mode (also ``?pgbouncer=true`` on a URL)."""
+    replica_urls: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
+    """Streaming replicas that answer reads; ``KUYA_REPLICA_URLS`` takes them comma-separated."""
+    max_replica_lag: timedelta = timedelta(seconds=5)
+    """How far behind the primary a replica may be and still answer a read."""
+    search_log_retention: timedelta | None = None
+    """``maintain()`` drops search-log partitions older than this; ``None`` keeps them all."""
+    snapshot_retention: timedelta | None = None
+    """``maintain()`` drops price-snapshot partitions older than this; ``None`` keeps them all."""
+
     # Redis connections and circuit breaker.
     redis_socket_timeout: timedelta = timedelta(milliseconds=250)
     redis_connect_timeout: timedelta = timedelta(milliseconds=500)
@@ -190,12 +221,13 @@ class StoreSettings(BaseSettings):
         "fetch_failure_notice",
         "write_flush_interval",
         "flush_timeout",
+        "max_replica_lag",
     )
     @classmethod
     def _check_positive(cls, value: timedelta) -> timedelta:
         return _positive(value)
 
-    @field_validator("single_flight_wait")
+    @field_validator("single_flight_wait", "search_log_retention", "snapshot_retention")
     @classmethod
     def _check_optional_positive(cls, value: timedelta | None) -> timedelta | None:
         return None if value is None else _positive(value)
@@ -219,6 +251,12 @@ class StoreSettings(BaseSettings):
                 f"({3 * self.redis_socket_timeout.total_seconds():g}s), so an extension "
                 "always lands before the lock expires"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_replicas(self) -> Self:
+        if self.replica_urls and self.is_sqlite:
+            raise ValueError("replica_urls: replicas need a PostgreSQL primary, not SQLite")
         return self
 
     @field_validator("near_cache_ttl")
@@ -249,7 +287,23 @@ class StoreSettings(BaseSettings):
         url = url.set(drivername=driver)
         if driver.startswith("postgresql") and not url.database:
             raise ValueError("names no database; add '/dbname' to the URL")
+        if pgbouncer_requested(url) and not driver.startswith("postgresql"):
+            raise ValueError("asks for pgbouncer, which only fronts PostgreSQL")
         return url.render_as_string(hide_password=False)
+
+    @field_validator("replica_urls", mode="before")
+    @classmethod
+    def _check_replica_urls(cls, value: Any) -> list[str]:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if not isinstance(value, list | tuple):
+            raise ValueError("must be a list of URLs or a comma-separated string")
+        urls = [cls._check_database_url(url) for url in value]
+        if any(not url.startswith("postgresql") for url in urls):
+            raise ValueError("must be PostgreSQL URLs: SQLite has no replicas")
+        return urls
 
     @field_validator("redis_url", mode="before")
     @classmethod
@@ -291,6 +345,7 @@ class StoreSettings(BaseSettings):
     def __repr_args__(self) -> Any:
         yield "database_url", redact_url(self.database_url)
         yield "redis_url", redact_url(self.redis_url)
+        yield "replica_urls", [redact_url(url) for url in self.replica_urls]
         yield from super().__repr_args__()
 
     @property

@@ -13,9 +13,12 @@ from kuya_store.accounts import Accounts
 from kuya_store.analytics import Analytics
 from kuya_store.backup import Backup
 from kuya_store.budget import ApiBudget
+from kuya_store.cards import Cards
 from kuya_store.clock import Clock, utcnow
 from kuya_store.collections import Collections
-from kuya_store.errors import InvalidInputError, KuyaStoreError
+from kuya_store.db.engine import outage_as_unavailable
+from kuya_store.db.maintenance import MaintenanceReport, maintain
+from kuya_store.errors import InvalidInputError, KuyaStoreError, StorageUnavailableError
 from kuya_store.fetching import Fetcher
 from kuya_store.freshness import FreshnessPolicy, policy_for
 from kuya_store.metrics import Metrics
@@ -167,12 +170,14 @@ class CompsStore:
             ),
         )
         engine = self._database.engine if self._database is not None else None
-        self.analytics = Analytics(engine, self._clock)
+        reader = self._database.read if self._database is not None else None
+        self.analytics = Analytics(engine, self._clock, reader)
         self.accounts = Accounts(engine, self._clock, self.comps)
         self.backup = Backup(engine, self._clock)
         self.collections = Collections(
             engine, self._clock, self.comps, lambda: self._metrics.count("api_calls")
         )
+        self.cards = Cards(engine, self._clock, reader)
         self._database_size: int | None = None
         self._closed = False
 
@@ -244,6 +249,19 @@ class CompsStore:
             await migrations.upgrade_async(self._database.engine)
         else:
             await migrations.upgrade_async(self.settings.database_url)
+
+    async def maintain(self) -> MaintenanceReport:
+        """Create partitions ahead, apply the retention settings, refresh analytics views.
+
+        Run it on a schedule, every few minutes (``kuya-store db maintain`` from cron):
+        ``docs/scaling.md`` says what each step does on PostgreSQL and on SQLite.
+        """
+        if self._database is None:
+            raise StorageUnavailableError(
+                "maintenance needs the database, which cache_only never uses"
+            )
+        with outage_as_unavailable("maintenance needs the database"):
+            return await maintain(self._database.engine, self.settings, self._clock())
 
     async def ping_redis(self) -> bool:
         """True when Redis answers PING; ``False`` when it does not or none is configured."""
@@ -320,6 +338,11 @@ class CompsStore:
                 * 1000,
                 "queries": t.get("db_query", {"count": 0}),
                 "pool": self._database.pool_stats() if self._database is not None else {},
+                "replicas": self._database.replicas.stats() if self._database is not None else [],
+                "replica_reads": c.get("replica_reads", 0),
+                "replica_skipped": c.get("replica_skipped", 0),
+                "replica_errors": c.get("replica_errors", 0),
+                "replica_confirmed_on_primary": c.get("replica_confirmed_on_primary", 0),
                 "size_bytes": self._database_size,
             },
             "budget": {
