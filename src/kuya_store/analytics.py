@@ -103,7 +103,7 @@ def _type_stats(histogram: Histogram) -> TypeStats:
         total=total,
         cache_hits=hits,
         cache_hit_rate=round(hits / total, 4) if total else 0.0,
-        api_calls=total - hits,
+        api_calls=histogram.calls,
         api_calls_saved=hits,
         p50_ms=nearest_rank(histogram, 50),
         p95_ms=nearest_rank(histogram, 95),

@@ -56,6 +56,7 @@ _stats = sa.table(
     sa.column("execution_time_ms"),
     sa.column("searches"),
     sa.column("cache_hits"),
+    sa.column("api_calls"),
 )
 _cards = sa.table(
     "card_searches_daily",
@@ -85,6 +86,8 @@ class Histogram:
 
     counts: dict[int | None, int]
     hits: int
+    calls: int = 0
+    """Upstream requests the fetches among them made (a page each)."""
 
     @property
     def total(self) -> int:
@@ -149,18 +152,25 @@ async def views_present(conn: AsyncConnection) -> bool:
 async def stats_rows(conn: AsyncConnection, since: datetime | None) -> dict[str, Histogram]:
     """The histogram of every search type since ``since``, from the views and the live rest."""
     hit = sa.func.count().filter(_searches.c.cache_hit.is_(True))
+    pages = sa.func.greatest(sa.func.coalesce(_searches.c.pages_scraped, 1), 1)
+    calls = sa.func.coalesce(sa.func.sum(pages).filter(_searches.c.cache_hit.is_not(True)), 0)
     live = (
         sa.select(
             _searches.c.search_type,
             _searches.c.execution_time_ms,
             sa.func.count().label("searches"),
             hit.label("cache_hits"),
+            calls.label("api_calls"),
         )
         .where(_live(since))
         .group_by(_searches.c.search_type, _searches.c.execution_time_ms)
     )
     kept = sa.select(
-        _stats.c.search_type, _stats.c.execution_time_ms, _stats.c.searches, _stats.c.cache_hits
+        _stats.c.search_type,
+        _stats.c.execution_time_ms,
+        _stats.c.searches,
+        _stats.c.cache_hits,
+        _stats.c.api_calls,
     ).where(*_from_view(_stats.c.day, since))
     both = sa.union_all(kept, live).subquery()
     rows = await conn.execute(
@@ -169,24 +179,28 @@ async def stats_rows(conn: AsyncConnection, since: datetime | None) -> dict[str,
             both.c.execution_time_ms,
             sa.func.sum(both.c.searches),
             sa.func.sum(both.c.cache_hits),
+            sa.func.sum(both.c.api_calls),
         ).group_by(both.c.search_type, both.c.execution_time_ms)
     )
     counts: dict[str, dict[int | None, int]] = {}
     hits: dict[str, int] = {}
-    for kind, ms, searches, cache_hits in rows:
+    spent: dict[str, int] = {}
+    for kind, ms, searches, cache_hits, api_calls in rows:
         counts.setdefault(kind, {})[None if ms is None else int(ms)] = int(searches)
         hits[kind] = hits.get(kind, 0) + int(cache_hits)
-    return {kind: Histogram(counts[kind], hits[kind]) for kind in counts}
+        spent[kind] = spent.get(kind, 0) + int(api_calls or 0)
+    return {kind: Histogram(counts[kind], hits[kind], spent[kind]) for kind in counts}
 
 
 def merged(histograms: Iterable[Histogram]) -> Histogram:
     counts: dict[int | None, int] = {}
-    hits = 0
+    hits = calls = 0
     for histogram in histograms:
         hits += histogram.hits
+        calls += histogram.calls
         for value, count in histogram.counts.items():
             counts[value] = counts.get(value, 0) + count
-    return Histogram(counts, hits)
+    return Histogram(counts, hits, calls)
 
 
 async def top_rows(conn: AsyncConnection, limit: int, since: datetime | None) -> list[Any]:

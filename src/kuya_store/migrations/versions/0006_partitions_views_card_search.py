@@ -77,7 +77,9 @@ _VIEWS = (
     "INSERT INTO analytics_watermark (id) VALUES (1)",
     """CREATE MATERIALIZED VIEW search_stats_daily AS
     SELECT (created_at AT TIME ZONE 'UTC')::date AS day, search_type, execution_time_ms,
-           count(*) AS searches, count(*) FILTER (WHERE cache_hit IS TRUE) AS cache_hits
+           count(*) AS searches, count(*) FILTER (WHERE cache_hit IS TRUE) AS cache_hits,
+           COALESCE(sum(GREATEST(COALESCE(pages_scraped, 1), 1))
+                    FILTER (WHERE cache_hit IS NOT TRUE), 0) AS api_calls
     FROM searches WHERE created_at < (SELECT watermark FROM analytics_watermark)
     GROUP BY 1, 2, 3""",
     "CREATE UNIQUE INDEX search_stats_daily_key "
