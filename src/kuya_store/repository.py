@@ -57,7 +57,7 @@ from kuya_store.settings import StoreSettings
 from kuya_store.stored import StoredResult
 from kuya_store.tiers import HotTier, TierUnavailableError
 from kuya_store.tiers.database import DatabaseTier, value_result
-from kuya_store.tiers.memory import MemoryTier
+from kuya_store.tiers.near import NearCache, Ticket
 from kuya_store.writer import WriteBehind
 
 __all__ = ["CompsRepository", "Fetcher"]
@@ -85,7 +85,7 @@ class CompsRepository:
         clock: Clock,
         metrics: Metrics,
         hot: HotTier,
-        near: MemoryTier | None,
+        near: NearCache | None,
         database: Database | None,
         writer: WriteBehind | None,
         fetchers: Mapping[SearchType, Fetcher],
@@ -319,19 +319,23 @@ class CompsRepository:
             if hit is not None and self._usable(identity, hit, now, ttl):
                 incr("hit_memory")
                 return hit, Source.MEMORY
+        # Taken before the read: a change heard meanwhile keeps what it read out of the near-cache.
+        ticket = self._near.ticket(identity) if self._near is not None else None
         hit = await self._hot.get(identity)
         if hit is not None and self._usable(identity, hit, now, ttl):
             incr(f"hit_{self._hot.name}")
-            await self._fill_near(identity, hit, now)
+            await self._fill_near(identity, hit, now, ticket)
             return hit, Source(self._hot.name)
         if self._reads_database:
             window = self._settings.fresh_for(identity.search_type)
             assert self._db is not None
             hit = await self._db.newest(identity, since=now - window)
             if hit is not None and self._usable(identity, hit, now, window):
-                incr("hit_database")
                 await self._fill(identity, hit, now)
-                return hit, Source.DATABASE
+                # Filling the hot tier may reveal another worker's invalidation of it.
+                if not self._fenced(identity, hit.fetched_at):
+                    incr("hit_database")
+                    return hit, Source.DATABASE
         incr("misses")
         return None, None
 
@@ -347,18 +351,26 @@ class CompsRepository:
         return stale
 
     async def _fill_near(
-        self, identity: ResultIdentity, result: StoredResult, now: datetime
+        self, identity: ResultIdentity, result: StoredResult, now: datetime, ticket: Ticket | None
     ) -> None:
         if self._near is not None and not self._fenced(identity, result.fetched_at):
+            # The near-cache caps this at near_cache_ttl unless it is kept coherent.
             ttl = remaining(result.fetched_at, now, self._settings.hot_ttl(identity.search_type))
-            await self._near.set(identity, result, min(ttl, self._settings.near_cache_ttl))
+            await self._near.set(identity, result, ttl, ticket)
 
     async def _fill(self, identity: ResultIdentity, result: StoredResult, now: datetime) -> None:
         if self._fenced(identity, result.fetched_at):
             return
         ttl = remaining(result.fetched_at, now, self._settings.hot_ttl(identity.search_type))
-        await self._hot.set(identity, result, ttl)
-        await self._fill_near(identity, result, now)
+        ticket = self._near.ticket(identity) if self._near is not None else None
+        if await self._hot.set(identity, result, ttl):  # refused: newer data or an invalidation
+            await self._fill_near(identity, result, now, ticket)
+
+    def learn_fence(self, card_key: str, at: datetime) -> None:
+        """Another worker invalidated this card at ``at``: refuse what was fetched before."""
+        held = self._fences.get(card_key)
+        if held is None or at > held:
+            self._fences[card_key] = at
 
     def _submit(self, record: SearchRecord | FetchRecord) -> None:
         assert self._writer is not None
