@@ -129,3 +129,24 @@ async def redis_client(redis_base_url: str) -> AsyncIterator[Any]:
     client = aioredis.Redis.from_url(redis_base_url)
     yield client
     await client.aclose()
+
+
+# -- highly available Redis (tests/redis_ha.py): started only when a test asks ------------
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_url() -> Iterator[str]:
+    """A ``redis+sentinel://`` URL: a master, a replica and three sentinels (shared: no kills)."""
+    from redis_ha import SentinelSet
+
+    with SentinelSet() as sentinels:
+        yield sentinels.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A ``redis+cluster://`` URL: three masters with a replica each (shared: no kills)."""
+    from redis_ha import ClusterSet
+
+    with ClusterSet() as cluster:
+        yield cluster.url

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import logging
 import secrets
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,23 @@ __all__ = ["RedisTier"]
 
 _T = TypeVar("_T")
 _FAILURES = (RedisError, OSError, asyncio.TimeoutError)
+_log = logging.getLogger("kuya_store.redis")
+
+
+def _is_failure(exc: BaseException) -> bool:
+    """Whether a Redis call's exception makes it a miss: every error, cancellation aside.
+
+    Besides the client's own errors, a client may trip over a connection that another
+    task is closing (seen in redis-py's Cluster client during a failover); the tier
+    fails open on that too instead of failing the search.
+    """
+    if isinstance(exc, _FAILURES):
+        return True
+    if isinstance(exc, Exception):
+        _log.warning("the Redis client raised %r; treated as a failed call", exc)
+        return True
+    return False
+
 
 # Delete the lock only if it still holds our token: a holder whose lock expired must not
 # release the next holder's lock.
@@ -212,7 +230,7 @@ class RedisTier:
         slots = self.deployment.slots
         if slots is not None:
             operation = functools.partial(self._bounded, slots, operation)
-        outcome, value = await breaker.guard(operation, _FAILURES)
+        outcome, value = await breaker.guard(operation, _is_failure)
         if outcome == "skipped":
             self._metrics.incr("redis_skipped")
         elif outcome == "failed":
@@ -382,7 +400,7 @@ class RedisTier:
     async def ping(self) -> bool:
         try:
             return await self.deployment.ping()
-        except _FAILURES:
+        except Exception:  # whatever the client raises, the answer is "not answering"
             return False
 
     async def close(self) -> None:
