@@ -120,6 +120,9 @@ class CompsRepository:
         self._valued: LRUCache[tuple[str, datetime, SearchFilters], PriceSnapshot] = LRUCache(
             maxsize=4096
         )
+        # The cards of fetches queued lately, by card key: what another worker's
+        # invalidation (known by its card key) must detach from the write buffer.
+        self._queued_cards: LRUCache[str, tuple[str, SearchType]] = LRUCache(maxsize=4096)
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -371,6 +374,10 @@ class CompsRepository:
         held = self._fences.get(card_key)
         if held is None or at > held:
             self._fences[card_key] = at
+            card = self._queued_cards.get(card_key)
+            if card is not None and self._writer is not None:
+                # Fetches of it still in this worker's buffer are kept as history only.
+                self._writer.detach(*card)
 
     def _submit(self, record: SearchRecord | FetchRecord) -> None:
         assert self._writer is not None
@@ -385,6 +392,7 @@ class CompsRepository:
             return
         text, kind, wanted, options, card, identity = asked
         fenced = self._fenced(identity, stored.fetched_at)
+        self._queued_cards[identity.card_key] = (card, kind)
         record = SearchRecord(
             query=text,
             card_identifier=card,

@@ -90,7 +90,9 @@ def _coherence(
         return None
     from kuya_store.tiers.coherence import InvalidationListener
 
-    listener = InvalidationListener(redis_tier.deployment, near, settings, metrics)
+    listener = InvalidationListener(
+        redis_tier.deployment, near, settings, metrics, on_fence=redis_tier.fence_heard
+    )
     redis_tier.listener = listener
     return listener
 
@@ -193,7 +195,7 @@ class CompsStore:
         self._listener = _coherence(self._hot, self._near, self.settings, self._metrics)
         redis_tier = _as_redis(self._hot)
         if redis_tier is not None:
-            # Another worker's invalidation, learnt when it refuses a write of older data.
+            # Another worker's invalidation, learnt when heard or when it refuses a write.
             redis_tier.on_fenced = self.comps.learn_fence
         engine = self._database.engine if self._database is not None else None
         self.analytics = Analytics(engine, self._clock)
@@ -304,6 +306,18 @@ class CompsStore:
         )
         return Health(status=status, redis=redis_ok, database=database_ok)
 
+    def _near_metrics(self, c: dict[str, int]) -> dict[str, Any]:
+        near = self._near
+        memory = near.memory if near is not None else None
+        return {
+            "entries": len(memory) if memory is not None else 0,
+            "bytes": memory.bytes if memory is not None else 0,
+            "evictions": memory.evictions if memory is not None else 0,
+            "coherent": near is not None and near.coherent,
+            "fills_refused": near.refused_fills if near is not None else 0,
+            "flushes": near.flushes if near is not None else 0,
+        }
+
     def metrics(self) -> dict[str, Any]:
         """Counters and timings as a plain dict (tier hits, API calls and calls saved, ...)."""
         snap = self._metrics.snapshot()
@@ -328,7 +342,15 @@ class CompsStore:
                 "errors": c.get("redis_errors", 0),
                 "skipped": c.get("redis_skipped", 0),
                 "breaker_opens": c.get("redis_breaker_opens", 0),
+                "fences_unreplicated": c.get("fences_unreplicated", 0),
             },
+            "coherence": {
+                "connects": c.get("coherence_connects", 0),
+                "drops": c.get("coherence_drops", 0),
+                "connect_failures": c.get("coherence_connect_failures", 0),
+                "invalidations_unheard": c.get("invalidations_unheard", 0),
+            },
+            "near_cache": self._near_metrics(c),
             "writes": {
                 "pending": self._writer.pending if self._writer is not None else 0,
                 "written": c.get("writes_written", 0),

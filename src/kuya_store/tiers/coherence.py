@@ -64,6 +64,7 @@ class _Tracking(asyncio.Protocol):
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.on_lost: Callable[[], None] | None = None
         self.ping_sent: float | None = None
+        self.client_id: int | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -121,7 +122,11 @@ def _ssl_context(options: dict[str, str]) -> ssl.SSLContext:
 
 
 class InvalidationListener:
-    """Hears every change of hot-tier values and fences, and tells the near-cache."""
+    """Hears every change of hot-tier values and fences, and tells the near-cache.
+
+    ``on_fence(card_key, fence_key)`` is told of each fence heard, so the store can
+    learn the moment of an invalidation made by another worker.
+    """
 
     def __init__(
         self,
@@ -129,8 +134,10 @@ class InvalidationListener:
         near: NearCache,
         settings: StoreSettings,
         metrics: Metrics,
+        on_fence: Callable[[str, str], None] | None = None,
     ) -> None:
         self._deployment = deployment
+        self._on_fence = on_fence
         self._near = near
         self._metrics = metrics
         self._prefix = settings.key_prefix
@@ -202,6 +209,8 @@ class InvalidationListener:
             if parts is not None:
                 kind, card_key, result_key = parts
                 self._near.changed(card_key, result_key if kind == "r" else None)
+                if kind == "g" and self._on_fence is not None:
+                    self._on_fence(card_key, key)
             if key in self._waiters:
                 self._release_waiters(key)
 
@@ -236,7 +245,7 @@ class InvalidationListener:
                 if password:
                     await protocol.call("AUTH", *([username] if username else []), password)
                 await protocol.call("CLIENT", "SETNAME", "kuya-invalidations")
-                client_id = await protocol.call("CLIENT", "ID")
+                client_id = protocol.client_id = await protocol.call("CLIENT", "ID")
                 prefixes = [arg for p in tracked_prefixes(self._prefix) for arg in ("PREFIX", p)]
                 await protocol.call(
                     "CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", *prefixes

@@ -203,8 +203,26 @@ class RedisTier:
         """The breaker of the whole deployment; a Cluster has one per node besides."""
         self._node_breakers: dict[str, CircuitBreaker] = {}
         self.on_fenced: OnFenced | None = None
+        self._reading: set[asyncio.Task[None]] = set()
         self.listener: InvalidationListener | None = None
         """Set when near-caches are kept coherent: ``invalidate`` waits to hear itself."""
+
+    def fence_heard(self, card_key: str, fence_key: str) -> None:
+        """A card's fence changed somewhere: read its moment, then tell ``on_fenced``."""
+        if self.on_fenced is not None:
+            task = asyncio.create_task(self._read_fence(card_key, fence_key))
+            self._reading.add(task)
+            task.add_done_callback(self._reading.discard)
+
+    async def _read_fence(self, card_key: str, fence_key: str) -> None:
+        ok, raw = await self._call(lambda: self.client.get(fence_key), fence_key)
+        if not ok or raw is None or self.on_fenced is None:
+            return
+        try:
+            at = datetime.fromtimestamp(int(raw) / 1000, UTC)
+        except (ValueError, OverflowError):
+            return  # untrusted content: a fence that does not parse says nothing
+        self.on_fenced(card_key, at)
 
     def _new_breaker(self) -> CircuitBreaker:
         metrics = self._metrics
@@ -406,4 +424,6 @@ class RedisTier:
     async def close(self) -> None:
         if self.listener is not None:
             await self.listener.close()
+        for task in self._reading:
+            task.cancel()
         await self.deployment.close()
