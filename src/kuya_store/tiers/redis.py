@@ -322,8 +322,8 @@ class RedisTier:
     async def invalidate(self, identity: ResultIdentity, at: datetime | None = None) -> int:
         """Drop every params variant of the card; refuse data fetched up to ``at`` from now on.
 
-        With coherent near-caches it returns once the invalidation is on its way to every
-        worker (its own listener heard it), or after ``redis_socket_timeout`` at most.
+        With coherent near-caches it returns once Redis has sent the invalidation to every
+        worker (its own listener heard it, or ``redis_socket_timeout`` passed).
         """
         index = identity.redis_index_key(self._prefix)
         fence = identity.redis_fence_key(self._prefix)
@@ -348,6 +348,9 @@ class RedisTier:
             raise TierUnavailableError("redis")
         if heard is not None and listener is not None:
             await listener.wait(heard, self._settings.redis_socket_timeout.total_seconds())
+            # Redis answers this only after it has written out everything it queued
+            # before, so the invalidation has been sent to every worker when we return.
+            await self._call(lambda: self.client.exists(fence), fence)
         return dropped or 0
 
     async def _raise_fence(self, fence: str, index: str, moment: str) -> list[str]:
