@@ -16,7 +16,18 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from bench import history, hot_path, memory, near_cache, persist, replay, stampede, upsert
+from bench import (
+    coherence,
+    ha,
+    history,
+    hot_path,
+    memory,
+    near_cache,
+    persist,
+    replay,
+    stampede,
+    upsert,
+)
 from bench.servers import real_servers
 from bench.stats import Target, targets_table
 
@@ -34,6 +45,8 @@ BENCHMARKS = {
     "upsert": Benchmark(upsert.run),
     "history": Benchmark(history.run),
     "stampede": Benchmark(stampede.run),
+    "coherence": Benchmark(coherence.run),
+    "ha": Benchmark(ha.run),
     "memory": Benchmark(memory.run, needs_servers=False),
     "replay": Benchmark(replay.run, needs_servers=False),
 }
