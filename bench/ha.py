@@ -61,8 +61,8 @@ async def _hot_hits(urls: dict[str, str], n: int) -> dict[str, list[float]]:
         return await sample_interleaved({k: hit(s) for k, s in stores.items()}, n)
 
 
-async def _answers(hot: RedisTier) -> bool:
-    identity = ResultIdentity.of(f"probe-{time.monotonic_ns()}", ks.SearchType.SOLD, {})
+async def _answers(hot: RedisTier, identity: ResultIdentity) -> bool:
+    """A write and a read of ``identity`` through the hot tier both reach Redis."""
     result = StoredResult(
         query="probe",
         card_identifier="probe",
@@ -72,7 +72,8 @@ async def _answers(hot: RedisTier) -> bool:
         fetched_at=datetime.now(UTC),
     )
     await hot.set(identity, result, timedelta(minutes=1))
-    return await hot.get(identity) is not None
+    read = await hot.get(identity)
+    return read is not None and read.fetched_at == result.fetched_at  # this write, not an older
 
 
 async def _failover(kind: str, reset_after: float) -> float:
@@ -85,15 +86,16 @@ async def _failover(kind: str, reset_after: float) -> float:
         async with _store(servers.url, prefix, market, breaker_reset_after=breaker) as store:
             hot = store._hot
             assert isinstance(hot, RedisTier)
-            key = ResultIdentity.of("probe", ks.SearchType.SOLD, {}).redis_key(prefix)
-            assert await _answers(hot)
+            # One card, so on a Cluster the probe asks the very node that is killed.
+            probe = ResultIdentity.of("probe", ks.SearchType.SOLD, {})
+            assert await _answers(hot, probe)
             if isinstance(servers, SentinelSet):
                 kill = servers.kill_master
             else:
-                kill = servers.master_of(key).kill
+                kill = servers.master_of(probe.redis_key(prefix)).kill
             await asyncio.to_thread(kill)
             killed = time.monotonic()
-            while not await _answers(hot):
+            while not await _answers(hot, probe):
                 if time.monotonic() - killed > 120:
                     return float("inf")
                 await asyncio.sleep(0.02)

@@ -41,6 +41,10 @@ __all__ = ["InvalidationListener"]
 _log = logging.getLogger("kuya_store.coherence")
 _CHANNEL = b"__redis__:invalidate"
 _HEARTBEAT = 1.0
+# A pong later than this means a dead or wedged connection; generous, since a busy event
+# loop reads late, and a false alarm costs a flush.
+_PONG_TIMEOUT = 3.0
+_REFUSED_RETRY = 30.0
 _FAILURES = (OSError, TimeoutError, ConnectionError, hiredis.ProtocolError)
 
 
@@ -270,10 +274,16 @@ class InvalidationListener:
                 for connection in opened:
                     connection.close()
                 self._metrics.incr("coherence_connect_failures")
-                _log.debug("invalidation listener could not connect: %r", exc)
+                if isinstance(exc, _Refused):
+                    # Not a passing outage (no CLIENT TRACKING before Redis 6, an ACL):
+                    # say so, and ask seldom.
+                    _log.warning("near-caches stay on short TTLs: %s", exc)
+                    delay = _REFUSED_RETRY
+                else:
+                    _log.debug("invalidation listener could not connect: %r", exc)
                 await self._deployment.refresh()
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                delay = min(delay * 2, 1.0) if delay < _REFUSED_RETRY else delay
                 continue
             delay = 0.05
             for connection in opened:
@@ -300,7 +310,8 @@ class InvalidationListener:
                 return
             now = time.monotonic()
             for connection in connections:
-                if connection.ping_sent is not None and now - connection.ping_sent > self._timeout:
+                sent = connection.ping_sent
+                if sent is not None and now - sent > max(self._timeout, _PONG_TIMEOUT):
                     _log.info("invalidation listener: a connection stopped answering")
                     return
                 connection.ping()
