@@ -47,7 +47,7 @@ class RedisTarget:
     password: str | None = field(default=None, repr=False)
     tls: bool = False
     socket_path: str | None = None
-    options: tuple[tuple[str, str], ...] = ()
+    options: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
 def _split_netloc(netloc: str) -> tuple[str, str | None, str | None]:
