@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from bench import (
+    coherence,
+    ha,
     history,
     hot_path,
     memory,
@@ -46,6 +48,8 @@ BENCHMARKS = {
     "upsert": Benchmark(upsert.run),
     "history": Benchmark(history.run),
     "stampede": Benchmark(stampede.run),
+    "coherence": Benchmark(coherence.run),
+    "ha": Benchmark(ha.run),
     "memory": Benchmark(memory.run, needs_servers=False),
     "replay": Benchmark(replay.run, needs_servers=False),
     "valuation": Benchmark(valuation.run, needs_servers=False),

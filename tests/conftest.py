@@ -200,3 +200,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+# -- highly available Redis (tests/redis_ha.py): started only when a test asks ------------
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_url() -> Iterator[str]:
+    """A ``redis+sentinel://`` URL: a master, a replica and three sentinels (shared: no kills)."""
+    from redis_ha import SentinelSet
+
+    with SentinelSet() as sentinels:
+        yield sentinels.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A ``redis+cluster://`` URL: three masters with a replica each (shared: no kills)."""
+    from redis_ha import ClusterSet
+
+    with ClusterSet() as cluster:
+        yield cluster.url

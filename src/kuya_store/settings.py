@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Annotated, Any, Literal, Self
-from urllib.parse import SplitResult, urlsplit
 
 from pydantic import (
     AliasChoices,
+    ByteSize,
     Field,
     ImportString,
     ValidationError,
@@ -19,6 +19,12 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from kuya_store.errors import InvalidInputError
+from kuya_store.tiers.redis_urls import (
+    REDIS_SCHEMES,
+    RedisTarget,
+    parse_redis_url,
+    redact_redis_url,
+)
 
 __all__ = ["DEFAULT_DATABASE_URL", "Mode", "StoreSettings", "pgbouncer_requested", "redact_url"]
 
@@ -34,18 +40,6 @@ _DRIVERS = {
     "sqlite+aiosqlite": "sqlite+aiosqlite",
     "sqlite": "sqlite+aiosqlite",
 }
-_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
-
-
-def _redact_redis(parts: SplitResult) -> str:
-    if parts.password is None:
-        return parts.geturl()
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
 
 
 def redact_url(url: str | None) -> str | None:
@@ -53,8 +47,8 @@ def redact_url(url: str | None) -> str | None:
     if url is None:
         return None
     try:
-        if url.split(":", 1)[0].lower() in _REDIS_SCHEMES:
-            return _redact_redis(urlsplit(url))
+        if url.split(":", 1)[0].lower() in REDIS_SCHEMES:
+            return redact_redis_url(url)
         return make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
         # Unparseable: show the scheme only, since anything after it could be a secret.
@@ -141,10 +135,17 @@ class StoreSettings(BaseSettings):
     # Oldest stored result that may be served as ``source="stale"`` when the fetcher fails.
     max_stale: timedelta = timedelta(days=7)
 
-    # In-process near-cache in front of Redis.
+    # In-process near-cache in front of Redis, and the memory hot tier without Redis.
     near_cache_ttl: timedelta = timedelta(seconds=5)
+    """How long a near-cache entry lives while it is not kept coherent through Redis."""
     near_cache_size: int = Field(10_000, ge=0)
+    near_cache_max_bytes: ByteSize = Field(ByteSize(128 * 2**20), ge=0)
+    """About how much memory the near-cache may take (``"128MiB"``, or bytes)."""
+    near_cache_coherence: bool = True
+    """Keep every worker's near-cache coherent through Redis ``CLIENT TRACKING``."""
     memory_tier_size: int = Field(10_000, ge=1)
+    memory_tier_max_bytes: ByteSize = Field(ByteSize(256 * 2**20), ge=1)
+    """About how much memory the memory hot tier may take (``"256MiB"``, or bytes)."""
 
     # Database connections.
     pool_size: int = Field(5, ge=1, le=1000)
@@ -313,22 +314,7 @@ class StoreSettings(BaseSettings):
         if not isinstance(value, str):
             raise ValueError("must be a URL string or None")
         value = value.strip()
-        try:
-            parts = urlsplit(value)
-            port = parts.port
-        except ValueError:
-            raise ValueError("is not a valid Redis URL (bad host or port)") from None
-        if parts.scheme not in _REDIS_SCHEMES:
-            raise ValueError(
-                f"has unsupported scheme {parts.scheme!r}; use 'redis://', 'rediss://' or 'unix://'"
-            )
-        if parts.scheme != "unix" and not parts.hostname:
-            raise ValueError("names no host; expected e.g. 'redis://127.0.0.1:6379/0'")
-        if port == 0:
-            raise ValueError("has port 0")
-        db = parts.path.lstrip("/")
-        if db and not db.isdigit() and parts.scheme != "unix":
-            raise ValueError("has a database number that is not a non-negative integer")
+        parse_redis_url(value)  # says what is wrong, without the password
         return str(value)
 
     def __init__(self, **values: Any) -> None:
@@ -352,6 +338,11 @@ class StoreSettings(BaseSettings):
     def database(self) -> URL:
         """The database URL as a SQLAlchemy ``URL`` (its repr hides the password)."""
         return make_url(self.database_url)
+
+    @property
+    def redis_target(self) -> RedisTarget | None:
+        """What ``redis_url`` names: one Redis, a Sentinel-managed master or a Cluster."""
+        return None if self.redis_url is None else parse_redis_url(self.redis_url)
 
     @property
     def is_sqlite(self) -> bool:
