@@ -379,7 +379,7 @@ class SyncCompsStore:
 
     def maintain(self) -> MaintenanceReport:
         """Partitions ahead, retention, refreshed analytics views."""
-        return self._run(CompsStore.maintain)
+        return self._run(lambda store: store.maintain())
 
     def metrics(self) -> dict[str, Any]:
         """Counters and timings as a plain dict."""
