@@ -17,12 +17,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from bench import (
+    coherence,
+    ha,
     history,
     hot_path,
     memory,
     near_cache,
     persist,
     replay,
+    replicas,
+    scale,
     stampede,
     upsert,
     valuation,
@@ -44,9 +48,13 @@ BENCHMARKS = {
     "upsert": Benchmark(upsert.run),
     "history": Benchmark(history.run),
     "stampede": Benchmark(stampede.run),
+    "coherence": Benchmark(coherence.run),
+    "ha": Benchmark(ha.run),
     "memory": Benchmark(memory.run, needs_servers=False),
     "replay": Benchmark(replay.run, needs_servers=False),
     "valuation": Benchmark(valuation.run, needs_servers=False),
+    "scale": Benchmark(scale.run),
+    "replicas": Benchmark(replicas.run),
 }
 
 

@@ -112,8 +112,56 @@ def _spawn(kind: str, n: int) -> dict[str, Any]:
     return report
 
 
+async def _estimate_errors() -> list[tuple[str, int, float]]:
+    """The byte estimate of the in-process tiers against ``tracemalloc``, per result shape."""
+    import gc
+    import tracemalloc
+
+    import kuya_store as ks
+    from kuya_store.demo import FakeMarketplace
+    from kuya_store.pricing import DefaultValuator
+    from kuya_store.stored import StoredResult, decode, encode
+    from kuya_store.tiers.sizing import approximate_size
+
+    rows = []
+    for listings in (1, 10, 50, 120, 500):
+        market = FakeMarketplace(listings=listings)
+        request = ks.FetchRequest(query="2023 Topps Chrome Wembanyama #1", search_type="sold")
+        fetched = await market.sold(request)
+        now = market._clock()
+        snapshot = DefaultValuator().value(
+            "card", fetched.listings, snapshot_date=now.date(), now=now
+        )
+        for extra in (True, False):
+            result = StoredResult(
+                query=request.query,
+                card_identifier="2023 topps chrome wembanyama 1",
+                search_type=ks.SearchType.SOLD,
+                params={"pages": 3},
+                listings=fetched.listings
+                if extra
+                else [x.metadata_only() for x in fetched.listings],
+                fetched_at=now,
+                snapshot=snapshot,
+            )
+            raw = encode(result)
+            gc.collect()
+            tracemalloc.start()
+            copies = [decode(raw) for _ in range(5)]
+            held = tracemalloc.get_traced_memory()[0] / len(copies)
+            tracemalloc.stop()
+            shape = f"{listings} listings, {'with' if extra else 'no'} display data"
+            rows.append((shape, int(held), approximate_size(result) / held - 1))
+    return rows
+
+
 async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
     n = max(10_000, int(ENTRIES * scale))
+    print("\n## memory: the byte estimate of a result against tracemalloc")
+    errors = await _estimate_errors()
+    for shape, held, error in errors:
+        print(f"{shape:<40} {held / 1024:9.1f} KiB held, estimate {error:+6.1%}")
+    worst = max(abs(e) for _, _, e in errors)
     print(f"\n## memory: peak RSS holding {n:,} results of {LISTINGS} listings in process")
     reports = {kind: await asyncio.to_thread(_spawn, kind, n) for kind in ("dict", "kuya")}
     grown = {k: r["after_mb"] - r["before_mb"] for k, r in reports.items()}
@@ -128,7 +176,14 @@ async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
             f"{grown[kind] * 1024 / n:.2f} KiB per entry)"
         )
     print(f"ratio: kuya-store/dict = {grown['kuya'] / grown['dict']:.2f}x the memory")
-    return []
+    return [
+        Target(
+            "byte estimate of a held result, worst error",
+            "within 20%",
+            f"{worst:.1%} over {len(errors)} shapes",
+            worst <= 0.2,
+        )
+    ]
 
 
 if __name__ == "__main__":

@@ -146,13 +146,25 @@ def create_app(create_schema: bool = True, **store_kwargs: Any) -> FastAPI:
         body, content_type = exposition(store)
         return Response(body, media_type=content_type)
 
+    @app.get("/cards/search")
+    async def card_search(store: StoreDep, q: str, limit: int = 10) -> list[dict[str, Any]]:
+        """Searched cards that match some words, best first, with their market value."""
+        await store.flush(timeout=2.0)
+        return [m.model_dump(mode="json") for m in await store.cards.search(q, limit=limit)]
+
     @app.get("/admin", response_class=HTMLResponse)
-    async def admin(store: StoreDep) -> str:
-        """The admin dashboard: top searches, hit rate, API calls saved, a price chart."""
+    async def admin(store: StoreDep, q: str = "") -> str:
+        """The admin dashboard: top searches, hit rate, API calls saved, card search, a chart."""
         await store.flush(timeout=2.0)
         stats = await store.analytics.search_stats()
         top = await store.analytics.top_searches(limit=10)
-        return render_dashboard(stats, top, store.metrics())
+        matches = None
+        if q.strip():
+            try:
+                matches = await store.cards.search(q)
+            except ks.InvalidInputError:
+                matches = []
+        return render_dashboard(stats, top, store.metrics(), searched=q, matches=matches)
 
     return app
 

@@ -150,12 +150,29 @@ def create_app(
         body, content_type = exposition(kuya.store)
         return Response(body, content_type=content_type)
 
+    @app.get("/cards/search")
+    def card_search() -> list[dict[str, Any]]:
+        """Searched cards that match some words, best first, with their market value."""
+        kuya.store.flush(timeout=2.0)
+        limit = int(request.args.get("limit", "10"))
+        found = kuya.store.cards.search(request.args.get("q", ""), limit=limit)
+        return [m.model_dump(mode="json") for m in found]
+
     @app.get("/admin")
     def admin() -> str:
-        """The admin dashboard: top searches, hit rate, API calls saved, a price chart."""
+        """The admin dashboard: top searches, hit rate, API calls saved, card search, a chart."""
         kuya.store.flush(timeout=2.0)
         stats = kuya.store.analytics.search_stats()
         top = kuya.store.analytics.top_searches(limit=10)
-        return render_dashboard(stats, top, kuya.store.metrics())
+        searched = request.args.get("q", "")
+        matches = None
+        if searched.strip():
+            try:
+                matches = kuya.store.cards.search(searched)
+            except ks.InvalidInputError:
+                matches = []
+        return render_dashboard(
+            stats, top, kuya.store.metrics(), searched=searched, matches=matches
+        )
 
     return app

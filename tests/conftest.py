@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -79,13 +80,28 @@ async def _admin(base_url: str, statement: str) -> None:
         await conn.close()
 
 
+def _drop_database(base_url: str, name: str) -> None:
+    import asyncpg
+
+    for attempt in range(20):
+        try:
+            asyncio.run(_admin(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            return
+        except asyncpg.InsufficientPrivilegeError:
+            # An autovacuum worker (a superuser's process) is still in the database after
+            # a test's DDL: FORCE may not end it, but it ends on its own within moments.
+            if attempt == 19:
+                raise
+            time.sleep(0.25)
+
+
 @pytest.fixture
 def postgres_url(postgres_base_url: str) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
     name = f"kt_{uuid.uuid4().hex[:12]}"
     asyncio.run(_admin(postgres_base_url, f'CREATE DATABASE "{name}"'))
     yield make_url(postgres_base_url).set(database=name).render_as_string(hide_password=False)
-    asyncio.run(_admin(postgres_base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    _drop_database(postgres_base_url, name)
 
 
 @pytest.fixture
@@ -129,3 +145,79 @@ async def redis_client(redis_base_url: str) -> AsyncIterator[Any]:
     client = aioredis.Redis.from_url(redis_base_url)
     yield client
     await client.aclose()
+
+
+# --------------------------------------------------------------------------- scale-out servers
+# A streaming replica, PgBouncer and pg_partman (tests/pg_cluster.py), started on first use.
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(postgres_base_url: str) -> Iterator[Any]:
+    """PgBouncer in transaction pooling mode in front of the suite's PostgreSQL."""
+    from pg_cluster import PgBouncer
+
+    url = make_url(postgres_base_url)
+    with PgBouncer(url.host or "127.0.0.1", url.port or 5432, url.username, url.password) as b:
+        yield b
+
+
+@pytest.fixture
+def pgbouncer_url(postgres_url: str, pgbouncer: Any) -> str:
+    """A fresh, empty database reached through PgBouncer (SQLAlchemy URL, no pooler flag)."""
+    url: str = pgbouncer.url_for(make_url(postgres_url).database)
+    return url
+
+
+@pytest.fixture(scope="session")
+def streaming_pair() -> Iterator[Any]:
+    """A primary and a hot standby of its own (``pg_basebackup``), for replica tests."""
+    from pg_cluster import StreamingPair
+
+    with StreamingPair() as pair:
+        yield pair
+
+
+@pytest.fixture
+def replicated_db(streaming_pair: Any) -> Iterator[tuple[str, str]]:
+    """A fresh database on the streaming pair: ``(primary URL, replica URL)``."""
+    name = f"kr_{uuid.uuid4().hex[:12]}"
+    urls: tuple[str, str] = streaming_pair.create_database(name)
+    streaming_pair.replica.resume_replay()
+    yield urls
+    streaming_pair.replica.resume_replay()
+    if not streaming_pair.replica.is_running():
+        streaming_pair.replica.start()
+    streaming_pair.primary.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A module's PgBouncer variant runs once, with the memory hot tier (not again with Redis)."""
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        twice = params.get("database_url") == "pgbouncer" and params.get("hot_tier") == "redis"
+        (drop if twice else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+# -- highly available Redis (tests/redis_ha.py): started only when a test asks ------------
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_url() -> Iterator[str]:
+    """A ``redis+sentinel://`` URL: a master, a replica and three sentinels (shared: no kills)."""
+    from redis_ha import SentinelSet
+
+    with SentinelSet() as sentinels:
+        yield sentinels.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A ``redis+cluster://`` URL: three masters with a replica each (shared: no kills)."""
+    from redis_ha import ClusterSet
+
+    with ClusterSet() as cluster:
+        yield cluster.url

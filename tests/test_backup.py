@@ -219,7 +219,11 @@ def _run_pg(tool: str, url: str, *args: str, timezone_name: str = "UTC") -> byte
     return done.stdout
 
 
-def _psql_copy(url: str, source: str = "price_snapshots", timezone_name: str = "UTC") -> bytes:
+# The table is partitioned on PostgreSQL: COPY reads it through a query.
+_ALL_SNAPSHOTS = "(SELECT * FROM price_snapshots ORDER BY id)"
+
+
+def _psql_copy(url: str, source: str = _ALL_SNAPSHOTS, timezone_name: str = "UTC") -> bytes:
     database = make_url(url).database or ""
     copy = f"COPY {source} TO STDOUT CSV HEADER"
     return _run_pg("psql", url, "-X", "-q", "-d", database, "-c", copy, timezone_name=timezone_name)

@@ -149,19 +149,23 @@ async def test_cancelled_owner_does_not_cancel_the_others(migrated_url: str) -> 
 
 async def test_a_cancelled_search_is_never_retried(migrated_url: str) -> None:
     calls = 0
+    asked = asyncio.Event()
 
     async def fails_slowly(request: ks.FetchRequest) -> ks.FetchResult:
         nonlocal calls
         calls += 1
+        asked.set()
         await asyncio.sleep(0.2)
         raise ConnectionError("reset by peer")  # transient: would be retried
 
     async with ks.CompsStore(
         database_url=migrated_url, fetchers={"sold": fails_slowly}, fetch_backoff=0.01
     ) as store:
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.05):
-                await store.comps.search(QUERY)
+        search = asyncio.ensure_future(store.comps.search(QUERY))
+        await asked.wait()  # the paid call is under way: now the client goes away
+        search.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await search
         await asyncio.sleep(0.5)  # the abandoned flight's attempt ends and is not repeated
         assert calls == 1
         assert store.metrics()["api_retries"] == 0

@@ -100,3 +100,24 @@ def test_chart_endpoint_renders_as_an_image(served: str, tmp_path: Path) -> None
         timeout=90,
     ).stdout
     assert "market-value" in dom and "1986-fleer-michael-jordan-57" in dom
+
+
+def test_card_search_box_in_chromium(served: str, tmp_path: Path) -> None:
+    dom = subprocess.run(
+        [
+            _chromium(),
+            *FLAGS,
+            f"--user-data-dir={tmp_path / 'p'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            f"{served}/admin?q=jordn+fleer",  # a typo
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    ).stdout
+    form = dom.split('id="card-search"', 1)[1]
+    assert 'value="jordn fleer"' in form
+    results = dom.split('id="card-matches"', 1)[1].split("</ul>", 1)[0]
+    assert 'data-card="1986-fleer-michael-jordan-57"' in results
+    assert "3 searches" in results

@@ -128,6 +128,14 @@ def test_endpoints_end_to_end(
     assert (
         "2023 Topps Chrome Victor Wembanyama #1" in dashboard or "wembanyama" in dashboard.lower()
     )
+    assert 'id="card-search"' in dashboard
+
+    found = _json(get("/cards/search", q="wembanyma chrome"))  # a typo
+    assert found[0]["card_identifier"] == ks.normalize_card(CARD)
+    assert found[0]["searches"] >= 1 and found[0]["market_value"] is not None
+    searched = _body(get("/admin", q="wemby chrome"))
+    assert f'data-card="{ks.normalize_card(CARD)}"' in searched.split('id="card-matches"')[1]
+    assert "No card matches." in _body(get("/admin", q="zzzqqq"))
 
 
 def test_ready_is_503_only_when_nothing_can_answer(

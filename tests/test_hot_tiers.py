@@ -40,14 +40,21 @@ def _identity(card: str = "wemby", pages: int = 1) -> ResultIdentity:
     return ResultIdentity.of(card, ks.SearchType.SOLD, {"pages": pages})
 
 
-@pytest.fixture(params=["memory", "redis"])
+_REDIS_URLS = {
+    "redis": "redis_base_url",
+    "sentinel": "redis_sentinel_url",
+    "cluster": "redis_cluster_url",
+}
+
+
+@pytest.fixture(params=["memory", "redis", "sentinel", "cluster"])
 async def tier(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[HotTier]:
     if request.param == "memory":
         clock = ks.ManualClock(NOW)
         yield MemoryTier(100, clock)
         return
     settings = StoreSettings(
-        redis_url=request.getfixturevalue("redis_base_url"), key_prefix=key_prefix
+        redis_url=request.getfixturevalue(_REDIS_URLS[request.param]), key_prefix=key_prefix
     )
     redis_tier = RedisTier(settings, Metrics())
     yield redis_tier

@@ -51,7 +51,7 @@ def test_plain_queries_keep_the_keys_they_were_stored_under(
     assert by_query.operators is None
     assert by_query.result_key == result_key
     assert by_query.card_key == card_key
-    assert by_query.redis_key("kuya") == f"kuya:v1:r:sold:{result_key}"
+    assert by_query.redis_key("kuya") == f"kuya:v1:r:{{{card_key}}}:sold:{result_key}"
 
 
 @pytest.mark.parametrize(

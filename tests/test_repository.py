@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import kuya_store as ks
+from kuya_store.db.engine import driver_arguments
 from kuya_store.demo import FakeMarketplace
+from readback import rows as _rows
 
 QUERY = "2023 Topps Chrome Victor Wembanyama #1"
 SAME_CARD = "  2023 topps chrome VICTOR wembanyama 1 "
@@ -29,6 +31,14 @@ def clock() -> ks.ManualClock:
 @pytest.fixture
 def market(clock: ks.ManualClock) -> FakeMarketplace:
     return FakeMarketplace(listings=12, clock=clock)
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "pgbouncer"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Each backend, and PostgreSQL once more through PgBouncer in transaction mode."""
+    if request.param == "pgbouncer":
+        return f"{request.getfixturevalue('pgbouncer_url')}?pgbouncer=true"
+    return str(request.getfixturevalue(f"{request.param.replace('postgresql', 'postgres')}_url"))
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -69,21 +79,17 @@ async def make_store(
         await store.close()
 
 
+def _engine(url: str) -> AsyncEngine:
+    target, connect_args = driver_arguments(url)  # also through PgBouncer
+    return create_async_engine(target, connect_args=connect_args)
+
+
 async def _count(url: str, table: str, where: str = "") -> int:
-    engine = create_async_engine(url)
+    engine = _engine(url)
     try:
         async with engine.connect() as conn:
             sql = f"SELECT count(*) FROM {table}" + (f" WHERE {where}" if where else "")
             return int((await conn.execute(sa.text(sql))).scalar_one())
-    finally:
-        await engine.dispose()
-
-
-async def _rows(url: str, sql: str) -> list[dict[str, Any]]:
-    engine = create_async_engine(url)
-    try:
-        async with engine.connect() as conn:
-            return [dict(r._mapping) for r in await conn.execute(sa.text(sql))]
     finally:
         await engine.dispose()
 

@@ -9,11 +9,9 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
-
 import kuya_store as ks
 from kuya_store.keys import ResultIdentity
+from readback import rows as _rows
 
 CARD = "1986 Fleer Michael Jordan #57"
 
@@ -33,15 +31,6 @@ def _jordan_market(clock: ks.ManualClock) -> list[ks.Listing]:
         for i, (g, p) in enumerate([("8", "4200"), ("9", "9800"), ("8", "4350"), ("7", "2500")])
     ]
     return raw + slabs
-
-
-async def _rows(url: str, sql: str) -> list[dict[str, Any]]:
-    engine = create_async_engine(url)
-    try:
-        async with engine.connect() as conn:
-            return [dict(r._mapping) for r in await conn.execute(sa.text(sql))]
-    finally:
-        await engine.dispose()
 
 
 async def test_snapshot_values_only_the_listings_shown(migrated_url: str) -> None:

@@ -44,35 +44,58 @@ ADDED_INDEXES = {
     "idx_collection_cards_binder",
     "idx_collection_cards_valued",
     "idx_collection_cards_card",
+    # The analytics views and their watermark (revision 0006).
+    "analytics_watermark_pkey",
+    "search_stats_daily_key",
+    "card_searches_daily_key",
+    # Card search's directory: its key, full-text and trigram indexes (revision 0006).
+    "card_directory_key",
+    "card_directory_document",
+    "card_directory_words",
 }
 # Indexes the plan defines that had to change for correctness, each explained in docs/schema.md.
-CHANGED_INDEXES = {"idx_searches_query": ("USING btree", "USING hash")}
+CHANGED_INDEXES = {
+    "idx_searches_query": ("USING btree", "USING hash"),
+    "searches_pkey": ("(id)", "(id, created_at)"),
+    "price_snapshots_pkey": ("(id)", "(id, snapshot_date)"),
+}
 ADDED_TABLES = {
     "search_results",
     "kuya_store_alembic_version",
     "api_usage",
     "binders",
     "collection_cards",
+    "analytics_watermark",
 }
 # Foreign keys the plan leaves at NO ACTION that must not block purging old searches.
 SET_NULL_FKS = {"price_snapshots_search_id_fkey", "listing_cache_search_id_fkey"}
 
-COLUMNS_SQL = """
+# The partitioned layout (docs/schema.md): a key must include the partition key, which is
+# NOT NULL; no foreign key can point at searches.id alone, so the store keeps its meaning.
+CHANGED_COLUMNS = {("searches", "created_at"): {"is_nullable": "NO"}}
+CHANGED_CONSTRAINTS = {"searches_pkey": "id,created_at", "price_snapshots_pkey": "id,snapshot_date"}
+REMOVED_CONSTRAINTS = {"price_snapshots_search_id_fkey", "listing_cache_search_id_fkey"}
+PARTITIONED_TABLES = {"searches": "created_at", "price_snapshots": "snapshot_date"}
+_NOT_A_PARTITION = "NOT IN (SELECT relname FROM pg_class WHERE relispartition)"
+
+COLUMNS_SQL = f"""
 SELECT table_name, column_name, data_type, character_maximum_length,
        numeric_precision, numeric_scale, is_nullable, column_default
-FROM information_schema.columns WHERE table_schema = 'public'
+FROM information_schema.columns WHERE table_schema = 'public' AND table_name {_NOT_A_PARTITION}
 """
-INDEXES_SQL = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'"
-CONSTRAINTS_SQL = """
-SELECT tc.constraint_name, tc.table_name, tc.constraint_type, rc.delete_rule,
-       string_agg(kcu.column_name, ',' ORDER BY kcu.ordinal_position) AS columns
+INDEXES_SQL = f"SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename {_NOT_A_PARTITION}"
+CONSTRAINTS_SQL = f"""
+SELECT tc.constraint_name, tc.table_name, tc.constraint_type,
+       (SELECT rc.delete_rule FROM information_schema.referential_constraints rc
+        WHERE rc.constraint_name = tc.constraint_name
+          AND rc.constraint_schema = tc.table_schema LIMIT 1) AS delete_rule,
+       (SELECT string_agg(kcu.column_name, ',' ORDER BY kcu.ordinal_position)
+        FROM information_schema.key_column_usage kcu
+        WHERE kcu.constraint_name = tc.constraint_name AND kcu.table_schema = tc.table_schema
+          AND kcu.table_name = tc.table_name) AS columns
 FROM information_schema.table_constraints tc
-JOIN information_schema.key_column_usage kcu
-  ON kcu.constraint_name = tc.constraint_name AND kcu.table_schema = tc.table_schema
-LEFT JOIN information_schema.referential_constraints rc
-  ON rc.constraint_name = tc.constraint_name AND rc.constraint_schema = tc.table_schema
-WHERE tc.table_schema = 'public'
-GROUP BY tc.constraint_name, tc.table_name, tc.constraint_type, rc.delete_rule
+WHERE tc.table_schema = 'public' AND tc.table_name {_NOT_A_PARTITION}
+  AND tc.constraint_type IN ('PRIMARY KEY', 'UNIQUE', 'FOREIGN KEY')
 """
 
 
@@ -94,7 +117,11 @@ async def _catalogue(url: str) -> dict[str, Any]:
             )
             for r in await conn.fetch(COLUMNS_SQL)
         }
-        indexes = {r["indexname"]: r["indexdef"] for r in await conn.fetch(INDEXES_SQL)}
+        # A partitioned table's own index is "ON ONLY" the parent; each partition has its own.
+        indexes = {
+            r["indexname"]: r["indexdef"].replace(" ON ONLY ", " ON ")
+            for r in await conn.fetch(INDEXES_SQL)
+        }
         constraints = {
             r["constraint_name"]: (
                 r["table_name"],
@@ -107,7 +134,8 @@ async def _catalogue(url: str) -> dict[str, Any]:
         tables = {
             r["table_name"]
             for r in await conn.fetch(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' "
+                f"AND table_name {_NOT_A_PARTITION}"
             )
         }
     finally:
@@ -141,6 +169,8 @@ async def test_schema_matches_the_seed_ddl(postgres_url: str, seed_url: str) -> 
         seed_cols = {c: v for (t, c), v in seed["columns"].items() if t == table}
         our_cols = {c: v for (t, c), v in ours["columns"].items() if t == table}
         for column, spec in seed_cols.items():
+            if (table, column) in CHANGED_COLUMNS:
+                spec = (*spec[:4], CHANGED_COLUMNS[(table, column)]["is_nullable"], spec[5])
             assert our_cols.get(column) == spec, (
                 f"{table}.{column}: {our_cols.get(column)} != {spec}"
             )
@@ -158,8 +188,43 @@ async def test_schema_matches_the_seed_ddl(postgres_url: str, seed_url: str) -> 
     assert "WHERE (sold = false)" in ours["indexes"]["idx_active_listings"]
 
     for name, (table, kind, columns, rule) in seed["constraints"].items():
+        if name in REMOVED_CONSTRAINTS:
+            assert name not in ours["constraints"], name
+            continue
+        columns = CHANGED_CONSTRAINTS.get(name, columns)
         assert name in ours["constraints"], name
         our_table, our_kind, our_columns, our_rule = ours["constraints"][name]
         assert (our_table, our_kind, our_columns) == (table, kind, columns), name
         expected_rule = "SET NULL" if name in SET_NULL_FKS else rule
         assert our_rule == expected_rule, name
+
+    partitioned = await _partitioned(postgres_url)
+    assert partitioned == PARTITIONED_TABLES
+    for table in PARTITIONED_TABLES:
+        assert f"{table}_default" in await _partitions(postgres_url, table)
+
+
+async def _partitioned(url: str) -> dict[str, str]:
+    conn = await asyncpg.connect(_dsn(url))
+    try:
+        rows = await conn.fetch(
+            "SELECT c.relname, a.attname FROM pg_partitioned_table p "
+            "JOIN pg_class c ON c.oid = p.partrelid "
+            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = p.partattrs[0]"
+        )
+    finally:
+        await conn.close()
+    return {r["relname"]: r["attname"] for r in rows}
+
+
+async def _partitions(url: str, table: str) -> set[str]:
+    conn = await asyncpg.connect(_dsn(url))
+    try:
+        rows = await conn.fetch(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = $1::regclass",
+            table,
+        )
+    finally:
+        await conn.close()
+    return {r["relname"] for r in rows}

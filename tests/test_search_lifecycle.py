@@ -7,23 +7,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
 
 import kuya_store as ks
 from kuya_store.demo import FakeMarketplace
+from readback import rows as _rows
 from servers import PostgresServer
 
 CARD = "2018 Topps Update Shohei Ohtani #US1"
-
-
-async def _rows(url: str, sql: str) -> list[dict[str, Any]]:
-    engine = create_async_engine(url)
-    try:
-        async with engine.connect() as conn:
-            return [dict(r._mapping) for r in await conn.execute(sa.text(sql))]
-    finally:
-        await engine.dispose()
 
 
 def _two_workers(

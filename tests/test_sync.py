@@ -83,7 +83,7 @@ def test_bad_settings_leave_no_thread_behind() -> None:
 def test_parts_and_methods_the_facade_does_not_name_are_made_blocking(
     migrated_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    class Cards:
+    class Extras:
         def __init__(self, store: ks.CompsStore) -> None:
             self._store = store
 
@@ -91,17 +91,17 @@ def test_parts_and_methods_the_facade_does_not_name_are_made_blocking(
             return len(await self._store.analytics.top_searches())
 
     class Extended(ks.CompsStore):
-        async def maintain(self) -> str:
-            return "maintained"
+        async def tidy(self) -> str:
+            return "tidied"
 
         @property
-        def cards(self) -> Cards:
-            return Cards(self)
+        def extras(self) -> Extras:
+            return Extras(self)
 
     monkeypatch.setattr("kuya_store.sync.CompsStore", Extended)
     with ks.SyncCompsStore(database_url=migrated_url) as store:
-        assert store.maintain() == "maintained"
-        assert store.cards.count() == 0
-        assert store.cards is store.cards  # one proxy, made once
+        assert store.tidy() == "tidied"  # type: ignore[attr-defined]
+        assert store.extras.count() == 0  # type: ignore[attr-defined]
+        assert store.extras is store.extras  # type: ignore[attr-defined]  # one proxy, made once
         with pytest.raises(AttributeError):
             store.no_such_part  # noqa: B018

@@ -31,6 +31,7 @@ from kuya_store.metrics import Metrics
 from kuya_store.persistence import Database, FetchRecord, SearchRecord
 from kuya_store.stored import StoredResult
 from kuya_store.writer import WriteBehind, is_transient
+from readback import rows as _rows
 from servers import PostgresServer
 
 QUERY = "2023 Topps Chrome Victor Wembanyama #1"
@@ -38,15 +39,6 @@ SAME_CARD = "2023 topps chrome VICTOR wembanyama 1"
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 NO_SUCH_USER = 999
 LONE_SURROGATE = "\ud800"
-
-
-async def _rows(url: str, sql: str) -> list[dict[str, Any]]:
-    engine = create_async_engine(url)
-    try:
-        async with engine.connect() as conn:
-            return [dict(r._mapping) for r in await conn.execute(sa.text(sql))]
-    finally:
-        await engine.dispose()
 
 
 async def _count(url: str, sql: str) -> int:

@@ -12,8 +12,16 @@ from importlib.metadata import PackageNotFoundError, version
 from kuya_store import migrations
 from kuya_store.accounts import Accounts, SavedSearch, User
 from kuya_store.alerts import Alert
-from kuya_store.analytics import Analytics, PriceTrend, SearchStats, TopSearch, TrendPoint
+from kuya_store.analytics import (
+    Analytics,
+    DailySearches,
+    PriceTrend,
+    SearchStats,
+    TopSearch,
+    TrendPoint,
+)
 from kuya_store.backup import Backup, ImportReport, PurgeReport
+from kuya_store.cards import CardMatch, Cards
 from kuya_store.chart import render_price_chart
 from kuya_store.clock import ManualClock
 from kuya_store.collections import (
@@ -24,6 +32,7 @@ from kuya_store.collections import (
     CollectionValue,
     RevalueReport,
 )
+from kuya_store.db.maintenance import MaintenanceReport
 from kuya_store.errors import (
     BudgetExhaustedError,
     FetcherError,
@@ -79,6 +88,8 @@ __all__ = [
     "Backup",
     "Binder",
     "BudgetExhaustedError",
+    "CardMatch",
+    "Cards",
     "CollectedCard",
     "CollectionSummary",
     "CollectionValue",
@@ -86,6 +97,7 @@ __all__ = [
     "CompsRepository",
     "CompsResult",
     "CompsStore",
+    "DailySearches",
     "DefaultValuator",
     "FetchRequest",
     "FetchResult",
@@ -102,6 +114,7 @@ __all__ = [
     "Invalidation",
     "KuyaStoreError",
     "Listing",
+    "MaintenanceReport",
     "ManualClock",
     "NotFoundError",
     "PagedFetcher",

@@ -7,7 +7,17 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from kuya_store.analytics_views import (
+    Histogram,
+    daily_rows,
+    merged,
+    nearest_rank,
+    stats_rows,
+    top_rows,
+    views_present,
+)
 from kuya_store.db.engine import DatabaseFeature
 from kuya_store.db.tables import metadata
 from kuya_store.errors import InvalidInputError, NotFoundError
@@ -15,7 +25,15 @@ from kuya_store.models import PriceSnapshot, _Frozen
 from kuya_store.persistence import snapshot_from_row
 from kuya_store.pricing import GradingOutlook, grading_outlook, normalize_card
 
-__all__ = ["Analytics", "PriceTrend", "SearchStats", "TopSearch", "TrendPoint", "TypeStats"]
+__all__ = [
+    "Analytics",
+    "DailySearches",
+    "PriceTrend",
+    "SearchStats",
+    "TopSearch",
+    "TrendPoint",
+    "TypeStats",
+]
 
 _snapshots = metadata.tables["price_snapshots"]
 _searches = metadata.tables["searches"]
@@ -71,6 +89,27 @@ class TopSearch(_Frozen):
     last_searched_at: datetime
 
 
+class DailySearches(_Frozen):
+    """How often one card was searched on one UTC day."""
+
+    day: date
+    searches: int
+    cache_hits: int
+
+
+def _type_stats(histogram: Histogram) -> TypeStats:
+    total, hits = histogram.total, histogram.hits
+    return TypeStats(
+        total=total,
+        cache_hits=hits,
+        cache_hit_rate=round(hits / total, 4) if total else 0.0,
+        api_calls=histogram.calls,
+        api_calls_saved=hits,
+        p50_ms=nearest_rank(histogram, 50),
+        p95_ms=nearest_rank(histogram, 95),
+    )
+
+
 def _as_datetime(value: date | datetime | None, field: str) -> datetime | None:
     if value is None:
         return None
@@ -109,9 +148,22 @@ def _slope(points: list[TrendPoint]) -> Decimal:
 
 
 class Analytics(DatabaseFeature):
-    """Read-only analytics over the persistent tier (the migration plan's Phase 4)."""
+    """Read-only analytics over the persistent tier (the migration plan's Phase 4).
+
+    On PostgreSQL the search statistics come from materialized views kept by
+    ``maintain()`` (``analytics_views.py``); ``fresh=True`` runs the live query instead.
+    Both give the same answers on the same data.
+    """
 
     _purpose = "analytics read the database"
+    _views: bool | None = None
+
+    async def _use_views(self, conn: AsyncConnection, fresh: bool) -> bool:
+        if fresh:
+            return False
+        if self._views is None:
+            self._views = await views_present(conn)
+        return self._views
 
     @staticmethod
     def history_statement(
@@ -137,9 +189,12 @@ class Analytics(DatabaseFeature):
         first, last = _as_date(start, "start"), _as_date(end, "end")
         if first is not None and last is not None and first > last:
             raise InvalidInputError("start", "must not be after end")
-        async with self._connect() as conn:
-            rows = await conn.execute(self.history_statement(card_identifier, first, last))
-            return [snapshot_from_row(r) for r in rows]
+        statement = self.history_statement(card_identifier, first, last)
+
+        async def read(conn: AsyncConnection) -> list[PriceSnapshot]:
+            return [snapshot_from_row(r) for r in await conn.execute(statement)]
+
+        return await self._read(read)
 
     async def price_trend(self, card: str, days: int = 30) -> PriceTrend:
         """Change in percent and slope per day of the market value over the last ``days``."""
@@ -204,12 +259,24 @@ class Analytics(DatabaseFeature):
             raise NotFoundError(f"no sales by grade stored for card {card_identifier!r}")
         return grading_outlook(snapshot, odds=odds, grading_cost=grading_cost, raw_value=raw_value)
 
-    async def search_stats(self, since: datetime | None = None) -> SearchStats:
-        """Totals, cache hit rate, API calls (made and saved) and latency percentiles."""
+    async def search_stats(
+        self, since: datetime | None = None, *, fresh: bool = False
+    ) -> SearchStats:
+        """Totals, cache hit rate, API calls (made and saved) and latency percentiles.
+
+        Args:
+            fresh: run the live query over the search log rather than the views.
+        """
         start = _as_datetime(since, "since")
         where = [_searches.c.created_at >= start] if start is not None else []
         hit = sa.case((_searches.c.cache_hit.is_(True), 1), else_=0)
-        async with self._connect() as conn:
+
+        async def read(conn: AsyncConnection) -> SearchStats:
+            if await self._use_views(conn, fresh):
+                kinds = await stats_rows(conn, start)
+                overall = _type_stats(merged(kinds.values()))
+                by_type = {kind: _type_stats(kinds[kind]) for kind in sorted(kinds)}
+                return SearchStats(**overall.model_dump(), since=start, by_type=by_type)
             rows = await conn.execute(
                 sa.select(_searches.c.search_type, sa.func.count(), sa.func.sum(hit))
                 .where(*where)
@@ -225,7 +292,9 @@ class Analytics(DatabaseFeature):
             total = sum(t for t, _ in counts.values())
             hits = sum(h for _, h in counts.values())
             overall = await self._type_stats(conn, total, hits, where)
-        return SearchStats(**overall.model_dump(), since=start, by_type=by_type)
+            return SearchStats(**overall.model_dump(), since=start, by_type=by_type)
+
+        return await self._read(read)
 
     async def _type_stats(self, conn: Any, total: int, hits: int, where: list[Any]) -> TypeStats:
         # Every page a fetch asked was one paid request (a fetch row with no count: one).
@@ -265,8 +334,10 @@ class Analytics(DatabaseFeature):
         ).scalar()
         return int(value) if value is not None else None
 
-    async def top_searches(self, limit: int = 10, since: datetime | None = None) -> list[TopSearch]:
-        """The most searched cards, most searched first."""
+    async def top_searches(
+        self, limit: int = 10, since: datetime | None = None, *, fresh: bool = False
+    ) -> list[TopSearch]:
+        """The most searched cards, most searched first (``fresh``: the live query)."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise InvalidInputError("limit", "must be an integer from 1 to 1000")
         start = _as_datetime(since, "since")
@@ -284,8 +355,13 @@ class Analytics(DatabaseFeature):
         )
         if start is not None:
             stmt = stmt.where(_searches.c.created_at >= start)
-        async with self._connect() as conn:
-            rows = (await conn.execute(stmt)).all()
+
+        async def read(conn: AsyncConnection) -> list[Any]:
+            if await self._use_views(conn, fresh):
+                return await top_rows(conn, limit, start)
+            return list((await conn.execute(stmt)).all())
+
+        rows = await self._read(read)
         return [
             TopSearch(
                 card_identifier=r[0],
@@ -296,3 +372,23 @@ class Analytics(DatabaseFeature):
             )
             for r in rows
         ]
+
+    async def daily_searches(
+        self, card: str, days: int = 30, *, fresh: bool = False
+    ) -> list[DailySearches]:
+        """How often a card was searched on each of the last ``days`` UTC days, oldest first.
+
+        Days without a search are left out. ``card`` is normalised like a search.
+        """
+        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 3650:
+            raise InvalidInputError("days", "must be an integer from 1 to 3650")
+        card_identifier = normalize_card(card)
+        first = self._clock().astimezone(UTC).date() - timedelta(days=days - 1)
+        since = datetime.combine(first, datetime.min.time(), UTC)
+
+        async def read(conn: AsyncConnection) -> list[DailySearches]:
+            views = await self._use_views(conn, fresh)
+            rows = await daily_rows(conn, card_identifier, since, views)
+            return [DailySearches(day=d, searches=n, cache_hits=h) for d, n, h in rows]
+
+        return await self._read(read)

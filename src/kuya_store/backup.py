@@ -27,6 +27,7 @@ from pydantic import BeforeValidator, ValidationError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from kuya_store.analytics_views import refresh_views
 from kuya_store.db.engine import DatabaseFeature
 from kuya_store.db.tables import metadata
 from kuya_store.errors import InvalidInputError
@@ -344,25 +345,24 @@ class Backup(DatabaseFeature):
             )
         else:
             upsert = insert.on_conflict_do_nothing(index_elements=[_snapshots.c[n] for n in _KEY])
-        # xmax is 0 only on a row version this statement inserted; SQLite has no such thing.
-        returning = upsert.returning(
-            sa.literal_column("xmax = 0" if postgres else "NULL", sa.Boolean)
-        )
-        count = sa.select(sa.func.count()).select_from(_snapshots)
-        inserted = written = before = 0
+        returning = upsert.returning(*(_snapshots.c[n] for n in _KEY))
+        # New rows first, so each row is known as inserted or not; the partitioned table on
+        # PostgreSQL has no xmax to tell.
+        fresh = insert.on_conflict_do_nothing(
+            index_elements=[_snapshots.c[n] for n in _KEY]
+        ).returning(*(_snapshots.c[n] for n in _KEY))
+        inserted = written = 0
         async with self._begin() as conn:
-            if not postgres:
-                # Take SQLite's write lock first, so nobody else writes between the counts.
-                await conn.execute(sa.delete(_snapshots).where(sa.false()))
-                before = int(await conn.scalar(count) or 0)
             for start in range(0, len(rows), _CHUNK):
-                returned = (await conn.execute(returning, rows[start : start + _CHUNK])).all()
-                written += len(returned)
-                inserted += sum(1 for (fresh,) in returned if fresh)
+                chunk = rows[start : start + _CHUNK]
+                new = {tuple(r) for r in (await conn.execute(fresh, chunk)).all()}
+                inserted += len(new)
+                rest = [row for row in chunk if tuple(row[n] for n in _KEY) not in new]
+                if rest and changing:
+                    written += len((await conn.execute(returning, rest)).all())
                 if progress is not None:
                     progress(min(start + _CHUNK, len(rows)))
-            if not postgres:
-                inserted = int(await conn.scalar(count) or 0) - before
+            written += inserted
         return ImportReport(
             rows=len(rows),
             inserted=inserted,
@@ -419,6 +419,8 @@ class Backup(DatabaseFeature):
             )
             listings = await conn.execute(sa.delete(_listings).where(listing_written))
             searches = await conn.execute(sa.delete(_searches).where(_searches.c.id.in_(later)))
+            # The analytics views counted what just went: they take the rollback with it.
+            await refresh_views(conn, self._clock())
         return PurgeReport(
             searches=searches.rowcount,
             search_results=links.rowcount,

@@ -122,6 +122,49 @@ def db_current(database_url: str | None) -> None:
     _run(work)
 
 
+@db.command("maintain")
+@database_option
+@click.option(
+    "--search-log-retention",
+    help="Drop search-log rows older than this (seconds or ISO 8601, e.g. P30D); "
+    "defaults to KUYA_SEARCH_LOG_RETENTION, else keep all.",
+)
+@click.option(
+    "--snapshot-retention",
+    help="Drop price snapshots older than this; defaults to KUYA_SNAPSHOT_RETENTION, "
+    "else keep all.",
+)
+def db_maintain(
+    database_url: str | None, search_log_retention: str | None, snapshot_retention: str | None
+) -> None:
+    """Create partitions ahead, apply retention, refresh analytics views (run from cron)."""
+    from kuya_store.store import CompsStore
+
+    overrides: dict[str, Any] = {}
+    if search_log_retention:
+        overrides["search_log_retention"] = search_log_retention
+    if snapshot_retention:
+        overrides["snapshot_retention"] = snapshot_retention
+
+    async def work() -> Any:
+        settings = _settings(database_url)
+        async with CompsStore(settings, **overrides) as store:
+            return await store.maintain()
+
+    report = _run(lambda: _aio(work()))
+    console.print(
+        f"created {len(report.created)} partition(s), dropped {len(report.dropped)}, "
+        f"moved {report.moved_rows} row(s) out of default partitions, "
+        f"deleted {report.deleted_rows} old row(s), "
+        f"refreshed {len(report.views_refreshed)} view(s)"
+        + (" (pg_partman keeps the partitions too)" if report.partman else "")
+    )
+    for name in report.created:
+        console.print(f"  + {name}")
+    for name in report.dropped:
+        console.print(f"  - {name}")
+
+
 @main.command()
 @database_option
 @click.option("--redis-url", help="Redis URL; defaults to KUYA_REDIS_URL, REDIS_URL, then memory.")

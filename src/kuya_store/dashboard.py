@@ -1,8 +1,10 @@
-"""The admin dashboard page: top searches, hit rate, API calls saved and a price chart.
+"""The admin dashboard page: top searches, hit rate, API calls saved, card search, a chart.
 
 A framework-free HTML renderer, so every integration serves the same page. The numbers are
 rendered on the server; a small script then loads the chart of whichever card is picked
-from ``chart_url`` (so the page works without JavaScript, and is richer with it).
+from ``chart_url`` (so the page works without JavaScript, and is richer with it). The card
+search box submits to the page itself (``?q=``, results rendered on the server); with the
+script it asks ``search_url`` (``store.cards.search`` as JSON) and shows the results in place.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from html import escape
 from typing import Any
 
 from kuya_store.analytics import SearchStats, TopSearch
+from kuya_store.cards import CardMatch
 
 __all__ = ["render_dashboard"]
 
@@ -35,8 +38,36 @@ _SCRIPT = """
     chart.innerHTML = response.ok ? await response.text() : "<p>No chart for this card.</p>";
     chart.dataset.loaded = card;
   }
-  document.querySelectorAll("button[data-card]").forEach(function (button) {
-    button.addEventListener("click", function () { show(button.dataset.card); });
+  function bind(root) {
+    root.querySelectorAll("button[data-card]").forEach(function (button) {
+      button.addEventListener("click", function () { show(button.dataset.card); });
+    });
+  }
+  bind(document);
+  const form = document.getElementById("card-search");
+  const results = document.getElementById("card-matches");
+  form.addEventListener("submit", async function (event) {
+    event.preventDefault();
+    const text = form.elements.q.value.trim();
+    if (!text) { return; }
+    const url = form.dataset.url.replace("{text}", encodeURIComponent(text));
+    const response = await fetch(url);
+    const matches = response.ok ? await response.json() : [];
+    results.replaceChildren();
+    matches.forEach(function (match) {
+      const item = document.createElement("li");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.dataset.card = match.card_identifier;
+      button.textContent = match.query;
+      item.append(button, " " + match.searches + " searches, market value " +
+                  (match.market_value === null ? "n/a" : match.market_value));
+      results.append(item);
+    });
+    if (!matches.length) { results.innerHTML = "<li>No card matches.</li>"; }
+    results.dataset.searched = text;
+    bind(results);
+    if (matches.length) { show(matches[0].card_identifier); }
   });
   const first = document.querySelector("button[data-card]");
   if (first) { show(first.dataset.card); }
@@ -48,15 +79,37 @@ def _tile(label: str, value: str, name: str) -> str:
     return f'<div class="tile" id="{name}">{escape(label)}<b>{escape(value)}</b></div>'
 
 
+def _matches(matches: list[CardMatch] | None) -> str:
+    if matches is None:
+        return ""
+    if not matches:
+        return "<li>No card matches.</li>"
+    return "".join(
+        f'<li><button type="button" data-card="{escape(m.card_identifier)}">'
+        f"{escape(m.query)}</button> {m.searches} searches, market value "
+        f"{escape(str(m.market_value)) if m.market_value is not None else 'n/a'}</li>"
+        for m in matches
+    )
+
+
 def render_dashboard(
     stats: SearchStats,
     top: list[TopSearch],
     metrics: dict[str, Any],
     *,
     chart_url: str = "/analytics/{card}/chart.svg",
+    search_url: str = "/cards/search?q={text}",
+    searched: str = "",
+    matches: list[CardMatch] | None = None,
     title: str = "kuya-store dashboard",
 ) -> str:
-    """An HTML page of search analytics; ``chart_url`` has a ``{card}`` placeholder."""
+    """An HTML page of search analytics and card search.
+
+    Args:
+        chart_url: a card's chart, with a ``{card}`` placeholder.
+        search_url: card search answering JSON (a list of ``CardMatch``), with ``{text}``.
+        searched: the text of a card search the page shows the ``matches`` of.
+    """
     rows = (
         "".join(
             "<tr>"
@@ -99,6 +152,12 @@ def render_dashboard(
         f'<section><h2>Top searches</h2><table id="top-searches"><thead><tr><th>card</th>'
         f"<th>searches</th><th>cache hits</th><th>last searched</th></tr></thead>"
         f"<tbody>{rows}</tbody></table></section>"
+        f'<section><h2>Card search</h2><form id="card-search" method="get" '
+        f'data-url="{escape(search_url)}"><input name="q" type="search" '
+        f'placeholder="wemby chrome rookie" value="{escape(searched)}"> '
+        f'<button type="submit">Search</button></form>'
+        f'<ul id="card-matches" data-searched="{escape(searched)}">{_matches(matches)}</ul>'
+        f"</section>"
         f'<section><h2>Price history: <span id="chart-card">pick a card</span></h2>'
         f'<div id="chart" data-url="{escape(chart_url)}"></div></section>'
         f'<section><h2>Tiers since start</h2><p id="tiers">{tier_text}; '

@@ -21,8 +21,10 @@ __all__ = [
     "KEY_VERSION",
     "MAX_QUERY_LENGTH",
     "ResultIdentity",
+    "changed_key",
     "is_encodable",
     "parsed_query",
+    "tracked_prefixes",
     "validate_filters",
     "validate_params",
     "validate_query",
@@ -216,22 +218,55 @@ class ResultIdentity:
         material = f"{self.search_type.value}\x1f{self.card_identifier}"
         return hashlib.sha256(material.encode()).hexdigest()[:32]
 
+    # Every key of a card shares the hash tag ``{card_key}``: on a Redis Cluster a result,
+    # its stamp, its lock and the card's index and fence live in one slot, so each script
+    # over them runs on one node. The kind letter comes before the tag, so a tracking
+    # prefix (``kuya:v1:r:``) can follow values and fences alone.
+
+    def _tagged(self, prefix: str, kind: str) -> str:
+        return f"{prefix}:v{KEY_VERSION}:{kind}:{{{self.card_key}}}"
+
     def redis_key(self, prefix: str) -> str:
-        """The hot-tier key: namespaced and versioned."""
-        return f"{prefix}:v{KEY_VERSION}:r:{self.search_type.value}:{self.result_key}"
+        """The hot-tier key: namespaced, versioned, and tagged by card."""
+        return f"{self._tagged(prefix, 'r')}:{self.search_type.value}:{self.result_key}"
 
     def redis_lock_key(self, prefix: str) -> str:
         """The cross-process single-flight lock of this result."""
-        return f"{prefix}:v{KEY_VERSION}:l:{self.result_key}"
+        return f"{self._tagged(prefix, 'l')}:{self.result_key}"
 
     def redis_index_key(self, prefix: str) -> str:
         """The set of hot-tier keys holding a variant of this card (for ``invalidate``)."""
-        return f"{prefix}:v{KEY_VERSION}:i:{self.card_key}"
+        return self._tagged(prefix, "i")
 
     def redis_stamp_key(self, prefix: str) -> str:
         """When the hot-tier value was fetched (epoch ms): older data may not replace it."""
-        return f"{prefix}:v{KEY_VERSION}:t:{self.search_type.value}:{self.result_key}"
+        return f"{self._tagged(prefix, 't')}:{self.search_type.value}:{self.result_key}"
 
     def redis_fence_key(self, prefix: str) -> str:
         """When this card and search type were last invalidated (epoch ms)."""
-        return f"{prefix}:v{KEY_VERSION}:g:{self.card_key}"
+        return self._tagged(prefix, "g")
+
+
+def tracked_prefixes(prefix: str) -> tuple[str, str]:
+    """The key prefixes whose changes other workers must hear of: values and fences."""
+    return f"{prefix}:v{KEY_VERSION}:r:", f"{prefix}:v{KEY_VERSION}:g:"
+
+
+def changed_key(prefix: str, key: str) -> tuple[str, str, str | None] | None:
+    """What a changed hot-tier key names: ``(kind, card_key, result_key or None)``.
+
+    ``kind`` is ``"r"`` for a value and ``"g"`` for a fence; ``None`` for a key of
+    another layout (an older version, another application), which names no entry here.
+    """
+    head = f"{prefix}:v{KEY_VERSION}:"
+    if not key.startswith(head) or key[len(head) + 1 : len(head) + 3] != ":{":
+        return None
+    kind = key[len(head)]
+    card_key, closed, rest = key[len(head) + 3 :].partition("}")
+    if not closed or not card_key:
+        return None
+    if kind == "g":
+        return "g", card_key, None
+    if kind == "r":
+        return "r", card_key, rest.rpartition(":")[2] or None
+    return None

@@ -15,10 +15,10 @@ same row.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -26,7 +26,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from kuya_store.db.engine import create_engine
+from kuya_store.db.engine import create_engine, is_outage
+from kuya_store.db.replicas import ReplicaSet
 from kuya_store.db.tables import (
     ListingRow,
     PriceSnapshotRow,
@@ -69,6 +70,7 @@ LISTING_UPDATE_COLUMNS = (
     "ttl",
     "search_id",
 )
+_T = TypeVar("_T")
 _SNAPSHOT_COLUMNS = tuple(
     name for name in PriceSnapshot.model_fields if name not in ("card_identifier", "snapshot_date")
 )
@@ -155,7 +157,11 @@ class Database:
         self.valuator = valuator or DefaultValuator()
         self.engine: AsyncEngine = create_engine(settings)
         self.dialect = self.engine.dialect.name
-        self._time_queries(settings.slow_query_threshold.total_seconds() * 1000)
+        self.replicas = ReplicaSet(
+            settings, metrics, self.engine, lambda url: create_engine(settings, url)
+        )
+        for engine in (self.engine, *(r.engine for r in self.replicas.replicas)):
+            self._time_queries(engine, settings.slow_query_threshold.total_seconds() * 1000)
         # Built once: executed with fresh parameters for every fetch.
         listings = self._insert(_listings)
         # Every conflicting row is updated (so RETURNING names it), but to its own values
@@ -174,7 +180,7 @@ class Database:
             set_={name: snapshots.excluded[name] for name in (*_SNAPSHOT_COLUMNS, "search_id")},
         )
 
-    def _time_queries(self, slow_ms: float) -> None:
+    def _time_queries(self, engine: AsyncEngine, slow_ms: float) -> None:
         metrics = self.metrics
 
         def before(conn: Connection, *_: Any) -> None:
@@ -187,8 +193,8 @@ class Database:
             if elapsed_ms >= slow_ms:
                 metrics.incr("db_slow_queries")
 
-        event.listen(self.engine.sync_engine, "before_cursor_execute", before)
-        event.listen(self.engine.sync_engine, "after_cursor_execute", after)
+        event.listen(engine.sync_engine, "before_cursor_execute", before)
+        event.listen(engine.sync_engine, "after_cursor_execute", after)
 
     def _insert(self, table: sa.Table) -> Any:
         return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
@@ -203,7 +209,37 @@ class Database:
         return True
 
     async def close(self) -> None:
+        await self.replicas.close()
         await self.engine.dispose()
+
+    async def read(
+        self,
+        work: Callable[[AsyncConnection], Awaitable[_T]],
+        confirm: Callable[[_T], bool] | None = None,
+    ) -> _T:
+        """Run a read on a replica within the lag bound, else on the primary.
+
+        Args:
+            confirm: whether a replica's answer stands; one that does not (a miss that
+                would cost a paid fetch, say) is asked of the primary, which may have it.
+        """
+        replica = await self.replicas.pick() if self.replicas.replicas else None
+        if replica is not None:
+            try:
+                async with replica.engine.connect() as conn:
+                    result = await work(conn)
+            except Exception as exc:
+                # A replica that cannot answer is skipped for a while; a query at fault
+                # fails on the primary as well, with the primary's own error.
+                if is_outage(exc) or _conflicts_with_recovery(exc):
+                    self.replicas.failed(replica)
+            else:
+                self.replicas.answered(replica)
+                if confirm is None or confirm(result):
+                    return result
+                self.metrics.incr("replica_confirmed_on_primary")
+        async with self.engine.connect() as conn:
+            return await work(conn)
 
     # -- writes -------------------------------------------------------------------------
 
@@ -341,36 +377,46 @@ class Database:
     # -- reads --------------------------------------------------------------------------
 
     async def newest_result(self, identity: ResultIdentity, since: datetime) -> StoredResult | None:
-        """The newest fetch stored for this identity at or after ``since``, if any."""
-        async with self.engine.connect() as conn:
-            head = (
-                await conn.execute(
-                    sa.select(
-                        _searches.c.id,
-                        _searches.c.query,
-                        _searches.c.created_at,
-                        _searches.c.pages_scraped,
-                        _searches.c.params,
-                        _searches.c.complete,
-                    )
-                    .where(
-                        _searches.c.result_key == identity.result_key,
-                        _searches.c.cache_hit.is_(False),
-                        _searches.c.created_at >= since,
-                    )
-                    .order_by(_searches.c.created_at.desc(), _searches.c.id.desc())
-                    .limit(1)
+        """The newest fetch stored for this identity at or after ``since``, if any.
+
+        A replica's miss is asked of the primary: a miss costs a paid fetch.
+        """
+        return await self.read(
+            lambda conn: self._newest_result(conn, identity, since),
+            confirm=lambda found: found is not None,
+        )
+
+    async def _newest_result(
+        self, conn: AsyncConnection, identity: ResultIdentity, since: datetime
+    ) -> StoredResult | None:
+        head = (
+            await conn.execute(
+                sa.select(
+                    _searches.c.id,
+                    _searches.c.query,
+                    _searches.c.created_at,
+                    _searches.c.pages_scraped,
+                    _searches.c.params,
+                    _searches.c.complete,
                 )
-            ).first()
-            if head is None:
-                return None
-            rows = await conn.execute(
-                sa.select(_listings)
-                .join(_links, _links.c.listing_id == _listings.c.id)
-                .where(_links.c.search_id == head.id)
-                .order_by(_links.c.position)
+                .where(
+                    _searches.c.result_key == identity.result_key,
+                    _searches.c.cache_hit.is_(False),
+                    _searches.c.created_at >= since,
+                )
+                .order_by(_searches.c.created_at.desc(), _searches.c.id.desc())
+                .limit(1)
             )
-            listings = [_listing_from_row(row) for row in rows]
+        ).first()
+        if head is None:
+            return None
+        rows = await conn.execute(
+            sa.select(_listings)
+            .join(_links, _links.c.listing_id == _listings.c.id)
+            .where(_links.c.search_id == head.id)
+            .order_by(_links.c.position)
+        )
+        listings = [_listing_from_row(row) for row in rows]
         # The day's snapshot values the whole card; this result's valuation is its own
         # listings', computed by the caller.
         return StoredResult(
@@ -385,14 +431,15 @@ class Database:
         )
 
     async def get_listing(self, item_id: str) -> Listing | None:
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(sa.select(_listings).where(_listings.c.item_id == item_id))
-            ).first()
-        return _listing_from_row(row) if row is not None else None
+        async def work(conn: AsyncConnection) -> Listing | None:
+            query = sa.select(_listings).where(_listings.c.item_id == item_id)
+            row = (await conn.execute(query)).first()
+            return _listing_from_row(row) if row is not None else None
+
+        return await self.read(work, confirm=lambda found: found is not None)
 
     async def listings_due_for_refresh(self, now: datetime, limit: int) -> list[Listing]:
-        async with self.engine.connect() as conn:
+        async def work(conn: AsyncConnection) -> list[Listing]:
             rows = await conn.execute(
                 sa.select(_listings)
                 .where(_listings.c.ttl <= now)
@@ -400,6 +447,8 @@ class Database:
                 .limit(limit)
             )
             return [_listing_from_row(row) for row in rows]
+
+        return await self.read(work)
 
     async def size_bytes(self) -> int:
         """How much space the database takes (PostgreSQL: the database; SQLite: the file)."""
@@ -419,6 +468,12 @@ class Database:
             if callable(method):
                 stats[name] = method()
         return stats
+
+
+def _conflicts_with_recovery(error: BaseException) -> bool:
+    """A standby cancelled the query so replay could go on (SQLSTATE 40001): ask elsewhere."""
+    orig = getattr(error, "orig", None)
+    return getattr(orig, "sqlstate", None) == "40001"
 
 
 def listing_ttl(settings: StoreSettings, search_type: SearchType, now: datetime) -> datetime:

@@ -61,7 +61,7 @@ from kuya_store.settings import StoreSettings
 from kuya_store.stored import StoredResult
 from kuya_store.tiers import HotTier, TierUnavailableError
 from kuya_store.tiers.database import DatabaseTier, value_result
-from kuya_store.tiers.memory import MemoryTier
+from kuya_store.tiers.near import NearCache, Ticket
 from kuya_store.writer import WriteBehind
 
 __all__ = ["CompsRepository", "Fetcher"]
@@ -90,7 +90,7 @@ class CompsRepository:
         clock: Clock,
         metrics: Metrics,
         hot: HotTier,
-        near: MemoryTier | None,
+        near: NearCache | None,
         database: Database | None,
         writer: WriteBehind | None,
         fetchers: Mapping[SearchType, Fetcher],
@@ -133,6 +133,9 @@ class CompsRepository:
         self._valued: LRUCache[
             tuple[str, datetime, SearchFilters, tuple[str, ...]], PriceSnapshot
         ] = LRUCache(maxsize=4096)
+        # The cards of fetches queued lately, by card key: what another worker's
+        # invalidation (known by its card key) must detach from the write buffer.
+        self._queued_cards: LRUCache[str, tuple[str, SearchType]] = LRUCache(maxsize=4096)
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -372,10 +375,12 @@ class CompsRepository:
             if hit is not None and self._usable(identity, hit, now):
                 incr("hit_memory")
                 return hit, Source.MEMORY, None
+        # Taken before the read: a change heard meanwhile keeps what it read out of the near-cache.
+        ticket = self._near.ticket(identity) if self._near is not None else None
         hit = await self._hot.get(identity)
         if hit is not None and self._usable(identity, hit, now):
             incr(f"hit_{self._hot.name}")
-            await self._fill_near(identity, hit, now)
+            await self._fill_near(identity, hit, now, ticket)
             return hit, Source(self._hot.name), None
         stale = None
         if self._reads_database:
@@ -384,9 +389,12 @@ class CompsRepository:
             if stored is not None and self._fenced(identity, stored.fetched_at):
                 stored = None
             if stored is not None and self._usable(identity, stored, now):
-                incr("hit_database")
                 await self._fill(identity, stored, now)
-                return stored, Source.DATABASE, None
+                # Filling the hot tier may reveal another worker's invalidation of it.
+                if not self._fenced(identity, stored.fetched_at):
+                    incr("hit_database")
+                    return stored, Source.DATABASE, None
+                stored = None
             stale = stored
         incr("misses")
         return None, None, stale
@@ -409,11 +417,12 @@ class CompsRepository:
         return stale
 
     async def _fill_near(
-        self, identity: ResultIdentity, result: StoredResult, now: datetime
+        self, identity: ResultIdentity, result: StoredResult, now: datetime, ticket: Ticket | None
     ) -> None:
         if self._near is not None and not self._fenced(identity, result.fetched_at):
+            # The near-cache caps this at near_cache_ttl unless it is kept coherent.
             ttl = self._hot_ttl(result, now)
-            await self._near.set(identity, result, min(ttl, self._settings.near_cache_ttl))
+            await self._near.set(identity, result, ttl, ticket)
 
     def _hot_ttl(self, result: StoredResult, now: datetime) -> timedelta:
         """A hot tier keeps a result for its TTL from now, never past its freshness."""
@@ -423,8 +432,20 @@ class CompsRepository:
     async def _fill(self, identity: ResultIdentity, result: StoredResult, now: datetime) -> None:
         if self._fenced(identity, result.fetched_at):
             return
-        await self._hot.set(identity, result, self._hot_ttl(result, now))
-        await self._fill_near(identity, result, now)
+        ticket = self._near.ticket(identity) if self._near is not None else None
+        if await self._hot.set(identity, result, self._hot_ttl(result, now)):
+            # Written, not refused for newer data or an invalidation: the near-cache too.
+            await self._fill_near(identity, result, now, ticket)
+
+    def learn_fence(self, card_key: str, at: datetime) -> None:
+        """Another worker invalidated this card at ``at``: refuse what was fetched before."""
+        held = self._fences.get(card_key)
+        if held is None or at > held:
+            self._fences[card_key] = at
+            card = self._queued_cards.get(card_key)
+            if card is not None and self._writer is not None:
+                # Fetches of it still in this worker's buffer are kept as history only.
+                self._writer.detach(*card)
 
     def _submit(self, record: SearchRecord | FetchRecord) -> None:
         assert self._writer is not None
@@ -440,6 +461,7 @@ class CompsRepository:
         text, kind, wanted, options, card, _ = asked
         identity = level.identity
         fenced = self._fenced(identity, stored.fetched_at)
+        self._queued_cards[identity.card_key] = (card, kind)
         record = SearchRecord(
             query=text,
             card_identifier=card,

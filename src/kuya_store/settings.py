@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, Literal, Self
-from urllib.parse import SplitResult, urlsplit
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AliasChoices,
+    ByteSize,
     Field,
     ImportString,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from kuya_store.errors import InvalidInputError
+from kuya_store.tiers.redis_urls import (
+    REDIS_SCHEMES,
+    RedisTarget,
+    parse_redis_url,
+    redact_redis_url,
+)
 
-__all__ = ["DEFAULT_DATABASE_URL", "Mode", "StoreSettings", "redact_url"]
+__all__ = ["DEFAULT_DATABASE_URL", "Mode", "StoreSettings", "pgbouncer_requested", "redact_url"]
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./kuya_comps.db"
 
@@ -34,18 +40,6 @@ _DRIVERS = {
     "sqlite+aiosqlite": "sqlite+aiosqlite",
     "sqlite": "sqlite+aiosqlite",
 }
-_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
-
-
-def _redact_redis(parts: SplitResult) -> str:
-    if parts.password is None:
-        return parts.geturl()
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
 
 
 def redact_url(url: str | None) -> str | None:
@@ -53,12 +47,31 @@ def redact_url(url: str | None) -> str | None:
     if url is None:
         return None
     try:
-        if url.split(":", 1)[0].lower() in _REDIS_SCHEMES:
-            return _redact_redis(urlsplit(url))
+        if url.split(":", 1)[0].lower() in REDIS_SCHEMES:
+            return redact_redis_url(url)
         return make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
         # Unparseable: show the scheme only, since anything after it could be a secret.
         return url.split(":", 1)[0] + ":<unparseable>"
+
+
+_YES = frozenset({"1", "true", "yes", "on"})
+_NO = frozenset({"0", "false", "no", "off"})
+
+
+def pgbouncer_requested(url: URL) -> bool:
+    """Whether a database URL asks for PgBouncer mode with ``?pgbouncer=true``.
+
+    Raises:
+        ValueError: the parameter is there but is not a boolean word.
+    """
+    value = url.query.get("pgbouncer")
+    if value is None:
+        return False
+    word = (value[-1] if isinstance(value, tuple) else value).strip().lower()
+    if word not in _YES | _NO:
+        raise ValueError(f"has pgbouncer={word!r}; use pgbouncer=true or pgbouncer=false")
+    return word in _YES
 
 
 def _positive(value: timedelta) -> timedelta:
@@ -122,10 +135,17 @@ class StoreSettings(BaseSettings):
     # Oldest stored result that may be served as ``source="stale"`` when the fetcher fails.
     max_stale: timedelta = timedelta(days=7)
 
-    # In-process near-cache in front of Redis.
+    # In-process near-cache in front of Redis, and the memory hot tier without Redis.
     near_cache_ttl: timedelta = timedelta(seconds=5)
+    """How long a near-cache entry lives while it is not kept coherent through Redis."""
     near_cache_size: int = Field(10_000, ge=0)
+    near_cache_max_bytes: ByteSize = Field(ByteSize(128 * 2**20), ge=0)
+    """About how much memory the near-cache may take (``"128MiB"``, or bytes)."""
+    near_cache_coherence: bool = True
+    """Keep every worker's near-cache coherent through Redis ``CLIENT TRACKING``."""
     memory_tier_size: int = Field(10_000, ge=1)
+    memory_tier_max_bytes: ByteSize = Field(ByteSize(256 * 2**20), ge=1)
+    """About how much memory the memory hot tier may take (``"256MiB"``, or bytes)."""
 
     # Database connections.
     pool_size: int = Field(5, ge=1, le=1000)
@@ -138,6 +158,18 @@ class StoreSettings(BaseSettings):
     sqlite_busy_timeout: timedelta = timedelta(seconds=5)
     slow_query_threshold: timedelta = timedelta(milliseconds=200)
     echo_sql: bool = False
+
+    # Scaling the persistent tier out (docs/scaling.md).
+    pgbouncer: bool = False
+    """Connections go through PgBouncer in transaction mode (also ``?pgbouncer=true`` on a URL)."""
+    replica_urls: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
+    """Streaming replicas that answer reads; ``KUYA_REPLICA_URLS`` takes them comma-separated."""
+    max_replica_lag: timedelta = timedelta(seconds=5)
+    """How far behind the primary a replica may be and still answer a read."""
+    search_log_retention: timedelta | None = None
+    """``maintain()`` drops search-log partitions older than this; ``None`` keeps them all."""
+    snapshot_retention: timedelta | None = None
+    """``maintain()`` drops price-snapshot partitions older than this; ``None`` keeps them all."""
 
     # Redis connections and circuit breaker.
     redis_socket_timeout: timedelta = timedelta(milliseconds=250)
@@ -190,12 +222,13 @@ class StoreSettings(BaseSettings):
         "fetch_failure_notice",
         "write_flush_interval",
         "flush_timeout",
+        "max_replica_lag",
     )
     @classmethod
     def _check_positive(cls, value: timedelta) -> timedelta:
         return _positive(value)
 
-    @field_validator("single_flight_wait")
+    @field_validator("single_flight_wait", "search_log_retention", "snapshot_retention")
     @classmethod
     def _check_optional_positive(cls, value: timedelta | None) -> timedelta | None:
         return None if value is None else _positive(value)
@@ -219,6 +252,12 @@ class StoreSettings(BaseSettings):
                 f"({3 * self.redis_socket_timeout.total_seconds():g}s), so an extension "
                 "always lands before the lock expires"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_replicas(self) -> Self:
+        if self.replica_urls and self.is_sqlite:
+            raise ValueError("replica_urls: replicas need a PostgreSQL primary, not SQLite")
         return self
 
     @field_validator("near_cache_ttl")
@@ -249,7 +288,23 @@ class StoreSettings(BaseSettings):
         url = url.set(drivername=driver)
         if driver.startswith("postgresql") and not url.database:
             raise ValueError("names no database; add '/dbname' to the URL")
+        if pgbouncer_requested(url) and not driver.startswith("postgresql"):
+            raise ValueError("asks for pgbouncer, which only fronts PostgreSQL")
         return url.render_as_string(hide_password=False)
+
+    @field_validator("replica_urls", mode="before")
+    @classmethod
+    def _check_replica_urls(cls, value: Any) -> list[str]:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if not isinstance(value, list | tuple):
+            raise ValueError("must be a list of URLs or a comma-separated string")
+        urls = [cls._check_database_url(url) for url in value]
+        if any(not url.startswith("postgresql") for url in urls):
+            raise ValueError("must be PostgreSQL URLs: SQLite has no replicas")
+        return urls
 
     @field_validator("redis_url", mode="before")
     @classmethod
@@ -259,22 +314,7 @@ class StoreSettings(BaseSettings):
         if not isinstance(value, str):
             raise ValueError("must be a URL string or None")
         value = value.strip()
-        try:
-            parts = urlsplit(value)
-            port = parts.port
-        except ValueError:
-            raise ValueError("is not a valid Redis URL (bad host or port)") from None
-        if parts.scheme not in _REDIS_SCHEMES:
-            raise ValueError(
-                f"has unsupported scheme {parts.scheme!r}; use 'redis://', 'rediss://' or 'unix://'"
-            )
-        if parts.scheme != "unix" and not parts.hostname:
-            raise ValueError("names no host; expected e.g. 'redis://127.0.0.1:6379/0'")
-        if port == 0:
-            raise ValueError("has port 0")
-        db = parts.path.lstrip("/")
-        if db and not db.isdigit() and parts.scheme != "unix":
-            raise ValueError("has a database number that is not a non-negative integer")
+        parse_redis_url(value)  # says what is wrong, without the password
         return str(value)
 
     def __init__(self, **values: Any) -> None:
@@ -291,12 +331,18 @@ class StoreSettings(BaseSettings):
     def __repr_args__(self) -> Any:
         yield "database_url", redact_url(self.database_url)
         yield "redis_url", redact_url(self.redis_url)
+        yield "replica_urls", [redact_url(url) for url in self.replica_urls]
         yield from super().__repr_args__()
 
     @property
     def database(self) -> URL:
         """The database URL as a SQLAlchemy ``URL`` (its repr hides the password)."""
         return make_url(self.database_url)
+
+    @property
+    def redis_target(self) -> RedisTarget | None:
+        """What ``redis_url`` names: one Redis, a Sentinel-managed master or a Cluster."""
+        return None if self.redis_url is None else parse_redis_url(self.redis_url)
 
     @property
     def is_sqlite(self) -> bool:

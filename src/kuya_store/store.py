@@ -6,16 +6,19 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from kuya_store import migrations
 from kuya_store.accounts import Accounts
 from kuya_store.analytics import Analytics
 from kuya_store.backup import Backup
 from kuya_store.budget import ApiBudget
+from kuya_store.cards import Cards
 from kuya_store.clock import Clock, utcnow
 from kuya_store.collections import Collections
-from kuya_store.errors import InvalidInputError, KuyaStoreError
+from kuya_store.db.engine import outage_as_unavailable
+from kuya_store.db.maintenance import MaintenanceReport, maintain
+from kuya_store.errors import InvalidInputError, KuyaStoreError, StorageUnavailableError
 from kuya_store.fetching import Fetcher
 from kuya_store.freshness import FreshnessPolicy, policy_for
 from kuya_store.metrics import Metrics
@@ -26,6 +29,11 @@ from kuya_store.repository import CompsRepository
 from kuya_store.settings import StoreSettings, redact_url
 from kuya_store.tiers import HotTier
 from kuya_store.tiers.memory import MemoryTier
+from kuya_store.tiers.near import NearCache
+
+if TYPE_CHECKING:
+    from kuya_store.tiers.coherence import InvalidationListener
+    from kuya_store.tiers.redis import RedisTier
 from kuya_store.writer import WriteBehind
 
 __all__ = ["CompsStore", "HealthStatus", "health_status"]
@@ -46,7 +54,9 @@ def _settings(settings: StoreSettings | None, overrides: dict[str, Any]) -> Stor
 
 def _hot_tier(settings: StoreSettings, metrics: Metrics, clock: Clock) -> HotTier:
     if settings.redis_url is None:
-        return MemoryTier(settings.memory_tier_size, clock)
+        return MemoryTier(
+            settings.memory_tier_size, clock, max_bytes=settings.memory_tier_max_bytes
+        )
     try:
         from kuya_store.tiers.redis import RedisTier
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
@@ -54,6 +64,43 @@ def _hot_tier(settings: StoreSettings, metrics: Metrics, clock: Clock) -> HotTie
             "redis_url is set but the Redis client is missing: pip install 'kuya-store[redis]'"
         ) from exc
     return RedisTier(settings, metrics)
+
+
+def _near_cache(settings: StoreSettings, clock: Clock) -> NearCache | None:
+    """The in-process copy in front of Redis (none without Redis, or when sized to nothing)."""
+    if (
+        settings.redis_url is None
+        or settings.near_cache_size <= 0
+        or settings.near_cache_max_bytes <= 0
+        or settings.near_cache_ttl.total_seconds() <= 0
+    ):
+        return None
+    memory = MemoryTier(settings.near_cache_size, clock, max_bytes=settings.near_cache_max_bytes)
+    return NearCache(memory, settings.near_cache_ttl)
+
+
+def _as_redis(hot: HotTier) -> RedisTier | None:
+    if hot.name != "redis":  # without Redis the extra may not even be installed
+        return None
+    from kuya_store.tiers.redis import RedisTier
+
+    return hot if isinstance(hot, RedisTier) else None
+
+
+def _coherence(
+    hot: HotTier, near: NearCache | None, settings: StoreSettings, metrics: Metrics
+) -> InvalidationListener | None:
+    """The listener that keeps the near-cache coherent, when there is one to keep so."""
+    redis_tier = _as_redis(hot)
+    if near is None or not settings.near_cache_coherence or redis_tier is None:
+        return None
+    from kuya_store.tiers.coherence import InvalidationListener
+
+    listener = InvalidationListener(
+        redis_tier.deployment, near, settings, metrics, on_fence=redis_tier.fence_heard
+    )
+    redis_tier.listener = listener
+    return listener
 
 
 def _valuator(settings: StoreSettings) -> Valuator:
@@ -120,13 +167,7 @@ class CompsStore:
         self._clock = clock or utcnow
         self._metrics = Metrics()
         self._hot = _hot_tier(self.settings, self._metrics, self._clock)
-        self._near = (
-            MemoryTier(self.settings.near_cache_size, self._clock)
-            if self.settings.redis_url is not None
-            and self.settings.near_cache_size > 0
-            and self.settings.near_cache_ttl.total_seconds() > 0
-            else None
-        )
+        self._near = _near_cache(self.settings, self._clock)
         chosen_valuator = valuator or _valuator(self.settings)
         self._database = (
             Database(self.settings, self._metrics, chosen_valuator)
@@ -166,13 +207,20 @@ class CompsStore:
                 engine=self._database.engine if self._database is not None else None,
             ),
         )
+        self._listener = _coherence(self._hot, self._near, self.settings, self._metrics)
+        redis_tier = _as_redis(self._hot)
+        if redis_tier is not None:
+            # Another worker's invalidation, learnt when heard or when it refuses a write.
+            redis_tier.on_fenced = self.comps.learn_fence
         engine = self._database.engine if self._database is not None else None
-        self.analytics = Analytics(engine, self._clock)
+        reader = self._database.read if self._database is not None else None
+        self.analytics = Analytics(engine, self._clock, reader)
         self.accounts = Accounts(engine, self._clock, self.comps)
         self.backup = Backup(engine, self._clock)
         self.collections = Collections(
             engine, self._clock, self.comps, lambda: self._metrics.count("api_calls")
         )
+        self.cards = Cards(engine, self._clock, reader)
         self._database_size: int | None = None
         self._closed = False
 
@@ -198,6 +246,8 @@ class CompsStore:
         """Start the background writer. Connections open lazily, so a down server never blocks."""
         if self._writer is not None:
             self._writer.start()
+        if self._listener is not None:
+            self._listener.start()
 
     async def close(self, timeout: float | None = None) -> None:
         """Persist everything buffered, then disconnect; bounded even while the database is down.
@@ -218,7 +268,7 @@ class CompsStore:
                 await self._disconnect(part)
         self.accounts.close()
 
-    async def _disconnect(self, part: HotTier | MemoryTier | Database) -> None:
+    async def _disconnect(self, part: HotTier | NearCache | Database) -> None:
         # A server that stopped answering must not hold close() up past a short grace.
         try:
             async with asyncio.timeout(_DISCONNECT_GRACE):
@@ -244,6 +294,19 @@ class CompsStore:
             await migrations.upgrade_async(self._database.engine)
         else:
             await migrations.upgrade_async(self.settings.database_url)
+
+    async def maintain(self) -> MaintenanceReport:
+        """Create partitions ahead, apply the retention settings, refresh analytics views.
+
+        Run it on a schedule, every few minutes (``kuya-store db maintain`` from cron):
+        ``docs/scaling.md`` says what each step does on PostgreSQL and on SQLite.
+        """
+        if self._database is None:
+            raise StorageUnavailableError(
+                "maintenance needs the database, which cache_only never uses"
+            )
+        with outage_as_unavailable("maintenance needs the database"):
+            return await maintain(self._database.engine, self.settings, self._clock())
 
     async def ping_redis(self) -> bool:
         """True when Redis answers PING; ``False`` when it does not or none is configured."""
@@ -276,6 +339,18 @@ class CompsStore:
         )
         return Health(status=status, redis=redis_ok, database=database_ok)
 
+    def _near_metrics(self, c: dict[str, int]) -> dict[str, Any]:
+        near = self._near
+        memory = near.memory if near is not None else None
+        return {
+            "entries": len(memory) if memory is not None else 0,
+            "bytes": memory.bytes if memory is not None else 0,
+            "evictions": memory.evictions if memory is not None else 0,
+            "coherent": near is not None and near.coherent,
+            "fills_refused": near.refused_fills if near is not None else 0,
+            "flushes": near.flushes if near is not None else 0,
+        }
+
     def metrics(self) -> dict[str, Any]:
         """Counters and timings as a plain dict (tier hits, API calls and calls saved, ...)."""
         snap = self._metrics.snapshot()
@@ -300,7 +375,15 @@ class CompsStore:
                 "errors": c.get("redis_errors", 0),
                 "skipped": c.get("redis_skipped", 0),
                 "breaker_opens": c.get("redis_breaker_opens", 0),
+                "fences_unreplicated": c.get("fences_unreplicated", 0),
             },
+            "coherence": {
+                "connects": c.get("coherence_connects", 0),
+                "drops": c.get("coherence_drops", 0),
+                "connect_failures": c.get("coherence_connect_failures", 0),
+                "invalidations_unheard": c.get("invalidations_unheard", 0),
+            },
+            "near_cache": self._near_metrics(c),
             "writes": {
                 "pending": self._writer.pending if self._writer is not None else 0,
                 "written": c.get("writes_written", 0),
@@ -320,6 +403,11 @@ class CompsStore:
                 * 1000,
                 "queries": t.get("db_query", {"count": 0}),
                 "pool": self._database.pool_stats() if self._database is not None else {},
+                "replicas": self._database.replicas.stats() if self._database is not None else [],
+                "replica_reads": c.get("replica_reads", 0),
+                "replica_skipped": c.get("replica_skipped", 0),
+                "replica_errors": c.get("replica_errors", 0),
+                "replica_confirmed_on_primary": c.get("replica_confirmed_on_primary", 0),
                 "size_bytes": self._database_size,
             },
             "budget": {

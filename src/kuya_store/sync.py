@@ -43,6 +43,7 @@ from typing import Any, Self, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
+from kuya_store.db.maintenance import MaintenanceReport
 from kuya_store.errors import StoreClosedError
 from kuya_store.models import Health
 from kuya_store.settings import StoreSettings
@@ -275,6 +276,7 @@ class SyncCompsStore:
     accounts: Any
     backup: Any
     collections: Any
+    cards: Any
 
     def __init__(self, settings: StoreSettings | None = None, **kwargs: Any) -> None:
         self._args = (settings, kwargs)
@@ -374,6 +376,10 @@ class SyncCompsStore:
     def database_size(self) -> int | None:
         """Bytes the database takes; remembered for ``metrics()``."""
         return self._run(CompsStore.database_size)
+
+    def maintain(self) -> MaintenanceReport:
+        """Partitions ahead, retention, refreshed analytics views."""
+        return self._run(lambda store: store.maintain())
 
     def metrics(self) -> dict[str, Any]:
         """Counters and timings as a plain dict."""

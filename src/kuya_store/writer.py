@@ -47,10 +47,12 @@ Record = SearchRecord | FetchRecord
 # SQLSTATEs where the server, not the record, is at fault: connection (08), authorization
 # (28), rollback such as deadlock or serialization (40), resources (53), shutdown (57),
 # system (58); a missing database, grant or table (the schema is not migrated yet, which
-# SQLite reports as a retried OperationalError too); a lock not available.
+# SQLite reports as a retried OperationalError too); a lock not available; a prepared
+# statement the server connection does not have, or already has (a pooler such as PgBouncer
+# in transaction mode moved the connection: the record is not at fault).
 _TRANSIENT_CLASSES = frozenset({"08", "28", "40", "53", "57", "58"})
-_TRANSIENT_STATES = frozenset({"3D000", "42501", "42P01", "55006", "55P03"})
-_TRANSIENT_NAMES = ("Connection", "CannotConnect", "Shutdown")
+_TRANSIENT_STATES = frozenset({"3D000", "42501", "42P01", "55006", "55P03", "26000", "42P05"})
+_TRANSIENT_NAMES = ("Connection", "CannotConnect", "Shutdown", "InvalidCachedStatement")
 # How long close() waits for a cancelled in-flight write to unwind.
 _CANCEL_GRACE = 1.0
 
@@ -69,7 +71,11 @@ def is_transient(exc: BaseException) -> bool:
             return True
         state = getattr(exc.orig, "sqlstate", None)
         if isinstance(state, str) and len(state) == 5:
-            return state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_STATES
+            return (
+                state[:2] in _TRANSIENT_CLASSES
+                or state in _TRANSIENT_STATES
+                or (exc.orig is not None and _transient_name(exc.orig))
+            )
         causes = (exc.orig, getattr(exc.orig, "__cause__", None))
         return any(_transient_name(cause) for cause in causes if cause is not None)
     return _transient_name(exc)

@@ -11,19 +11,37 @@ import contextlib
 import errno
 import socket
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from kuya_store.clock import Clock
 from kuya_store.errors import KuyaStoreError, StorageUnavailableError
-from kuya_store.settings import StoreSettings
+from kuya_store.settings import StoreSettings, pgbouncer_requested
 
-__all__ = ["DatabaseFeature", "create_engine", "is_outage", "outage_as_unavailable"]
+__all__ = [
+    "DatabaseFeature",
+    "Reader",
+    "create_engine",
+    "driver_arguments",
+    "is_outage",
+    "outage_as_unavailable",
+]
+
+_T = TypeVar("_T")
+
+
+class Reader(Protocol):
+    """Runs a read on a connection of its choosing (a replica within the lag bound)."""
+
+    def __call__(self, work: Callable[[AsyncConnection], Awaitable[_T]], /) -> Awaitable[_T]: ...
+
 
 # SQLite result codes that say the file cannot be used now, not that the statement is wrong
 # ("no such table", a constraint) - extended codes such as SQLITE_IOERR_READ share a prefix.
@@ -114,22 +132,52 @@ def _sqlite_pragmas(settings: StoreSettings, in_memory: bool) -> Any:
     return on_connect
 
 
-def create_engine(settings: StoreSettings) -> AsyncEngine:
-    """The ``AsyncEngine`` a store uses, configured from its settings."""
-    url = settings.database
+def _statement_name() -> str:
+    # asyncpg numbers its statements per process: two clients sharing a PgBouncer server
+    # connection would reuse each other's names.
+    return f"__asyncpg_{uuid.uuid4().hex}__"
+
+
+def driver_arguments(url: str | URL, pgbouncer: bool = False) -> tuple[URL, dict[str, Any]]:
+    """The URL to hand SQLAlchemy and the driver's connect arguments it needs.
+
+    PgBouncer in transaction mode hands each transaction any server connection, so a
+    statement prepared in one may be missing (or already there) in the next: in PgBouncer
+    mode (the setting, or ``?pgbouncer=true`` on the URL, which is removed here) no
+    statement is cached and every prepared statement has a name of its own.
+    """
+    parsed = make_url(url) if isinstance(url, str) else url
+    pgbouncer = pgbouncer or pgbouncer_requested(parsed)
+    parsed = parsed.difference_update_query(["pgbouncer"])
+    if not pgbouncer or not parsed.drivername.startswith("postgresql"):
+        return parsed, {}
+    return parsed, {
+        "statement_cache_size": 0,
+        "prepared_statement_cache_size": 0,
+        "prepared_statement_name_func": _statement_name,
+    }
+
+
+def create_engine(settings: StoreSettings, url: str | None = None) -> AsyncEngine:
+    """The ``AsyncEngine`` a store uses, configured from its settings.
+
+    Args:
+        url: another server with the same settings (a replica); default: the primary.
+    """
+    target, pooler_args = driver_arguments(url or settings.database_url, settings.pgbouncer)
     if settings.is_sqlite:
-        in_memory = url.database in (None, "", ":memory:")
+        in_memory = target.database in (None, "", ":memory:")
         kwargs: dict[str, Any] = {
             "connect_args": {"timeout": settings.sqlite_busy_timeout.total_seconds()}
         }
         if in_memory:
             # One shared connection, or every checkout would see its own empty database.
             kwargs["poolclass"] = StaticPool
-        engine = create_async_engine(url, echo=settings.echo_sql, **kwargs)
+        engine = create_async_engine(target, echo=settings.echo_sql, **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas(settings, in_memory))
         return engine
     return create_async_engine(
-        url,
+        target,
         echo=settings.echo_sql,
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
@@ -143,6 +191,7 @@ def create_engine(settings: StoreSettings) -> AsyncEngine:
             "timeout": settings.db_connect_timeout.total_seconds(),
             "command_timeout": settings.db_command_timeout.total_seconds(),
             "server_settings": {"application_name": "kuya-store"},
+            **pooler_args,
         },
     )
 
@@ -157,9 +206,12 @@ class DatabaseFeature:
 
     _purpose = "this feature needs the database"
 
-    def __init__(self, engine: AsyncEngine | None, clock: Clock) -> None:
+    def __init__(
+        self, engine: AsyncEngine | None, clock: Clock, reader: Reader | None = None
+    ) -> None:
         self._engine = engine
         self._clock = clock
+        self._reader = reader
 
     def _require(self) -> AsyncEngine:
         if self._engine is None:
@@ -181,3 +233,12 @@ class DatabaseFeature:
         with outage_as_unavailable(self._purpose):
             async with engine.begin() as conn:
                 yield conn
+
+    async def _read(self, work: Callable[[AsyncConnection], Awaitable[_T]]) -> _T:
+        """Run a read that a replica within the lag bound may answer (else the primary)."""
+        engine = self._require()
+        with outage_as_unavailable(self._purpose):
+            if self._reader is not None:
+                return await self._reader(work)
+            async with engine.connect() as conn:
+                return await work(conn)

@@ -58,6 +58,13 @@ def _normalise(database_url: str) -> str:
     return StoreSettings(database_url=database_url).database_url
 
 
+def _engine(database_url: str) -> AsyncEngine:
+    from kuya_store.db.engine import driver_arguments
+
+    url, connect_args = driver_arguments(database_url)
+    return create_async_engine(url, poolclass=NullPool, connect_args=connect_args)
+
+
 def _blocking(work: Callable[[], _T]) -> _T:
     try:
         asyncio.get_running_loop()
@@ -99,11 +106,7 @@ def _current(connection: Connection) -> str | None:
 async def _with_connection(
     target: str | AsyncEngine, work: Callable[[AsyncConnection], object]
 ) -> object:
-    engine = (
-        create_async_engine(_normalise(target), poolclass=NullPool)
-        if isinstance(target, str)
-        else target
-    )
+    engine = _engine(_normalise(target)) if isinstance(target, str) else target
     try:
         async with engine.begin() as connection:
             return await work(connection)  # type: ignore[misc]

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from kuya_store.db.engine import driver_arguments
 from kuya_store.db.tables import metadata
 from kuya_store.migrations import ADVISORY_LOCK_KEY, VERSION_TABLE
 
@@ -43,8 +44,9 @@ def _run(connection: Connection) -> None:
         context.run_migrations()
 
 
-async def _run_async(url: str) -> None:
-    engine = create_async_engine(url, poolclass=NullPool)
+async def _run_async(database_url: str) -> None:
+    url, connect_args = driver_arguments(database_url)
+    engine = create_async_engine(url, poolclass=NullPool, connect_args=connect_args)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)

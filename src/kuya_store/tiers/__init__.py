@@ -28,14 +28,16 @@ class HotTier(Protocol):
     Implementations never raise on a lost connection: a failure is a miss; only
     ``invalidate`` raises :class:`TierUnavailableError`, since a forgotten invalidation
     would serve what the caller asked to forget. ``set`` never replaces a value with one
-    fetched earlier.
+    fetched earlier: it returns ``False`` when it refused the value as older than what
+    the tier holds or than the card's invalidation (and ``True`` otherwise, also when
+    the tier could not be reached).
     """
 
     name: str
 
     async def get(self, identity: ResultIdentity) -> StoredResult | None: ...
 
-    async def set(self, identity: ResultIdentity, result: StoredResult, ttl: timedelta) -> None: ...
+    async def set(self, identity: ResultIdentity, result: StoredResult, ttl: timedelta) -> bool: ...
 
     async def invalidate(self, identity: ResultIdentity, at: datetime | None = None) -> int:
         """Drop every params variant of this card and search type; returns how many.

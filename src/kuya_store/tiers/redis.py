@@ -9,19 +9,25 @@ Newest data wins: each value has a stamp (its ``fetched_at``) beside it, and a w
 older data than the stamp, or than the card's last invalidation, is refused by the same
 script that writes, so a late write can neither replace newer data nor bring back an
 invalidated result.
+
+Every key of a card carries the card's hash tag, so on a Cluster each script touches one
+slot; each node has its own breaker there, so a node that is down costs only its cards.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
+import logging
 import secrets
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
-from typing import Literal, TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from redis import asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
 
 from kuya_store.breaker import CircuitBreaker
 from kuya_store.keys import ResultIdentity
@@ -29,11 +35,32 @@ from kuya_store.metrics import Metrics
 from kuya_store.settings import StoreSettings
 from kuya_store.stored import CorruptEntryError, StoredResult, decode, encode
 from kuya_store.tiers import TierUnavailableError
+from kuya_store.tiers.redis_clients import RedisDeployment
+
+if TYPE_CHECKING:
+    from kuya_store.tiers.coherence import InvalidationListener
 
 __all__ = ["RedisTier"]
 
 _T = TypeVar("_T")
 _FAILURES = (RedisError, OSError, asyncio.TimeoutError)
+_log = logging.getLogger("kuya_store.redis")
+
+
+def _is_failure(exc: BaseException) -> bool:
+    """Whether a Redis call's exception makes it a miss: every error, cancellation aside.
+
+    Besides the client's own errors, a client may trip over a connection that another
+    task is closing (seen in redis-py's Cluster client during a failover); the tier
+    fails open on that too instead of failing the search.
+    """
+    if isinstance(exc, _FAILURES):
+        return True
+    if isinstance(exc, Exception):
+        _log.warning("the Redis client raised %r; treated as a failed call", exc)
+        return True
+    return False
+
 
 # Delete the lock only if it still holds our token: a holder whose lock expired must not
 # release the next holder's lock.
@@ -66,12 +93,16 @@ end
 return 0
 """
 # KEYS: value, stamp, card index, card fence. ARGV: payload, fetched_at (ms), ttl (ms),
-# index ttl (ms). Refuses data older than the stored stamp or the card's invalidation.
+# index ttl (ms). Refuses data older than the stored stamp (0) or the card's invalidation
+# (minus the fence, so the caller learns when the card was invalidated).
 _SET_NEWEST = """
 local stamp = tonumber(redis.call("get", KEYS[2]) or "-1")
 local fence = tonumber(redis.call("get", KEYS[4]) or "-1")
 local at = tonumber(ARGV[2])
-if at < stamp or at <= fence then
+if at <= fence then
+    return -fence
+end
+if at < stamp then
     return 0
 end
 redis.call("set", KEYS[1], ARGV[1], "px", ARGV[3])
@@ -80,6 +111,59 @@ redis.call("sadd", KEYS[3], KEYS[1])
 redis.call("pexpire", KEYS[3], ARGV[4])
 return 1
 """
+# The first half of an invalidation. KEYS: card fence, card index. ARGV: moment (ms) or
+# "", fence ttl (ms). Raises the fence (never lowers it) and names the variants to drop:
+# from here on no older data can be written, so none can slip in behind the drop.
+_FENCE = """
+if ARGV[1] ~= "" then
+    local held = redis.call("get", KEYS[1])
+    local newer = (tonumber(held or "-1") or -1) < tonumber(ARGV[1])
+    redis.call("set", KEYS[1], newer and ARGV[1] or held, "px", ARGV[2])
+end
+return redis.call("smembers", KEYS[2])
+"""
+# The second half. KEYS: n values, their n stamps, the card index. ARGV: moment (ms) or
+# "". Drops each variant fetched up to the moment (one written since is newer: it stays).
+_DROP = """
+local n = (#KEYS - 1) / 2
+local dropped = 0
+for i = 1, n do
+    local stamp = tonumber(redis.call("get", KEYS[n + i]) or "-1") or -1
+    if ARGV[1] == "" or stamp <= tonumber(ARGV[1]) then
+        dropped = dropped + redis.call("del", KEYS[i])
+        redis.call("del", KEYS[n + i])
+        redis.call("srem", KEYS[#KEYS], KEYS[i])
+    end
+end
+return dropped
+"""
+
+
+class _Script:
+    """A Lua script run by its digest, sent in full only to a node that lacks it.
+
+    Unlike redis-py's ``register_script``, a missing script is not loaded on every
+    Cluster primary first, so a node that is down cannot fail a script on another.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+    async def __call__(self, client: Any, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await client.eval(self.text, len(keys), *keys, *args)
+
+
+_ACQUIRE_SCRIPT = _Script(_ACQUIRE)
+_EXTEND_SCRIPT = _Script(_EXTEND)
+_FAIL_SCRIPT = _Script(_FAIL)
+_RELEASE_SCRIPT = _Script(_RELEASE)
+_SET_NEWEST_SCRIPT = _Script(_SET_NEWEST)
+_FENCE_SCRIPT = _Script(_FENCE)
+_DROP_SCRIPT = _Script(_DROP)
 
 LockState = Literal["acquired", "held", "unavailable"]
 HolderState = Literal["held", "free", "failed"]
@@ -91,8 +175,12 @@ def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
+OnFenced = Callable[[str, datetime], None]
+"""Told the card key and moment of an invalidation that refused a write (made elsewhere)."""
+
+
 class RedisTier:
-    """A :class:`~kuya_store.tiers.HotTier` on Redis."""
+    """A :class:`~kuya_store.tiers.HotTier` on Redis: one server, Sentinel or Cluster."""
 
     name = "redis"
 
@@ -100,6 +188,7 @@ class RedisTier:
         assert settings.redis_url is not None
         self._prefix = settings.key_prefix
         self._metrics = metrics
+        self._settings = settings
         # The last value read or written per key, with its exact bytes: a hot key read again
         # with identical bytes is the same validated result, so it is not decoded again.
         self._decoded: OrderedDict[str, tuple[bytes, StoredResult]] = OrderedDict()
@@ -107,39 +196,81 @@ class RedisTier:
         # An invalidation must outlive every result it fences off, in every tier above the
         # database and in the write buffer; a day is ample for both.
         self._fence_ttl_ms = max(self._index_ttl_ms, 86_400_000)
-        # A burst larger than the pool waits for a free connection instead of failing,
-        # which would look like a Redis outage and open the breaker.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=settings.redis_max_connections,
-            timeout=settings.redis_pool_timeout.total_seconds(),
-            socket_timeout=settings.redis_socket_timeout.total_seconds(),
-            socket_connect_timeout=settings.redis_connect_timeout.total_seconds(),
-            retry_on_timeout=False,
-        )
-        self.client: aioredis.Redis = aioredis.Redis.from_pool(pool)
-        self._acquire = self.client.register_script(_ACQUIRE)
-        self._extend = self.client.register_script(_EXTEND)
-        self._fail = self.client.register_script(_FAIL)
-        self._release = self.client.register_script(_RELEASE)
-        self._set_newest = self.client.register_script(_SET_NEWEST)
-        self.breaker = CircuitBreaker(
-            settings.breaker_failure_threshold,
-            settings.breaker_reset_after.total_seconds(),
+        self._pool_timeout = settings.redis_pool_timeout.total_seconds()
+        self.deployment = RedisDeployment(settings)
+        self.client = self.deployment.client
+        self.breaker = self._new_breaker()
+        """The breaker of the whole deployment; a Cluster has one per node besides."""
+        self._node_breakers: dict[str, CircuitBreaker] = {}
+        self.on_fenced: OnFenced | None = None
+        self._reading: set[asyncio.Task[None]] = set()
+        self.listener: InvalidationListener | None = None
+        """Set when near-caches are kept coherent: ``invalidate`` waits to hear itself."""
+
+    def fence_heard(self, card_key: str, fence_key: str) -> None:
+        """A card's fence changed somewhere: read its moment, then tell ``on_fenced``."""
+        if self.on_fenced is not None:
+            task = asyncio.create_task(self._read_fence(card_key, fence_key))
+            self._reading.add(task)
+            task.add_done_callback(self._reading.discard)
+
+    async def _read_fence(self, card_key: str, fence_key: str) -> None:
+        ok, raw = await self._call(lambda: self.client.get(fence_key), fence_key)
+        if not ok or raw is None or self.on_fenced is None:
+            return
+        try:
+            at = datetime.fromtimestamp(int(raw) / 1000, UTC)
+        except (ValueError, OverflowError):
+            return  # untrusted content: a fence that does not parse says nothing
+        self.on_fenced(card_key, at)
+
+    def _new_breaker(self) -> CircuitBreaker:
+        metrics = self._metrics
+        return CircuitBreaker(
+            self._settings.breaker_failure_threshold,
+            self._settings.breaker_reset_after.total_seconds(),
             on_open=lambda: metrics.incr("redis_breaker_opens"),
         )
 
-    async def _call(self, operation: Callable[[], Awaitable[_T]]) -> tuple[bool, _T | None]:
-        outcome, value = await self.breaker.guard(operation, _FAILURES)
+    def _breaker_for(self, key: str) -> CircuitBreaker:
+        node = self.deployment.node_of(key)
+        if not node:
+            return self.breaker
+        breaker = self._node_breakers.get(node)
+        if breaker is None:
+            breaker = self._node_breakers[node] = self._new_breaker()
+        return breaker
+
+    async def _call(
+        self, operation: Callable[[], Awaitable[_T]], key: str | None = None
+    ) -> tuple[bool, _T | None]:
+        breaker = self.breaker if key is None else self._breaker_for(key)
+        slots = self.deployment.slots
+        if slots is not None:
+            operation = functools.partial(self._bounded, slots, operation)
+        outcome, value = await breaker.guard(operation, _is_failure)
         if outcome == "skipped":
             self._metrics.incr("redis_skipped")
         elif outcome == "failed":
             self._metrics.incr("redis_errors")
         return outcome == "ok", value
 
+    async def _bounded(
+        self, slots: asyncio.Semaphore, operation: Callable[[], Awaitable[_T]]
+    ) -> _T:
+        try:
+            async with asyncio.timeout(self._pool_timeout):
+                await slots.acquire()
+        except TimeoutError:
+            raise RedisConnectionError("no Redis connection became free in time") from None
+        try:
+            return await operation()
+        finally:
+            slots.release()
+
     async def get(self, identity: ResultIdentity) -> StoredResult | None:
         key = identity.redis_key(self._prefix)
-        _, raw = await self._call(lambda: self.client.get(key))
+        _, raw = await self._call(lambda: self.client.get(key), key)
         if raw is None:
             return None
         raw = raw.encode() if isinstance(raw, str) else raw
@@ -162,10 +293,11 @@ class RedisTier:
         if len(self._decoded) > _DECODED_ENTRIES:
             self._decoded.popitem(last=False)
 
-    async def set(self, identity: ResultIdentity, result: StoredResult, ttl: timedelta) -> None:
+    async def set(self, identity: ResultIdentity, result: StoredResult, ttl: timedelta) -> bool:
+        """Write unless older data than Redis holds, or fenced; ``False`` when refused."""
         ttl_ms = int(ttl.total_seconds() * 1000)
         if ttl_ms <= 0:
-            return
+            return True
         key = identity.redis_key(self._prefix)
         keys = [
             key,
@@ -175,39 +307,67 @@ class RedisTier:
         ]
         payload = encode(result)
         args: list[bytes | int] = [payload, _ms(result.fetched_at), ttl_ms, self._index_ttl_ms]
-        ok, written = await self._call(lambda: self._set_newest(keys=keys, args=args))
-        if ok and written:
+        ok, written = await self._call(lambda: _SET_NEWEST_SCRIPT(self.client, keys, args), key)
+        if not ok or written is None:
+            return True  # Redis is down: nothing refused it
+        if written == 1:
             self._remember(key, payload, result)
-        elif ok:
-            self._metrics.incr("hot_writes_refused_older")
+            return True
+        self._metrics.incr("hot_writes_refused_older")
+        if int(written) < 0 and self.on_fenced is not None:
+            # Invalidated by another worker: this process learns it from the refusal.
+            self.on_fenced(identity.card_key, datetime.fromtimestamp(-int(written) / 1000, UTC))
+        return False
 
     async def invalidate(self, identity: ResultIdentity, at: datetime | None = None) -> int:
-        """Drop every params variant of the card; refuse data fetched up to ``at`` from now on."""
+        """Drop every params variant of the card; refuse data fetched up to ``at`` from now on.
+
+        With coherent near-caches it returns once Redis has sent the invalidation to every
+        worker (its own listener heard it, or ``redis_socket_timeout`` passed).
+        """
         index = identity.redis_index_key(self._prefix)
         fence = identity.redis_fence_key(self._prefix)
-        moment = _ms(at) if at is not None else None
+        moment = str(_ms(at)) if at is not None else ""
+        listener = self.listener
+        heard = listener.expect(fence) if listener is not None and at is not None else None
 
         async def drop() -> int:
-            members = [
-                m.decode() if isinstance(m, bytes) else m for m in await self.client.smembers(index)
-            ]
-            for member in members:
-                self._decoded.pop(member, None)
+            members = await self._raise_fence(fence, index, moment)
             own = identity.redis_key(self._prefix)
-            self._decoded.pop(own, None)
-            keys = {*members, own}
-            stamps = [k.replace(":r:", ":t:", 1) for k in keys]
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.delete(*keys, *stamps, index)
-                if moment is not None:
-                    pipe.set(fence, moment, px=self._fence_ttl_ms)
-                await pipe.execute()
-            return len(members)
+            values = sorted({*members, own})
+            for value in values:
+                self._decoded.pop(value, None)
+            stamps = [value.replace(":r:", ":t:", 1) for value in values]
+            dropped = await _DROP_SCRIPT(self.client, [*values, *stamps, index], [moment])
+            return int(dropped)
 
-        ok, dropped = await self._call(drop)
+        ok, dropped = await self._call(drop, fence)
         if not ok:
+            if heard is not None:
+                heard.cancel()
             raise TierUnavailableError("redis")
+        if heard is not None and listener is not None:
+            await listener.wait(heard, self._settings.redis_socket_timeout.total_seconds())
+            # Redis answers this only after it has written out everything it queued
+            # before, so the invalidation has been sent to every worker when we return.
+            await self._call(lambda: self.client.exists(fence), fence)
         return dropped or 0
+
+    async def _raise_fence(self, fence: str, index: str, moment: str) -> list[str]:
+        args: list[str | int] = [moment, self._fence_ttl_ms]
+        if self.deployment.kind != "sentinel" or not moment:
+            members = await _FENCE_SCRIPT(self.client, [fence, index], args)
+        else:
+            # A failover promotes a replica that may lack the newest writes: the fence
+            # waits (briefly) for one replica, so a promoted one still refuses old data.
+            wait_ms = max(int(self._settings.redis_socket_timeout.total_seconds() * 500), 1)
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.eval(_FENCE, 2, fence, index, *args)
+                pipe.execute_command("WAIT", 1, wait_ms)
+                members, replicas = await pipe.execute()
+            if not replicas:
+                self._metrics.incr("fences_unreplicated")
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
 
     # -- cross-process single-flight ---------------------------------------------------
 
@@ -218,16 +378,19 @@ class RedisTier:
         or ``("unavailable", "")`` when Redis cannot arbitrate (then fetch without a lock).
         """
         token = secrets.token_hex(16)
-        keys = [identity.redis_lock_key(self._prefix)]
+        key = identity.redis_lock_key(self._prefix)
         ms = max(int(ttl.total_seconds() * 1000), 1)
-        ok, acquired = await self._call(lambda: self._acquire(keys=keys, args=[token, ms]))
+        ok, acquired = await self._call(
+            lambda: _ACQUIRE_SCRIPT(self.client, [key], [token, ms]), key
+        )
         if not ok:
             return "unavailable", ""
         return ("acquired", token) if acquired else ("held", "")
 
     async def lock_state(self, identity: ResultIdentity) -> HolderState:
         """Whether some process holds the fetch lock, or its holder failed (``free`` if unknown)."""
-        ok, value = await self._call(lambda: self.client.get(identity.redis_lock_key(self._prefix)))
+        key = identity.redis_lock_key(self._prefix)
+        ok, value = await self._call(lambda: self.client.get(key), key)
         if not ok or value is None:
             return "free"
         text = value.decode() if isinstance(value, bytes) else str(value)
@@ -237,27 +400,33 @@ class RedisTier:
         self, identity: ResultIdentity, token: str, ttl: timedelta
     ) -> bool | None:
         """Extend our lock: ``False`` when it is no longer ours, ``None`` if Redis is down."""
-        keys = [identity.redis_lock_key(self._prefix)]
+        key = identity.redis_lock_key(self._prefix)
         ms = max(int(ttl.total_seconds() * 1000), 1)
-        ok, extended = await self._call(lambda: self._extend(keys=keys, args=[token, ms]))
+        ok, extended = await self._call(
+            lambda: _EXTEND_SCRIPT(self.client, [key], [token, ms]), key
+        )
         return bool(extended) if ok else None
 
     async def mark_failed(self, identity: ResultIdentity, token: str, ttl: timedelta) -> None:
         """Turn our lock into a failure notice for ``ttl``, for the processes waiting on it."""
-        keys = [identity.redis_lock_key(self._prefix)]
+        key = identity.redis_lock_key(self._prefix)
         ms = max(int(ttl.total_seconds() * 1000), 1)
-        await self._call(lambda: self._fail(keys=keys, args=[token, ms]))
+        await self._call(lambda: _FAIL_SCRIPT(self.client, [key], [token, ms]), key)
 
     async def unlock(self, identity: ResultIdentity, token: str) -> None:
         """Release the lock if, and only if, it is still ours."""
-        keys = [identity.redis_lock_key(self._prefix)]
-        await self._call(lambda: self._release(keys=keys, args=[token]))
+        key = identity.redis_lock_key(self._prefix)
+        await self._call(lambda: _RELEASE_SCRIPT(self.client, [key], [token]), key)
 
     async def ping(self) -> bool:
         try:
-            return bool(await self.client.ping())
-        except _FAILURES:
+            return await self.deployment.ping()
+        except Exception:  # whatever the client raises, the answer is "not answering"
             return False
 
     async def close(self) -> None:
-        await self.client.aclose()
+        if self.listener is not None:
+            await self.listener.close()
+        for task in self._reading:
+            task.cancel()
+        await self.deployment.close()
