@@ -1,12 +1,12 @@
 """Analytics from materialized views on PostgreSQL, with the same answers as the live queries.
 
-Two views, made by revision 0004 and refreshed ``CONCURRENTLY`` by ``maintain()`` (readers
+The views, made by revision 0004 and refreshed ``CONCURRENTLY`` by ``maintain()`` (readers
 never wait for a refresh), summarise the search log below a watermark, a moment kept in
 ``analytics_watermark``:
 
 - ``search_stats_daily``: per UTC day, search type and ``execution_time_ms``, how many
   searches and cache hits: totals, hit rates and exact nearest-rank percentiles add up
-  from it;
+  from it (``search_stats_total``: the same summed over every day);
 - ``card_searches_daily``: per UTC day and card, searches, cache hits, the greatest query
   text and the last search: what ``top_searches`` and the daily per-card counts need.
 
@@ -45,13 +45,21 @@ __all__ = [
 
 REFRESH_MARGIN = timedelta(minutes=1)
 """How far below the refresh moment the watermark is set: rows written within it are live."""
-VIEWS = ("search_stats_daily", "card_searches_daily", "card_directory")
-"""In refresh order: the card directory (``cards.py``) sums ``card_searches_daily``."""
+VIEWS = ("search_stats_daily", "search_stats_total", "card_searches_daily", "card_directory")
+"""In refresh order: ``search_stats_total`` sums ``search_stats_daily`` over every day, and
+the card directory (``cards.py``) sums ``card_searches_daily``."""
 
 _searches = metadata.tables["searches"]
 _stats = sa.table(
     "search_stats_daily",
     sa.column("day"),
+    sa.column("search_type"),
+    sa.column("execution_time_ms"),
+    sa.column("searches"),
+    sa.column("cache_hits"),
+)
+_total = sa.table(
+    "search_stats_total",
     sa.column("search_type"),
     sa.column("execution_time_ms"),
     sa.column("searches"),
@@ -159,9 +167,11 @@ async def stats_rows(conn: AsyncConnection, since: datetime | None) -> dict[str,
         .where(_live(since))
         .group_by(_searches.c.search_type, _searches.c.execution_time_ms)
     )
+    # Since the beginning: every day summed already, a row per search type and latency.
+    source = _total if since is None else _stats
     kept = sa.select(
-        _stats.c.search_type, _stats.c.execution_time_ms, _stats.c.searches, _stats.c.cache_hits
-    ).where(*_from_view(_stats.c.day, since))
+        source.c.search_type, source.c.execution_time_ms, source.c.searches, source.c.cache_hits
+    ).where(*([] if since is None else _from_view(_stats.c.day, since)))
     both = sa.union_all(kept, live).subquery()
     rows = await conn.execute(
         sa.select(
