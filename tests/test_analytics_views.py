@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 import kuya_store as ks
-from kuya_store.analytics_views import Histogram, nearest_rank
+from kuya_store.analytics_views import VIEWS, Histogram, nearest_rank
 
 # 3,000 searches over about eleven days: both search types, cache hits and misses, latencies
 # with repeats and gaps, rows without a latency and rows without a card identifier.
@@ -96,11 +96,7 @@ async def test_views_give_the_live_answers(filled: str) -> None:
     async with ks.CompsStore(database_url=filled, clock=clock) as store:
         await _same_answers(store)  # never refreshed: everything is the live part
         report = await store.maintain()
-        assert report.views_refreshed == [
-            "search_stats_daily",
-            "card_searches_daily",
-            "card_directory",
-        ]
+        assert report.views_refreshed == list(VIEWS)
         await _same_answers(store)
         stats = await store.analytics.search_stats()
         assert stats.total == 3000 and set(stats.by_type) == {"sold", "active"}

@@ -47,6 +47,7 @@ ADDED_INDEXES = {
     # The analytics views and their watermark (revision 0006).
     "analytics_watermark_pkey",
     "search_stats_daily_key",
+    "search_stats_total_key",
     "card_searches_daily_key",
     # Card search's directory: its key, full-text and trigram indexes (revision 0006).
     "card_directory_key",

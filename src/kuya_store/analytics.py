@@ -11,12 +11,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kuya_store.analytics_views import (
     Histogram,
+    consistent,
     daily_rows,
     merged,
     nearest_rank,
     stats_rows,
     top_rows,
     views_present,
+    watermark,
 )
 from kuya_store.db.engine import DatabaseFeature
 from kuya_store.db.tables import metadata
@@ -158,12 +160,14 @@ class Analytics(DatabaseFeature):
     _purpose = "analytics read the database"
     _views: bool | None = None
 
-    async def _use_views(self, conn: AsyncConnection, fresh: bool) -> bool:
+    async def _watermark(self, conn: AsyncConnection, fresh: bool) -> datetime | None:
+        """The views' watermark when the views answer; ``None`` for the live query."""
         if fresh:
-            return False
+            return None
+        await consistent(conn)
         if self._views is None:
             self._views = await views_present(conn)
-        return self._views
+        return await watermark(conn) if self._views else None
 
     @staticmethod
     def history_statement(
@@ -272,8 +276,9 @@ class Analytics(DatabaseFeature):
         hit = sa.case((_searches.c.cache_hit.is_(True), 1), else_=0)
 
         async def read(conn: AsyncConnection) -> SearchStats:
-            if await self._use_views(conn, fresh):
-                kinds = await stats_rows(conn, start)
+            mark = await self._watermark(conn, fresh)
+            if mark is not None:
+                kinds = await stats_rows(conn, start, mark)
                 overall = _type_stats(merged(kinds.values()))
                 by_type = {kind: _type_stats(kinds[kind]) for kind in sorted(kinds)}
                 return SearchStats(**overall.model_dump(), since=start, by_type=by_type)
@@ -357,8 +362,9 @@ class Analytics(DatabaseFeature):
             stmt = stmt.where(_searches.c.created_at >= start)
 
         async def read(conn: AsyncConnection) -> list[Any]:
-            if await self._use_views(conn, fresh):
-                return await top_rows(conn, limit, start)
+            mark = await self._watermark(conn, fresh)
+            if mark is not None:
+                return await top_rows(conn, limit, start, mark)
             return list((await conn.execute(stmt)).all())
 
         rows = await self._read(read)
@@ -387,8 +393,8 @@ class Analytics(DatabaseFeature):
         since = datetime.combine(first, datetime.min.time(), UTC)
 
         async def read(conn: AsyncConnection) -> list[DailySearches]:
-            views = await self._use_views(conn, fresh)
-            rows = await daily_rows(conn, card_identifier, since, views)
+            mark = await self._watermark(conn, fresh)
+            rows = await daily_rows(conn, card_identifier, since, mark)
             return [DailySearches(day=d, searches=n, cache_hits=h) for d, n, h in rows]
 
         return await self._read(read)

@@ -1,12 +1,12 @@
 """Analytics from materialized views on PostgreSQL, with the same answers as the live queries.
 
-Two views, made by revision 0006 and refreshed ``CONCURRENTLY`` by ``maintain()`` (readers
+The views, made by revision 0006 and refreshed ``CONCURRENTLY`` by ``maintain()`` (readers
 never wait for a refresh), summarise the search log below a watermark, a moment kept in
 ``analytics_watermark``:
 
 - ``search_stats_daily``: per UTC day, search type and ``execution_time_ms``, how many
   searches and cache hits: totals, hit rates and exact nearest-rank percentiles add up
-  from it;
+  from it (``search_stats_total``: the same summed over every day);
 - ``card_searches_daily``: per UTC day and card, searches, cache hits, the greatest query
   text and the last search: what ``top_searches`` and the daily per-card counts need.
 
@@ -29,11 +29,13 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kuya_store.db.tables import metadata
+from kuya_store.db.types import UTCDateTime
 
 __all__ = [
     "REFRESH_MARGIN",
     "VIEWS",
     "Histogram",
+    "consistent",
     "daily_rows",
     "merged",
     "nearest_rank",
@@ -41,17 +43,27 @@ __all__ = [
     "stats_rows",
     "top_rows",
     "views_present",
+    "watermark",
 ]
 
 REFRESH_MARGIN = timedelta(minutes=1)
 """How far below the refresh moment the watermark is set: rows written within it are live."""
-VIEWS = ("search_stats_daily", "card_searches_daily", "card_directory")
-"""In refresh order: the card directory (``cards.py``) sums ``card_searches_daily``."""
+VIEWS = ("search_stats_daily", "search_stats_total", "card_searches_daily", "card_directory")
+"""In refresh order: ``search_stats_total`` sums ``search_stats_daily`` over every day, and
+the card directory (``cards.py``) sums ``card_searches_daily``."""
 
 _searches = metadata.tables["searches"]
 _stats = sa.table(
     "search_stats_daily",
     sa.column("day"),
+    sa.column("search_type"),
+    sa.column("execution_time_ms"),
+    sa.column("searches"),
+    sa.column("cache_hits"),
+    sa.column("api_calls"),
+)
+_total = sa.table(
+    "search_stats_total",
     sa.column("search_type"),
     sa.column("execution_time_ms"),
     sa.column("searches"),
@@ -74,9 +86,6 @@ _directory = sa.table(
     sa.column("cache_hits"),
     sa.column("query"),
     sa.column("last_searched_at"),
-)
-_watermark: sa.Select[Any] = sa.select(sa.column("watermark")).select_from(
-    sa.table("analytics_watermark")
 )
 
 
@@ -120,10 +129,31 @@ def _first_full_day(since: datetime | None) -> date | None:
     return day if moment.time() == time(0) else day + timedelta(days=1)
 
 
-def _live(since: datetime | None) -> sa.ColumnElement[bool]:
+async def watermark(conn: AsyncConnection) -> datetime | None:
+    """The views' watermark, in the snapshot of the read; ``None`` before the first refresh.
+
+    Call :func:`consistent` first: the views must be read in the same snapshot. The moment
+    is then a plain parameter, so the planner prunes the log to the partitions after it.
+    """
+    value = await conn.scalar(
+        sa.text(
+            "SELECT CASE WHEN watermark = '-infinity' THEN NULL ELSE watermark END "
+            "FROM analytics_watermark"
+        )
+    )
+    return value if isinstance(value, datetime) else None
+
+
+async def consistent(conn: AsyncConnection) -> None:
+    """One snapshot for every statement of this read (a refresh may commit in between)."""
+    if conn.dialect.name == "postgresql" and not conn.in_transaction():
+        await conn.execution_options(isolation_level="REPEATABLE READ")
+
+
+def _live(since: datetime | None, mark: datetime) -> sa.ColumnElement[bool]:
     """Rows the views cannot give: at or after the watermark, and the part day of ``since``."""
-    watermark = _watermark.scalar_subquery()
-    tail = _searches.c.created_at >= watermark
+    watermark: Any = sa.literal(mark, UTCDateTime)
+    tail: sa.ColumnElement[bool] = _searches.c.created_at >= watermark
     if since is None:
         return tail
     day = _first_full_day(since)
@@ -149,7 +179,9 @@ async def views_present(conn: AsyncConnection) -> bool:
     return bool(found)
 
 
-async def stats_rows(conn: AsyncConnection, since: datetime | None) -> dict[str, Histogram]:
+async def stats_rows(
+    conn: AsyncConnection, since: datetime | None, mark: datetime
+) -> dict[str, Histogram]:
     """The histogram of every search type since ``since``, from the views and the live rest."""
     hit = sa.func.count().filter(_searches.c.cache_hit.is_(True))
     pages = sa.func.greatest(sa.func.coalesce(_searches.c.pages_scraped, 1), 1)
@@ -162,16 +194,18 @@ async def stats_rows(conn: AsyncConnection, since: datetime | None) -> dict[str,
             hit.label("cache_hits"),
             calls.label("api_calls"),
         )
-        .where(_live(since))
+        .where(_live(since, mark))
         .group_by(_searches.c.search_type, _searches.c.execution_time_ms)
     )
+    # Since the beginning: every day summed already, a row per search type and latency.
+    source = _total if since is None else _stats
     kept = sa.select(
-        _stats.c.search_type,
-        _stats.c.execution_time_ms,
-        _stats.c.searches,
-        _stats.c.cache_hits,
-        _stats.c.api_calls,
-    ).where(*_from_view(_stats.c.day, since))
+        source.c.search_type,
+        source.c.execution_time_ms,
+        source.c.searches,
+        source.c.cache_hits,
+        source.c.api_calls,
+    ).where(*([] if since is None else _from_view(_stats.c.day, since)))
     both = sa.union_all(kept, live).subquery()
     rows = await conn.execute(
         sa.select(
@@ -203,7 +237,9 @@ def merged(histograms: Iterable[Histogram]) -> Histogram:
     return Histogram(counts, hits, calls)
 
 
-async def top_rows(conn: AsyncConnection, limit: int, since: datetime | None) -> list[Any]:
+async def top_rows(
+    conn: AsyncConnection, limit: int, since: datetime | None, mark: datetime
+) -> list[Any]:
     """``top_searches`` rows from the views and the live rest: card, query, counts, last."""
     card = card_key()
     live = (
@@ -214,7 +250,7 @@ async def top_rows(conn: AsyncConnection, limit: int, since: datetime | None) ->
             sa.func.max(_searches.c.query).label("query"),
             sa.func.max(_searches.c.created_at).label("last_searched_at"),
         )
-        .where(_live(since))
+        .where(_live(since, mark))
         .group_by(card)
     )
     # Since the beginning: the directory has a row per card, the daily view one per day.
@@ -246,7 +282,7 @@ def card_key() -> sa.ColumnElement[str]:
 
 
 async def daily_rows(
-    conn: AsyncConnection, card: str, since: datetime, views: bool
+    conn: AsyncConnection, card: str, since: datetime, mark: datetime | None
 ) -> list[tuple[date, int, int]]:
     """Searches and cache hits of one card per UTC day since ``since`` (a UTC midnight)."""
     day: Any = (
@@ -256,15 +292,15 @@ async def daily_rows(
     )
     hit = sa.func.count().filter(_searches.c.cache_hit.is_(True))
     live_where = [card_key() == card, _searches.c.created_at >= since]
-    if views:
-        live_where.append(_searches.c.created_at >= _watermark.scalar_subquery())
+    if mark is not None:
+        live_where.append(_searches.c.created_at >= sa.literal(mark, UTCDateTime))
     live = (
         sa.select(day.label("day"), sa.func.count().label("searches"), hit.label("cache_hits"))
         .where(*live_where)
         .group_by(day)
     )
     parts: Any = live
-    if views:
+    if mark is not None:
         kept = sa.select(_cards.c.day, _cards.c.searches, _cards.c.cache_hits).where(
             _cards.c.card == card, _cards.c.day >= since.date()
         )

@@ -19,14 +19,14 @@ matches whole, then how often it was searched.
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from kuya_store.analytics_views import card_key
+from kuya_store.analytics_views import card_key, consistent, watermark
 from kuya_store.db.engine import DatabaseFeature
 from kuya_store.db.tables import metadata
 from kuya_store.errors import InvalidInputError, KuyaStoreError
@@ -122,6 +122,7 @@ class Cards(DatabaseFeature):
             raise InvalidInputError("limit", "must be an integer from 1 to 100")
 
         async def read(conn: AsyncConnection) -> list[CardMatch]:
+            await consistent(conn)
             await self._check_schema(conn)
             if conn.dialect.name == "postgresql":
                 found = await self._postgres(conn, normal)
@@ -180,6 +181,7 @@ class Cards(DatabaseFeature):
                 {"t": str(_WORD_SIMILARITY)},
             )
         # The directory holds the log below the watermark; the rest is read live.
+        mark = await watermark(conn)
         sql = f"""
         WITH live AS (
             SELECT card, searches, query, words, to_tsvector('simple', words) AS document
@@ -188,7 +190,7 @@ class Cards(DatabaseFeature):
                        max(query) AS query,
                        replace(coalesce(card_identifier, lower(query)), '-', ' ') AS words
                 FROM searches
-                WHERE created_at >= (SELECT watermark FROM analytics_watermark)
+                WHERE created_at >= :mark
                 GROUP BY 1
             ) AS counted
         ), found AS (
@@ -201,7 +203,12 @@ class Cards(DatabaseFeature):
         """
         rows = await conn.execute(
             sa.text(sql),
-            {"terms": _or_query(normal), "spaced": spaced, "candidates": _CANDIDATES},
+            {
+                "terms": _or_query(normal),
+                "spaced": spaced,
+                "candidates": _CANDIDATES,
+                "mark": mark or datetime.min.replace(tzinfo=UTC),
+            },
         )
         return list(rows)
 
