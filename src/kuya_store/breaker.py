@@ -7,11 +7,16 @@ Every guarded call site (the Redis tier, database reads) goes through
 - a call that is cancelled (client disconnect, a timeout around ``search()``) counts as
   neither: it hands the probe back, so the next call may probe again;
 - a probe that never reports back (a task killed without unwinding) expires after
-  ``reset_after``, so a half-open breaker can never refuse forever.
+  ``reset_after``, so a half-open breaker can never refuse forever;
+- a cancellation that a driver swallowed is raised again. On Python 3.11
+  ``asyncio.wait_for`` returns the result instead of raising when the cancellation
+  arrives as the awaited call completes (redis-py sends every command through it), so a
+  search whose caller had given up would go on, and pay.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar
@@ -98,6 +103,8 @@ class CircuitBreaker:
         """
         if not self.allow():
             return "skipped", None
+        task = asyncio.current_task()
+        asked = task.cancelling() if task is not None else 0
         try:
             value = await operation()
         except BaseException as exc:
@@ -108,4 +115,6 @@ class CircuitBreaker:
             self.release()
             raise
         self.success()
+        if task is not None and task.cancelling() > asked:
+            raise asyncio.CancelledError  # asked during the call, and lost by the driver
         return "ok", value
