@@ -35,6 +35,10 @@ def tests(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     session.run(
         "pytest",
+        # Most tests wait on servers, sleeps and subprocesses: three workers keep two cores
+        # busy. Each worker starts its own servers; give `-n 0` to run in one process.
+        "--numprocesses=3",
+        "--dist=worksteal",
         "--cov=kuya_store",
         "--cov-report=term",
         *session.posargs,
