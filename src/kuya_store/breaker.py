@@ -8,6 +8,14 @@ Every guarded call site (the Redis tier, database reads) goes through
   neither: it hands the probe back, so the next call may probe again;
 - a probe that never reports back (a task killed without unwinding) expires after
   ``reset_after``, so a half-open breaker can never refuse forever.
+
+It is written here rather than taken from a breaker library because none of those
+available keeps these rules: ``purgatory`` lets every call through while half-open,
+counts a cancelled call as a failure (or, told to ignore it, as a success that closes
+the breaker) and reads the wall clock; ``circuitbreaker`` closes the breaker on any
+exception it does not count, cancellation included, and has no single probe;
+``pybreaker`` is synchronous (asyncio only through Tornado) and ``aiobreaker``, its
+asyncio port, is no longer maintained. None can be driven by a test clock.
 """
 
 from __future__ import annotations
