@@ -12,6 +12,14 @@ Every guarded call site (the Redis tier, database reads) goes through
   ``asyncio.wait_for`` returns the result instead of raising when the cancellation
   arrives as the awaited call completes (redis-py sends every command through it), so a
   search whose caller had given up would go on, and pay.
+
+It is written here rather than taken from a breaker library because none of those
+available keeps these rules: ``purgatory`` lets every call through while half-open,
+counts a cancelled call as a failure (or, told to ignore it, as a success that closes
+the breaker) and reads the wall clock; ``circuitbreaker`` closes the breaker on any
+exception it does not count, cancellation included, and has no single probe;
+``pybreaker`` is synchronous (asyncio only through Tornado) and ``aiobreaker``, its
+asyncio port, is no longer maintained. None can be driven by a test clock.
 """
 
 from __future__ import annotations
