@@ -163,9 +163,11 @@ async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
         outcomes: collections.Counter[str] = collections.Counter()
         for report in reports:
             outcomes.update(report["outcomes"])
+        fallbacks = sum(int(r["budget"].get("fallbacks", 0)) for r in reports)
         print(
             f"  counted in {counter}: {made} requests made (budget {budget}); answers "
-            f"{dict(sorted(outcomes.items()))}"
+            f"{dict(sorted(outcomes.items()))}; reservations that fell back to a lower "
+            f"counter: {fallbacks}"
         )
         errors = sum(n for k, n in outcomes.items() if k.startswith("error:"))
         targets.append(
