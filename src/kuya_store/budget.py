@@ -29,13 +29,16 @@ from kuya_store.clock import Clock
 from kuya_store.db.tables import ApiUsageRow, metadata
 from kuya_store.metrics import Metrics
 from kuya_store.models import SearchType
+from kuya_store.retries import retrying
 from kuya_store.settings import StoreSettings
+from kuya_store.writer import is_transient
 
 __all__ = ["ApiBudget", "periods"]
 
 _log = logging.getLogger("kuya_store.budget")
 _usage = metadata.tables[ApiUsageRow.__tablename__]
 _WARN_AT = 0.8
+_DB_ATTEMPTS = 4
 
 # KEYS: one counter per period; ARGV: n, then per key its limit and expiry (epoch ms).
 # Takes n from every counter, or from none.
@@ -140,24 +143,44 @@ class ApiBudget:
             for _, limit, end in spans:
                 args += [limit, int(end.timestamp() * 1000)]
             try:
-                granted = int(await self._script(keys=keys, args=args)) > 0
-            except Exception:  # Redis unreachable: the database counts instead
-                self._metrics.incr("budget_fallbacks")
+                used = int(await self._script(keys=keys, args=args))
+            except Exception as exc:  # Redis unreachable: the database counts instead
+                self._fell_back("Redis", exc)
             else:
-                return granted and await self._mirror(kind, n, spans)
+                return used > 0 and await self._mirror(kind, n, spans, used)
         if self._engine is not None:
             try:
-                granted = await self._reserve_in_database(kind, n, spans)
-            except Exception:
-                self._metrics.incr("budget_fallbacks")
+                totals = await self._in_database(kind, n, spans, conditional=True)
+            except Exception as exc:
+                self._fell_back("the database", exc)
             else:
-                if granted:
-                    self._count_here(kind, n, spans)
-                return granted
+                if totals is not None:
+                    self._count_here(kind, n, spans, totals)
+                return totals is not None
         return self._reserve_here(kind, n, spans)
 
+    def _fell_back(self, counter: str, exc: Exception) -> None:
+        self._metrics.incr("budget_fallbacks")
+        _log.warning("the API budget could not be counted in %s (%r); counting lower", counter, exc)
+
+    async def _in_database(
+        self,
+        kind: SearchType,
+        n: int,
+        spans: list[tuple[str, int, datetime]],
+        *,
+        conditional: bool,
+    ) -> list[int] | None:
+        """:meth:`_add_in_database`, retried while the failure is the database's (a busy pool)."""
+        async for attempt in retrying(
+            _DB_ATTEMPTS, backoff=0.05, max_backoff=0.5, transient=is_transient
+        ):
+            with attempt:
+                return await self._add_in_database(kind, n, spans, conditional=conditional)
+        return None  # pragma: no cover - the loop returns or raises
+
     async def _mirror(
-        self, kind: SearchType, n: int, spans: list[tuple[str, int, datetime]]
+        self, kind: SearchType, n: int, spans: list[tuple[str, int, datetime]], used: int
     ) -> bool:
         """Add a request Redis granted to the counters below it (a fallback starts there).
 
@@ -165,11 +188,11 @@ class ApiBudget:
         without persistence): the request is refused after all, and Redis is raised to the
         database's count, so no second budget is spent. ``False`` when refused.
         """
-        self._count_here(kind, n, spans)
+        self._count_here(kind, n, spans, [used])
         if self._engine is None:
             return True
         try:
-            totals = await self._add_in_database(kind, n, spans, conditional=False)
+            totals = await self._in_database(kind, n, spans, conditional=False)
         except Exception:  # the database's count falls behind; Redis still decides
             self._metrics.incr("budget_mirror_failures")
             return True
@@ -189,11 +212,6 @@ class ApiBudget:
             except Exception:
                 self._metrics.incr("budget_mirror_failures")
         return False
-
-    async def _reserve_in_database(
-        self, kind: SearchType, n: int, spans: list[tuple[str, int, datetime]]
-    ) -> bool:
-        return await self._add_in_database(kind, n, spans, conditional=True) is not None
 
     async def _add_in_database(
         self,
@@ -228,10 +246,19 @@ class ApiBudget:
                 totals.append(int(row[0]))
         return totals
 
-    def _count_here(self, kind: SearchType, n: int, spans: list[tuple[str, int, datetime]]) -> None:
-        for name, _, _ in spans:
+    def _count_here(
+        self,
+        kind: SearchType,
+        n: int,
+        spans: list[tuple[str, int, datetime]],
+        shared: list[int] | None = None,
+    ) -> None:
+        """Count ``n`` in this process, at least up to what a shared counter just said."""
+        known = shared or []
+        for i, (name, _, _) in enumerate(spans):
             key = (kind.value, name)
-            self._local[key] = self._local.get(key, 0) + n
+            here = self._local.get(key, 0) + n
+            self._local[key] = max(here, known[i]) if i < len(known) else here
 
     def _reserve_here(
         self, kind: SearchType, n: int, spans: list[tuple[str, int, datetime]]
