@@ -61,6 +61,12 @@ from kuya_store.settings import StoreSettings
 from kuya_store.stored import StoredResult
 from kuya_store.tiers import HotTier, TierUnavailableError
 from kuya_store.tiers.database import DatabaseTier, value_result
+from kuya_store.tiers.display import (
+    DisplayStore,
+    answer_complete,
+    display_ttl_left,
+    outlived,
+)
 from kuya_store.tiers.near import NearCache, Ticket
 from kuya_store.writer import WriteBehind
 
@@ -97,8 +103,10 @@ class CompsRepository:
         valuator: Valuator,
         policy: FreshnessPolicy,
         budget: ApiBudget,
+        display: DisplayStore,
     ) -> None:
         self._settings = settings
+        self._display = display
         self._clock = clock
         self._metrics = metrics
         self._hot = hot
@@ -115,13 +123,13 @@ class CompsRepository:
             clock=clock,
             metrics=metrics,
             hot=hot,
-            fill=self._fill,
+            fill=self._fill_fetched,
             valuator=valuator,
             policy=policy,
             budget=budget,
         )
         self._db = (
-            DatabaseTier(database, settings, metrics, valuator, policy)
+            DatabaseTier(database, settings, metrics, valuator, policy, display)
             if database is not None
             else None
         )
@@ -272,7 +280,7 @@ class CompsRepository:
             execution_time_ms=int(elapsed),
             complete=stored.complete is True,
             fresh_until=self._fresh_until(stored),
-            display_complete=source not in (Source.DATABASE, Source.STALE),
+            display_complete=answer_complete(stored, listings),
         )
 
     async def _answer_stored(
@@ -363,7 +371,11 @@ class CompsRepository:
         return fence is not None and fetched_at <= fence
 
     def _usable(self, identity: ResultIdentity, hit: StoredResult, now: datetime) -> bool:
-        return now < self._fresh_until(hit) and not self._fenced(identity, hit.fetched_at)
+        return (
+            now < self._fresh_until(hit)
+            and not self._fenced(identity, hit.fetched_at)
+            and not outlived(hit, now)
+        )
 
     async def _lookup(
         self, identity: ResultIdentity, now: datetime, count: bool = True
@@ -425,8 +437,14 @@ class CompsRepository:
             await self._near.set(identity, result, ttl, ticket)
 
     def _hot_ttl(self, result: StoredResult, now: datetime) -> timedelta:
-        """A hot tier keeps a result for its TTL from now, never past its freshness."""
+        """A hot tier keeps a result for its TTL from now, never past its freshness.
+
+        Nor past its display data's ``display_ttl``: a copy never outlives the rule.
+        """
         left = self._fresh_until(result) - now
+        shown = display_ttl_left(result, now)
+        if shown is not None:
+            left = min(left, shown)
         return max(min(left, self._settings.hot_ttl(result.search_type)), timedelta(0))
 
     async def _fill(self, identity: ResultIdentity, result: StoredResult, now: datetime) -> None:
@@ -436,6 +454,14 @@ class CompsRepository:
         if await self._hot.set(identity, result, self._hot_ttl(result, now)):
             # Written, not refused for newer data or an invalidation: the near-cache too.
             await self._fill_near(identity, result, now, ticket)
+
+    async def _fill_fetched(
+        self, identity: ResultIdentity, result: StoredResult, now: datetime
+    ) -> None:
+        """A paid result fills the hot tiers, and its display data is kept by listing."""
+        await asyncio.gather(
+            self._display.keep(identity, result), self._fill(identity, result, now)
+        )
 
     def learn_fence(self, card_key: str, at: datetime) -> None:
         """Another worker invalidated this card at ``at``: refuse what was fetched before."""
@@ -528,7 +554,7 @@ class CompsRepository:
             pages_scraped=stored.pages_scraped,
             complete=stored.complete is True,
             fresh_until=self._fresh_until(stored),
-            display_complete=source not in (Source.DATABASE, Source.STALE),
+            display_complete=answer_complete(stored, listings),
         )
 
     async def invalidate(self, query: str, search_type: SearchType | str) -> Invalidation:

@@ -30,6 +30,7 @@ from kuya_store.pricing import Valuator
 from kuya_store.retries import is_transient_fetch_error, retrying
 from kuya_store.settings import StoreSettings
 from kuya_store.stored import StoredResult
+from kuya_store.tiers.display import carried_over
 
 __all__ = ["Fetcher", "Upstream", "validate_fetch_result"]
 
@@ -163,6 +164,9 @@ class Upstream:
                 identity.card_identifier, listings, snapshot_date=asked_at.date(), now=asked_at
             )
         window = self._policy.fresh_for(identity.search_type, listings, asked_at)
+        display_complete, display_until = carried_over(
+            listings, stale, asked_at + self._settings.display_ttl
+        )
         return StoredResult(
             query=request.query,
             card_identifier=identity.card_identifier,
@@ -175,6 +179,8 @@ class Upstream:
             stats=stats,
             complete=complete,
             fresh_until=asked_at + window,
+            display_complete=display_complete,
+            display_until=display_until,
         )
 
     async def _whole(self, ask: _Ask) -> _Bought:

@@ -255,6 +255,12 @@ class RedisTier:
             self._metrics.incr("redis_errors")
         return outcome == "ok", value
 
+    async def guarded(
+        self, operation: Callable[[], Awaitable[_T]], key: str
+    ) -> tuple[bool, _T | None]:
+        """Run one call on ``key``'s server behind its breaker: ``(False, None)`` if it failed."""
+        return await self._call(operation, key)
+
     async def _bounded(
         self, slots: asyncio.Semaphore, operation: Callable[[], Awaitable[_T]]
     ) -> _T:
