@@ -10,7 +10,6 @@ an outage processes may together go over by what the unreachable counter had cou
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,13 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kuya_store.clock import Clock
 from kuya_store.db.tables import ApiUsageRow, metadata
+from kuya_store.logs import get_logger
 from kuya_store.metrics import Metrics
 from kuya_store.models import SearchType
 from kuya_store.settings import StoreSettings
 
 __all__ = ["ApiBudget", "periods"]
 
-_log = logging.getLogger("kuya_store.budget")
+_log = get_logger("kuya_store.budget")
 _usage = metadata.tables[ApiUsageRow.__tablename__]
 _WARN_AT = 0.8
 

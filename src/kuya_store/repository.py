@@ -12,7 +12,6 @@ listings (memoised per result and filter combination).
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -42,6 +41,7 @@ from kuya_store.keys import (
     validate_search_type,
     validate_user_id,
 )
+from kuya_store.logs import answered_by, fields_of, get_logger, searching
 from kuya_store.metrics import Metrics
 from kuya_store.models import (
     CompsResult,
@@ -72,7 +72,7 @@ from kuya_store.writer import WriteBehind
 
 __all__ = ["CompsRepository", "Fetcher"]
 
-_log = logging.getLogger("kuya_store.repository")
+_log = get_logger("kuya_store.repository")
 _NO_FILTERS = SearchFilters()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -211,7 +211,8 @@ class CompsRepository:
         self._active += 1
         self._idle.clear()
         try:
-            return await self._search(asked, fetcher, user, refresh, record, started)
+            with searching(asked.card, asked.kind.value):
+                return await self._search(asked, fetcher, user, refresh, record, started)
         finally:
             self._active -= 1
             if self._active == 0:
@@ -241,6 +242,7 @@ class CompsRepository:
             )
         assert level is not None
         assert source is not None
+        answered_by(source.value)
         listings = level.listings(stored)
         snapshot = self._snapshot(level, stored, listings)
         elapsed = (time.perf_counter() - started) * 1000
@@ -318,6 +320,8 @@ class CompsRepository:
                 filters=level.upstream_filters,
                 params=asked.options,
             )
+
+            answered_by(Source.API.value)  # what the flight logs is about the fetcher
 
             def on_fetched(result: StoredResult, level: Level = level) -> None:
                 self._persist(asked, level, user, result, started)
@@ -592,6 +596,7 @@ class CompsRepository:
                 kind.value,
                 "ok" if hot_ok else "unreachable",
                 "ok" if database_ok else "unreachable",
+                extra=fields_of(identity.card_identifier, kind.value),
             )
         return report
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
@@ -21,6 +20,7 @@ from kuya_store.db.maintenance import MaintenanceReport, maintain
 from kuya_store.errors import InvalidInputError, KuyaStoreError, StorageUnavailableError
 from kuya_store.fetching import Fetcher
 from kuya_store.freshness import FreshnessPolicy, policy_for
+from kuya_store.logs import get_logger
 from kuya_store.metrics import Metrics
 from kuya_store.models import Health, SearchType
 from kuya_store.persistence import Database
@@ -41,7 +41,7 @@ __all__ = ["CompsStore", "HealthStatus", "health_status"]
 
 HealthStatus = Literal["healthy", "degraded", "unhealthy"]
 
-_log = logging.getLogger("kuya_store")
+_log = get_logger("kuya_store")
 _DISCONNECT_GRACE = 2.0
 
 

@@ -30,7 +30,6 @@ import concurrent.futures
 import contextlib
 import functools
 import inspect
-import logging
 import os
 import threading
 import time
@@ -45,6 +44,7 @@ from anyio.from_thread import BlockingPortal
 
 from kuya_store.db.maintenance import MaintenanceReport
 from kuya_store.errors import StoreClosedError
+from kuya_store.logs import get_logger
 from kuya_store.models import Health
 from kuya_store.settings import StoreSettings
 from kuya_store.store import CompsStore
@@ -52,7 +52,7 @@ from kuya_store.store import CompsStore
 __all__ = ["SyncCompsStore"]
 
 _T = TypeVar("_T")
-_log = logging.getLogger("kuya_store.sync")
+_log = get_logger("kuya_store.sync")
 
 _THREAD_NAME = "kuya-store-loop"
 _GRACE = 5.0

@@ -23,6 +23,7 @@ from kuya_store.clock import Clock
 from kuya_store.errors import BudgetExhaustedError, FetcherError, InvalidInputError
 from kuya_store.freshness import FreshnessPolicy
 from kuya_store.keys import ResultIdentity
+from kuya_store.logs import redact_secrets
 from kuya_store.metrics import Metrics
 from kuya_store.models import FetchRequest, FetchResult, FetchStats, Listing, SearchType
 from kuya_store.paging import PagedFetcher, after_page, merge_sales, pages_wanted
@@ -289,5 +290,7 @@ class Upstream:
         if isinstance(cause, TimeoutError):
             message = f"fetcher for {kind!r} timed out after {timeout:g}s"
         else:
-            message = f"fetcher for {kind!r} failed: {type(cause).__name__}: {cause}"
+            # The cause may name the request (a URL with the API key): apps log this text.
+            detail = redact_secrets(str(cause))
+            message = f"fetcher for {kind!r} failed: {type(cause).__name__}: {detail}"
         return f"{message} ({attempts} attempt{'s' if attempts != 1 else ''})"
