@@ -6,9 +6,12 @@ wired in ``tests/conftest.py``); the first tests here prove that scan would catc
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import pytest
 import kuya_store as ks
 from kuya_store.demo import FakeMarketplace
 from kuya_store.logs import ContextFilter, redact_secrets
+from kuya_store.writer import WriteBehind
 from logscan import SECRETS, TEST_API_KEY, SecretScanner, rendered
 from servers import free_port
 
@@ -255,3 +259,41 @@ async def test_a_fetcher_error_does_not_repeat_the_api_key(library_records: _Rec
             await store.comps.search(QUERY)
     assert TEST_API_KEY not in str(caught.value) and "api_key=***" in str(caught.value)
     logging.getLogger("kuya_tests.app").error("search failed: %s", caught.value)  # as an app would
+
+
+async def test_the_write_buffer_started_by_a_search_does_not_log_as_that_search(
+    library_records: _Records,
+) -> None:
+    from kuya_store.logs import searching
+    from kuya_store.metrics import Metrics
+    from kuya_store.persistence import Database, SearchRecord
+
+    dead = f"postgresql+asyncpg://kuya:{HARNESS_PASSWORD}@127.0.0.1:{free_port()}/gone"
+    metrics = Metrics()
+    database = Database(ks.StoreSettings(database_url=dead), metrics)
+    buffer = WriteBehind(database, metrics, capacity=10, batch_size=5, interval=0.01, pause=0.05)
+    record = SearchRecord(
+        query=QUERY,
+        card_identifier=ks.normalize_card(QUERY),
+        search_type=ks.SearchType.SOLD,
+        filters={},
+        params={},
+        created_at=datetime.now(UTC),
+        execution_time_ms=1,
+        cache_hit=True,
+    )
+    try:
+        with searching("some-other-card", "active"):
+            assert buffer.submit(record)  # starts the buffer's task, from inside a search
+        deadline = time.monotonic() + 20
+        while not any("unreachable" in r.getMessage() for r in library_records.records):
+            assert time.monotonic() < deadline, "the buffer never reported the outage"
+            await asyncio.sleep(0.05)
+    finally:
+        await buffer.close(timeout=0.5)
+        await database.close()
+    outage = next(r for r in library_records.records if "unreachable" in r.getMessage())
+    assert _fields(outage) == (None, None, None)
+    dropped = next(r for r in library_records.records if "unwritten records" in r.getMessage())
+    assert _fields(dropped) == (None, None, None)
+    assert HARNESS_PASSWORD not in library_records.text()
