@@ -26,6 +26,26 @@ from kuya_store.demo import FakeMarketplace
 from kuya_store.integrations.fastapi import StoreDep, lifespan
 from kuya_store.integrations.prometheus import exposition
 
+LISTING_LINK = os.environ.get("LISTING_LINK", "https://www.ebay.com/itm/{item_id}")
+"""Where a listing's page is, for a listing whose display data is gone."""
+
+
+def with_links(result: ks.CompsResult) -> dict[str, Any]:
+    """The answer as JSON, every listing with a link: its own, else one rebuilt from its id.
+
+    Display data (``extra``) lives only for ``display_ttl`` (the marketplace terms), and
+    without Redis only as long as the process: an answer read back from the database
+    without it says ``display_complete: false``, and the page degrades to what ``item_id``
+    alone can give.
+    """
+    body = result.model_dump(mode="json")
+    if not result.display_complete:
+        for listing in body["listings"]:
+            if "link" not in listing["extra"]:
+                link = LISTING_LINK.format(item_id=quote(listing["item_id"], safe=""))
+                listing["extra"]["link"] = link
+    return body
+
 
 class SearchQuery(BaseModel):
     """The query string of ``/comps`` and ``/active``."""
@@ -79,7 +99,7 @@ def create_app(create_schema: bool = True, **store_kwargs: Any) -> FastAPI:
             raw_only=asked.raw_only, base_only=asked.base_only, exclude_auto=asked.exclude_auto
         )
         result = await store.comps.search(asked.query, kind, filters=filters, params=params)
-        return result.model_dump(mode="json")
+        return with_links(result)
 
     @app.get("/comps")
     async def comps(store: StoreDep, asked: Annotated[SearchQuery, Query()]) -> dict[str, Any]:

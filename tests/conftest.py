@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
+import logging
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy.engine import make_url
 
+import logscan
 from servers import PostgresServer, RedisServer
 
 
@@ -39,14 +43,18 @@ def docker_answers() -> bool:
 def postgres_base_url() -> Iterator[str]:
     """A SQLAlchemy URL of a PostgreSQL database whose role may create databases."""
     if url := os.environ.get("KUYA_TEST_POSTGRES_URL"):
+        logscan.remember(make_url(url).password)
         yield url
     elif docker_answers():
         from testcontainers.postgres import PostgresContainer
 
         with PostgresContainer("postgres:15-alpine", driver="asyncpg") as container:
-            yield container.get_connection_url()
+            url = container.get_connection_url()
+            logscan.remember(make_url(url).password)
+            yield url
     else:
         with PostgresServer() as server:
+            logscan.remember(server.password)
             yield server.url
 
 
@@ -54,6 +62,7 @@ def postgres_base_url() -> Iterator[str]:
 def redis_base_url() -> Iterator[str]:
     """A Redis URL."""
     if url := os.environ.get("KUYA_TEST_REDIS_URL"):
+        logscan.remember(urlsplit(url).password)
         yield url
     elif docker_answers():
         from testcontainers.redis import RedisContainer
@@ -188,6 +197,38 @@ def replicated_db(streaming_pair: Any) -> Iterator[tuple[str, str]]:
     if not streaming_pair.replica.is_running():
         streaming_pair.replica.start()
     streaming_pair.primary.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- the log scan (tests/logscan.py) -------------------------------------------------------
+
+_SECRET_NAMES = ("SECRET", "PASSWORD", "API_KEY", "TOKEN")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Every module constant named like a secret is scanned for in the logs."""
+    # The harness's own password, even in a run that never starts its server.
+    logscan.remember(inspect.signature(PostgresServer).parameters["password"].default)
+    modules = {getattr(item, "module", None) for item in session.items}
+    for module in modules - {None}:
+        for name, value in vars(module).items():
+            if name.isupper() and name.endswith(_SECRET_NAMES):
+                logscan.remember(value)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log() -> Iterator[logscan.SecretScanner]:
+    """Fails the session if any record of any test held a password or an API key."""
+    scanner = logscan.SecretScanner()
+    root, library = logging.getLogger(), logging.getLogger("kuya_store")
+    level = library.level
+    library.setLevel(logging.DEBUG)
+    root.addHandler(scanner)
+    try:
+        yield scanner
+    finally:
+        root.removeHandler(scanner)
+        library.setLevel(level)
+    assert not scanner.leaks, "secrets in the logs:\n" + "\n".join(scanner.leaks[:20])
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -216,3 +216,50 @@ def test_the_collection_route(make_client: Any, sqlite_url: str) -> None:
     assert data["summary"]["cards"] == 1 and data["summary"]["cost_basis"] == "1.00"
     assert len(data["history"]) == 1 and data["history"][0]["value"] == card["last_value"]
     assert _json(client.get(f"/users/{ana.id + 1}/collection"))["cards"] == []
+
+
+def test_listing_links_come_back_after_a_restart_or_are_rebuilt(
+    make_client: Any, sqlite_url: str, redis_base_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    import redis
+
+    def comps(client: Any) -> Any:
+        if hasattr(client, "base_url"):
+            response = client.get("/comps", params={"query": CARD})
+        else:
+            response = client.get("/comps", query_string={"query": CARD})
+        assert response.status_code == 200, _body(response)
+        return _json(response)
+
+    def flushed(client: Any) -> None:  # the analytics route waits for the write buffer
+        assert client.get(f"/analytics/{quote(CARD, safe='')}").status_code == 200
+
+    first = comps(before := make_client(database_url=sqlite_url))
+    assert first["source"] == "api" and first["display_complete"] is True
+    links = {x["item_id"]: x["extra"]["link"] for x in first["listings"]}
+    assert all(link.startswith("https://marketplace.example/itm/") for link in links.values())
+    flushed(before)
+
+    # A restart without Redis: display data is gone, every link is rebuilt from item_id.
+    after = comps(make_client(database_url=sqlite_url))
+    assert after["source"] == "database" and after["display_complete"] is False
+    assert [x["item_id"] for x in after["listings"]] == list(links)
+    for listing in after["listings"]:
+        assert listing["extra"] == {"link": f"https://www.ebay.com/itm/{listing['item_id']}"}
+
+    # With Redis, a restarted app shows the listings' own links again.
+    elsewhere = f"sqlite+aiosqlite:///{tmp_path / 'with-redis.db'}"
+    options = {"database_url": elsewhere, "redis_url": redis_base_url, "key_prefix": key_prefix}
+    fetched = comps(with_redis := make_client(**options))
+    assert fetched["source"] == "api"
+    flushed(with_redis)
+    client = redis.Redis.from_url(redis_base_url)
+    try:
+        results = list(client.scan_iter(f"{key_prefix}:v1:[rt]:*"))
+        assert results and client.delete(*results)  # the result left the hot tier
+    finally:
+        client.close()
+    again = comps(make_client(**options))
+    assert again["source"] == "database" and again["display_complete"] is True
+    assert again["listings"] == fetched["listings"]
+    assert all("marketplace.example" in x["extra"]["link"] for x in again["listings"])

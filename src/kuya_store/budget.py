@@ -17,7 +17,6 @@ each by what the others spent in that time.
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kuya_store.clock import Clock
 from kuya_store.db.tables import ApiUsageRow, metadata
+from kuya_store.logs import get_logger
 from kuya_store.metrics import Metrics
 from kuya_store.models import SearchType
 from kuya_store.retries import retrying
@@ -35,7 +35,7 @@ from kuya_store.writer import is_transient
 
 __all__ = ["ApiBudget", "periods"]
 
-_log = logging.getLogger("kuya_store.budget")
+_log = get_logger("kuya_store.budget")
 _usage = metadata.tables[ApiUsageRow.__tablename__]
 _WARN_AT = 0.8
 _DB_ATTEMPTS = 4

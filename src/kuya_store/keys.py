@@ -242,6 +242,10 @@ class ResultIdentity:
         """When the hot-tier value was fetched (epoch ms): older data may not replace it."""
         return f"{self._tagged(prefix, 't')}:{self.search_type.value}:{self.result_key}"
 
+    def redis_display_key(self, prefix: str, item_id: str) -> str:
+        """The display data of one listing of this card (``Listing.extra``, by ``item_id``)."""
+        return f"{self._tagged(prefix, 'd')}:{item_id}"
+
     def redis_fence_key(self, prefix: str) -> str:
         """When this card and search type were last invalidated (epoch ms)."""
         return self._tagged(prefix, "g")

@@ -12,7 +12,6 @@ listings (memoised per result and filter combination).
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -42,6 +41,7 @@ from kuya_store.keys import (
     validate_search_type,
     validate_user_id,
 )
+from kuya_store.logs import answered_by, fields_of, get_logger, searching
 from kuya_store.metrics import Metrics
 from kuya_store.models import (
     CompsResult,
@@ -61,12 +61,18 @@ from kuya_store.settings import StoreSettings
 from kuya_store.stored import StoredResult
 from kuya_store.tiers import HotTier, TierUnavailableError
 from kuya_store.tiers.database import DatabaseTier, value_result
+from kuya_store.tiers.display import (
+    DisplayStore,
+    answer_complete,
+    display_ttl_left,
+    outlived,
+)
 from kuya_store.tiers.near import NearCache, Ticket
 from kuya_store.writer import WriteBehind
 
 __all__ = ["CompsRepository", "Fetcher"]
 
-_log = logging.getLogger("kuya_store.repository")
+_log = get_logger("kuya_store.repository")
 _NO_FILTERS = SearchFilters()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -97,8 +103,10 @@ class CompsRepository:
         valuator: Valuator,
         policy: FreshnessPolicy,
         budget: ApiBudget,
+        display: DisplayStore,
     ) -> None:
         self._settings = settings
+        self._display = display
         self._clock = clock
         self._metrics = metrics
         self._hot = hot
@@ -115,13 +123,13 @@ class CompsRepository:
             clock=clock,
             metrics=metrics,
             hot=hot,
-            fill=self._fill,
+            fill=self._fill_fetched,
             valuator=valuator,
             policy=policy,
             budget=budget,
         )
         self._db = (
-            DatabaseTier(database, settings, metrics, valuator, policy)
+            DatabaseTier(database, settings, metrics, valuator, policy, display)
             if database is not None
             else None
         )
@@ -203,7 +211,8 @@ class CompsRepository:
         self._active += 1
         self._idle.clear()
         try:
-            return await self._search(asked, fetcher, user, refresh, record, started)
+            with searching(asked.card, asked.kind.value):
+                return await self._search(asked, fetcher, user, refresh, record, started)
         finally:
             self._active -= 1
             if self._active == 0:
@@ -233,6 +242,7 @@ class CompsRepository:
             )
         assert level is not None
         assert source is not None
+        answered_by(source.value)
         listings = level.listings(stored)
         snapshot = self._snapshot(level, stored, listings)
         elapsed = (time.perf_counter() - started) * 1000
@@ -272,7 +282,7 @@ class CompsRepository:
             execution_time_ms=int(elapsed),
             complete=stored.complete is True,
             fresh_until=self._fresh_until(stored),
-            display_complete=source not in (Source.DATABASE, Source.STALE),
+            display_complete=answer_complete(stored, listings),
         )
 
     async def _answer_stored(
@@ -310,6 +320,8 @@ class CompsRepository:
                 filters=level.upstream_filters,
                 params=asked.options,
             )
+
+            answered_by(Source.API.value)  # what the flight logs is about the fetcher
 
             def on_fetched(result: StoredResult, level: Level = level) -> None:
                 self._persist(asked, level, user, result, started)
@@ -363,7 +375,11 @@ class CompsRepository:
         return fence is not None and fetched_at <= fence
 
     def _usable(self, identity: ResultIdentity, hit: StoredResult, now: datetime) -> bool:
-        return now < self._fresh_until(hit) and not self._fenced(identity, hit.fetched_at)
+        return (
+            now < self._fresh_until(hit)
+            and not self._fenced(identity, hit.fetched_at)
+            and not outlived(hit, now)
+        )
 
     async def _lookup(
         self, identity: ResultIdentity, now: datetime, count: bool = True
@@ -425,8 +441,14 @@ class CompsRepository:
             await self._near.set(identity, result, ttl, ticket)
 
     def _hot_ttl(self, result: StoredResult, now: datetime) -> timedelta:
-        """A hot tier keeps a result for its TTL from now, never past its freshness."""
+        """A hot tier keeps a result for its TTL from now, never past its freshness.
+
+        Nor past its display data's ``display_ttl``: a copy never outlives the rule.
+        """
         left = self._fresh_until(result) - now
+        shown = display_ttl_left(result, now)
+        if shown is not None:
+            left = min(left, shown)
         return max(min(left, self._settings.hot_ttl(result.search_type)), timedelta(0))
 
     async def _fill(self, identity: ResultIdentity, result: StoredResult, now: datetime) -> None:
@@ -436,6 +458,14 @@ class CompsRepository:
         if await self._hot.set(identity, result, self._hot_ttl(result, now)):
             # Written, not refused for newer data or an invalidation: the near-cache too.
             await self._fill_near(identity, result, now, ticket)
+
+    async def _fill_fetched(
+        self, identity: ResultIdentity, result: StoredResult, now: datetime
+    ) -> None:
+        """A paid result fills the hot tiers, and its display data is kept by listing."""
+        await asyncio.gather(
+            self._display.keep(identity, result), self._fill(identity, result, now)
+        )
 
     def learn_fence(self, card_key: str, at: datetime) -> None:
         """Another worker invalidated this card at ``at``: refuse what was fetched before."""
@@ -528,7 +558,7 @@ class CompsRepository:
             pages_scraped=stored.pages_scraped,
             complete=stored.complete is True,
             fresh_until=self._fresh_until(stored),
-            display_complete=source not in (Source.DATABASE, Source.STALE),
+            display_complete=answer_complete(stored, listings),
         )
 
     async def invalidate(self, query: str, search_type: SearchType | str) -> Invalidation:
@@ -566,6 +596,7 @@ class CompsRepository:
                 kind.value,
                 "ok" if hot_ok else "unreachable",
                 "ok" if database_ok else "unreachable",
+                extra=fields_of(identity.card_identifier, kind.value),
             )
         return report
 

@@ -137,6 +137,9 @@ class StoreSettings(BaseSettings):
     api_budget_hourly: int | None = Field(None, ge=0)
     # When a cached listing is due for a refresh (``listing_cache.ttl``).
     listing_refresh_after: timedelta = timedelta(hours=24)
+    # Display data (``Listing.extra``) kept by listing beyond its result's hot-tier entry,
+    # so a database answer shows it again; set it to what the marketplace terms allow.
+    display_ttl: timedelta = timedelta(hours=6)
     # Oldest stored result that may be served as ``source="stale"`` when the fetcher fails.
     max_stale: timedelta = timedelta(days=7)
 
@@ -212,6 +215,7 @@ class StoreSettings(BaseSettings):
         "active_fresh_for",
         "listing_refresh_after",
         "max_stale",
+        "display_ttl",
         "pool_timeout",
         "pool_recycle",
         "db_connect_timeout",

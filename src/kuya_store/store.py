@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
@@ -21,6 +20,7 @@ from kuya_store.db.maintenance import MaintenanceReport, maintain
 from kuya_store.errors import InvalidInputError, KuyaStoreError, StorageUnavailableError
 from kuya_store.fetching import Fetcher
 from kuya_store.freshness import FreshnessPolicy, policy_for
+from kuya_store.logs import get_logger
 from kuya_store.metrics import Metrics
 from kuya_store.models import Health, SearchType
 from kuya_store.persistence import Database
@@ -28,6 +28,7 @@ from kuya_store.pricing import DefaultValuator, Valuator
 from kuya_store.repository import CompsRepository
 from kuya_store.settings import StoreSettings, redact_url
 from kuya_store.tiers import HotTier
+from kuya_store.tiers.display import display_store
 from kuya_store.tiers.memory import MemoryTier
 from kuya_store.tiers.near import NearCache
 
@@ -40,7 +41,7 @@ __all__ = ["CompsStore", "HealthStatus", "health_status"]
 
 HealthStatus = Literal["healthy", "degraded", "unhealthy"]
 
-_log = logging.getLogger("kuya_store")
+_log = get_logger("kuya_store")
 _DISCONNECT_GRACE = 2.0
 
 
@@ -168,6 +169,14 @@ class CompsStore:
         self._metrics = Metrics()
         self._hot = _hot_tier(self.settings, self._metrics, self._clock)
         self._near = _near_cache(self.settings, self._clock)
+        # Without Redis, display data waits in process memory, a quarter of the tier's bound.
+        self._display = display_store(
+            _as_redis(self._hot),
+            self.settings.key_prefix,
+            self.settings.memory_tier_max_bytes // 4,
+            self._clock,
+            self._metrics,
+        )
         chosen_valuator = valuator or _valuator(self.settings)
         self._database = (
             Database(self.settings, self._metrics, chosen_valuator)
@@ -206,6 +215,7 @@ class CompsStore:
                 redis=getattr(self._hot, "client", None),
                 engine=self._database.engine if self._database is not None else None,
             ),
+            display=self._display,
         )
         self._listener = _coherence(self._hot, self._near, self.settings, self._metrics)
         redis_tier = _as_redis(self._hot)
@@ -263,6 +273,7 @@ class CompsStore:
         await self.comps.close(budget / 2)
         if self._writer is not None:
             await self._writer.close(timeout)
+        await self._display.close()
         for part in (self._hot, self._near, self._database):
             if part is not None:
                 await self._disconnect(part)
@@ -416,6 +427,13 @@ class CompsStore:
                     kind.value: c.get(f"budget_refused_{kind.value}", 0) for kind in SearchType
                 },
                 "fallbacks": c.get("budget_fallbacks", 0),
+            },
+            "display": {
+                "kept": c.get("display_kept", 0),
+                "found": c.get("display_found", 0),
+                "missing": c.get("display_missing", 0),
+                "corrupt": c.get("display_corrupt", 0),
+                "unreachable": c.get("display_unreachable", 0),
             },
             "incremental_refreshes": c.get("incremental_refreshes", 0),
             "narrowed_fetches": c.get("narrowed_fetches", 0),

@@ -40,6 +40,10 @@ class StoredResult(_Frozen):
     when the fetcher does not say."""
     fresh_until: UTCDateTime | None = None
     """Set by the freshness policy when the result is fetched or read back."""
+    display_complete: bool = True
+    """Every listing carries the display data it was fetched with (``Listing.extra``)."""
+    display_until: UTCDateTime | None = None
+    """Until when the display data of these listings may be shown (``display_ttl``)."""
 
     def without_extra(self) -> StoredResult:
         """The database's view of this result: listing metadata only."""

@@ -30,7 +30,6 @@ import concurrent.futures
 import contextlib
 import functools
 import inspect
-import logging
 import os
 import threading
 import time
@@ -48,6 +47,7 @@ from kuya_store.db.maintenance import MaintenanceReport
 from kuya_store.errors import StoreClosedError
 from kuya_store.fetching import Fetcher
 from kuya_store.freshness import FreshnessPolicy
+from kuya_store.logs import get_logger
 from kuya_store.models import Health, SearchType
 from kuya_store.pricing import Valuator
 from kuya_store.settings import StoreSettings
@@ -66,7 +66,7 @@ __all__ = ["SyncCompsStore"]
 
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
-_log = logging.getLogger("kuya_store.sync")
+_log = get_logger("kuya_store.sync")
 
 _THREAD_NAME = "kuya-store-loop"
 _GRACE = 5.0

@@ -24,6 +24,7 @@ from kuya_store.clock import Clock
 from kuya_store.errors import BudgetExhaustedError, FetcherError, InvalidInputError
 from kuya_store.freshness import FreshnessPolicy
 from kuya_store.keys import ResultIdentity
+from kuya_store.logs import redact_secrets
 from kuya_store.metrics import Metrics
 from kuya_store.models import FetchRequest, FetchResult, FetchStats, Listing, SearchType
 from kuya_store.paging import PagedFetcher, after_page, merge_sales, pages_wanted
@@ -31,6 +32,7 @@ from kuya_store.pricing import Valuator
 from kuya_store.retries import is_transient_fetch_error, retrying
 from kuya_store.settings import StoreSettings
 from kuya_store.stored import StoredResult
+from kuya_store.tiers.display import carried_over
 
 __all__ = ["Fetcher", "Upstream", "validate_fetch_result"]
 
@@ -172,6 +174,9 @@ class Upstream:
                 identity.card_identifier, listings, snapshot_date=asked_at.date(), now=asked_at
             )
         window = self._policy.fresh_for(identity.search_type, listings, asked_at)
+        display_complete, display_until = carried_over(
+            listings, stale, asked_at + self._settings.display_ttl
+        )
         return StoredResult(
             query=request.query,
             card_identifier=identity.card_identifier,
@@ -184,6 +189,8 @@ class Upstream:
             stats=stats,
             complete=complete,
             fresh_until=asked_at + window,
+            display_complete=display_complete,
+            display_until=display_until,
         )
 
     async def _whole(self, ask: _Ask) -> _Bought:
@@ -292,5 +299,7 @@ class Upstream:
         if isinstance(cause, TimeoutError):
             message = f"fetcher for {kind!r} timed out after {timeout:g}s"
         else:
-            message = f"fetcher for {kind!r} failed: {type(cause).__name__}: {cause}"
+            # The cause may name the request (a URL with the API key): apps log this text.
+            detail = redact_secrets(str(cause))
+            message = f"fetcher for {kind!r} failed: {type(cause).__name__}: {detail}"
         return f"{message} ({attempts} attempt{'s' if attempts != 1 else ''})"

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
-import logging
 from collections import deque
 
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError
@@ -35,13 +35,14 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from kuya_store.logs import fields_of, get_logger
 from kuya_store.metrics import Metrics
 from kuya_store.models import SearchType
 from kuya_store.persistence import Database, FetchRecord, SearchRecord
 
 __all__ = ["WriteBehind", "is_transient"]
 
-_log = logging.getLogger("kuya_store.writer")
+_log = get_logger("kuya_store.writer")
 Record = SearchRecord | FetchRecord
 
 # SQLSTATEs where the server, not the record, is at fault: connection (08), authorization
@@ -124,6 +125,13 @@ def _describe(record: Record) -> str:
     )
 
 
+def _about(record: Record) -> dict[str, str | None]:
+    """The log fields of a record: a fetched result came from the fetcher."""
+    search = record.search if isinstance(record, FetchRecord) else record
+    source = "api" if isinstance(record, FetchRecord) else None
+    return fields_of(search.card_identifier, search.search_type.value, source)
+
+
 class WriteBehind:
     """A bounded, ordered write buffer drained by one background task.
 
@@ -179,14 +187,19 @@ class WriteBehind:
 
     def _ensure_running(self) -> None:
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="kuya-write-behind")
+            # A context of its own: started by a search, it must not log as that search.
+            self._task = asyncio.create_task(
+                self._run(), name="kuya-write-behind", context=contextvars.Context()
+            )
 
     def submit(self, record: Record) -> bool:
         """Queue a record; ``False`` (counted, never silent) when closed or full."""
         if self._closed:
             self._metrics.incr("writes_dropped")
             self._metrics.incr("writes_refused_closed")
-            _log.error("write buffer is closed; refused %s", _describe(record))
+            _log.error(
+                "write buffer is closed; refused %s", _describe(record), extra=_about(record)
+            )
             return False
         self.start()
         if len(self._queue) >= self._capacity:
@@ -385,7 +398,12 @@ class WriteBehind:
                 error = exc
             else:
                 self._metrics.incr("writes_user_unknown")
-                _log.warning("%s kept without its user: %s", _describe(record), _reason(error))
+                _log.warning(
+                    "%s kept without its user: %s",
+                    _describe(record),
+                    _reason(error),
+                    extra=_about(record),
+                )
                 self._written(1)
                 return
         self._metrics.incr("writes_rejected")
@@ -394,11 +412,17 @@ class WriteBehind:
                 "database rejected %s; its search stays in the log: %s",
                 _describe(record),
                 _reason(error),
+                extra=_about(record),
             )
             # The search still happened: log it as a plain row that answers no later read.
             self._queue[0] = dataclasses.replace(record.search, result_key=None)
             return
-        _log.error("database rejected %s, dropped: %s", _describe(record), _reason(error))
+        _log.error(
+            "database rejected %s, dropped: %s",
+            _describe(record),
+            _reason(error),
+            extra=_about(record),
+        )
         self._settle(1)
 
     def _written(self, count: int) -> None:

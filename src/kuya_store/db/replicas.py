@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,12 +26,13 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kuya_store.breaker import CircuitBreaker
+from kuya_store.logs import get_logger
 from kuya_store.metrics import Metrics
 from kuya_store.settings import StoreSettings, redact_url
 
 __all__ = ["Candidate", "Replica", "ReplicaSet", "choose_replica", "probe_due"]
 
-_log = logging.getLogger("kuya_store.replicas")
+_log = get_logger("kuya_store.replicas")
 PRIMARY_LSN_SQL = sa.text("SELECT pg_current_wal_lsn()::text")
 # Whether the replica has replayed a primary position, and how old its last replayed
 # transaction is. A server that is not in recovery is a primary (promoted, or named by

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import ssl
 import time
 from collections import deque
@@ -31,6 +30,7 @@ from typing import Any
 import hiredis
 
 from kuya_store.keys import changed_key, tracked_prefixes
+from kuya_store.logs import get_logger
 from kuya_store.metrics import Metrics
 from kuya_store.settings import StoreSettings
 from kuya_store.tiers.near import NearCache
@@ -38,7 +38,7 @@ from kuya_store.tiers.redis_clients import Address, RedisDeployment
 
 __all__ = ["InvalidationListener"]
 
-_log = logging.getLogger("kuya_store.coherence")
+_log = get_logger("kuya_store.coherence")
 _CHANNEL = b"__redis__:invalidate"
 _HEARTBEAT = 1.0
 # A pong later than this means a dead or wedged connection; generous, since a busy event

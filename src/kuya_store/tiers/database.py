@@ -3,7 +3,8 @@
 A database that does not answer costs one failure per request until the breaker opens;
 then the tier is skipped for ``breaker_reset_after`` and the hot tier or the fetcher
 answers. A stored result is valued from its own listings: the day's ``price_snapshots``
-row values the whole card, not one result.
+row values the whole card, not one result, and dressed with the display data kept for
+its listings (:mod:`kuya_store.tiers.display`): the rows hold none.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from kuya_store.pricing import Valuator
 from kuya_store.retries import retrying
 from kuya_store.settings import StoreSettings
 from kuya_store.stored import StoredResult
+from kuya_store.tiers.display import DisplayStore
 from kuya_store.writer import is_transient
 
 __all__ = ["DatabaseTier", "value_result"]
@@ -50,8 +52,10 @@ class DatabaseTier:
         metrics: Metrics,
         valuator: Valuator,
         policy: FreshnessPolicy,
+        display: DisplayStore,
     ) -> None:
         self._database = database
+        self._display = display
         self._policy = policy
         self._settings = settings
         self._metrics = metrics
@@ -90,7 +94,8 @@ class DatabaseTier:
             result = value_result(self._valuator, result)
         # Rows keep listings, not windows: the policy gives this result's freshness again.
         window = self._policy.fresh_for(result.search_type, result.listings, result.fetched_at)
-        return result.model_copy(update={"fresh_until": result.fetched_at + window})
+        result = result.model_copy(update={"fresh_until": result.fetched_at + window})
+        return await self._display.dress(identity, result)
 
     async def detach(self, identity: ResultIdentity, before: datetime) -> bool:
         """Stop the card's results fetched up to ``before`` from answering; ``False`` if down."""

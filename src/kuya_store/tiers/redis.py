@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import logging
 import secrets
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -31,6 +30,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from kuya_store.breaker import CircuitBreaker
 from kuya_store.keys import ResultIdentity
+from kuya_store.logs import get_logger
 from kuya_store.metrics import Metrics
 from kuya_store.settings import StoreSettings
 from kuya_store.stored import CorruptEntryError, StoredResult, decode, encode
@@ -44,7 +44,7 @@ __all__ = ["RedisTier"]
 
 _T = TypeVar("_T")
 _FAILURES = (RedisError, OSError, asyncio.TimeoutError)
-_log = logging.getLogger("kuya_store.redis")
+_log = get_logger("kuya_store.redis")
 
 
 def _is_failure(exc: BaseException) -> bool:
@@ -254,6 +254,12 @@ class RedisTier:
         elif outcome == "failed":
             self._metrics.incr("redis_errors")
         return outcome == "ok", value
+
+    async def guarded(
+        self, operation: Callable[[], Awaitable[_T]], key: str
+    ) -> tuple[bool, _T | None]:
+        """Run one call on ``key``'s server behind its breaker: ``(False, None)`` if it failed."""
+        return await self._call(operation, key)
 
     async def _bounded(
         self, slots: asyncio.Semaphore, operation: Callable[[], Awaitable[_T]]

@@ -16,7 +16,7 @@ from typing import Any
 from kuya_store.models import Listing
 from kuya_store.stored import StoredResult
 
-__all__ = ["approximate_size"]
+__all__ = ["approximate_size", "display_size"]
 
 # Measured: a decoded result with no listings (model, params, moments, snapshot), and
 # one listing with short strings and no display data (model, its dict, Decimal, moment).
@@ -64,3 +64,8 @@ def approximate_size(result: StoredResult) -> int:
             if analysis:
                 size += _json(analysis)
     return size + sum(_listing(listing) for listing in result.listings)
+
+
+def display_size(extra: Mapping[str, Any]) -> int:
+    """Approximate bytes one listing's display data takes when kept on its own."""
+    return _SLOT * 4 + _json(extra)
