@@ -65,7 +65,10 @@ async def test_holder_failure_is_paid_once_across_processes(
     first, second = _two_workers(redis_base_url, key_prefix, no_key)
     async with first, second:
         one = asyncio.ensure_future(first.comps.search(CARD))
-        await asyncio.sleep(0.1)
+        for _ in range(500):  # the first holds the lock and is calling
+            if calls:
+                break
+            await asyncio.sleep(0.01)
         with pytest.raises(ks.FetcherError, match="another process"):
             await second.comps.search(CARD)
         with pytest.raises(ks.FetcherError):
@@ -101,7 +104,10 @@ async def test_invalidate_during_a_fetch_keeps_its_old_data_out(migrated_url: st
     market = FakeMarketplace(listings=4, latency=0.3)
     async with ks.CompsStore(database_url=migrated_url, fetchers={"sold": market.sold}) as store:
         flight = asyncio.ensure_future(store.comps.search(CARD))
-        await asyncio.sleep(0.1)
+        for _ in range(500):  # the fetch has begun
+            if market.call_count:
+                break
+            await asyncio.sleep(0.01)
         report = await store.comps.invalidate(CARD, "sold")
         assert report.complete
         await flight  # the fetch that began before the invalidation lands now
