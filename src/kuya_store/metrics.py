@@ -39,7 +39,7 @@ BUCKETS_SECONDS: tuple[float, ...] = (
     60.0,
 )
 """Upper bounds of every latency histogram: from a near-cache hit to a slow paged fetch."""
-_BUCKETS_MS = tuple(bound * 1000 for bound in BUCKETS_SECONDS)
+_BUCKETS_MS = tuple(round(bound * 1000, 6) for bound in BUCKETS_SECONDS)
 
 Labels = tuple[tuple[str, str], ...]
 
