@@ -361,3 +361,26 @@ def test_with_the_api_but_no_provider_set_up_spans_record_nothing(tmp_path: Any)
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "ok"
+
+
+def test_a_sync_search_is_a_child_of_the_callers_span(
+    sqlite_url: str, spans: InMemorySpanExporter
+) -> None:
+    market = FakeMarketplace(listings=2)
+    tracer = trace.get_tracer("an-app")
+    with ks.SyncCompsStore(database_url=sqlite_url, fetchers={"sold": market.sold}) as store:
+        store.create_schema()
+        with tracer.start_as_current_span("GET /comps") as request:
+            store.comps.search(
+                CARD
+            )  # answered on the facade's loop thread, in the caller's context
+        store.comps.search(CARD)  # no span around it: a trace of its own
+        store.flush()
+    inside, outside = sorted(
+        _named(spans.get_finished_spans(), "kuya_store.search"), key=lambda s: s.start_time or 0
+    )
+    app = _one(spans.get_finished_spans(), "GET /comps")
+    assert app.get_span_context().span_id == request.get_span_context().span_id
+    assert _parent_is(inside, app)
+    assert _parent_is(_one(spans.get_finished_spans(), "kuya_store.fetch"), inside)
+    assert outside.parent is None
