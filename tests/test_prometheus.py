@@ -261,3 +261,18 @@ async def test_a_cancelled_search_is_counted_as_cancelled_not_failed(sqlite_url:
     # The fetch it started still landed and was paid once.
     assert _value(families, "kuya_store_fetch_duration_seconds_count", outcome="ok") == 1
     assert _value(families, "kuya_store_api_calls_total") == 1
+
+
+async def test_a_peek_reads_the_tiers_without_counting_as_searches_or_tier_reads(
+    sqlite_url: str,
+) -> None:
+    market = FakeMarketplace(listings=2)
+    async with ks.CompsStore(database_url=sqlite_url, fetchers={"sold": market.sold}) as store:
+        await store.create_schema()
+        await store.comps.search(CARDS[0])
+        before = _families(store)
+        assert await store.comps.peek(CARDS[0]) is not None
+        assert await store.comps.peek(CARDS[1]) is None
+        after = _families(store)
+    for sample in ("kuya_store_tier_duration_seconds_count", "kuya_store_searches_total"):
+        assert _value(after, sample) == _value(before, sample) > 0, sample

@@ -92,8 +92,12 @@ class TierWatch:
 
 
 @contextmanager
-def watch_tier(metrics: Metrics, tier: str) -> Iterator[TierWatch]:
-    """The span of one tier read, and its duration by tier and outcome (hit or miss)."""
+def watch_tier(metrics: Metrics | None, tier: str) -> Iterator[TierWatch]:
+    """The span of one tier read, and its duration by tier and outcome (hit or miss).
+
+    Args:
+        metrics: where the duration goes; ``None`` traces the read without counting it.
+    """
     started = time.perf_counter()
     watch = TierWatch()
     with tracing.span(f"kuya_store.tier.{tier}", {"kuya_store.tier": tier}) as span:
@@ -101,12 +105,13 @@ def watch_tier(metrics: Metrics, tier: str) -> Iterator[TierWatch]:
             yield watch
         finally:
             span.set_attribute("kuya_store.hit", watch.hit)
-            metrics.observe(
-                "tier",
-                (time.perf_counter() - started) * 1000,
-                {"tier": tier, "outcome": "hit" if watch.hit else "miss"},
-                summary=False,
-            )
+            if metrics is not None:
+                metrics.observe(
+                    "tier",
+                    (time.perf_counter() - started) * 1000,
+                    {"tier": tier, "outcome": "hit" if watch.hit else "miss"},
+                    summary=False,
+                )
 
 
 @contextmanager

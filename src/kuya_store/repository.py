@@ -374,8 +374,9 @@ class CompsRepository:
     ) -> tuple[StoredResult | None, Source | None, StoredResult | None]:
         """A fresh result from the first tier that has one; else the newest stored, if any."""
         incr = self._metrics.incr if count else (lambda name, amount=1: None)
+        watched = self._metrics if count else None  # a peek is not a tier read to report
         if self._near is not None:
-            with watch_tier(self._metrics, "near") as tier:
+            with watch_tier(watched, "near") as tier:
                 hit = await self._near.get(identity)
                 tier.hit = hit is not None and self._usable(identity, hit, now)
             if hit is not None and tier.hit:
@@ -383,7 +384,7 @@ class CompsRepository:
                 return hit, Source.MEMORY, None
         # Taken before the read: a change heard meanwhile keeps what it read out of the near-cache.
         ticket = self._near.ticket(identity) if self._near is not None else None
-        with watch_tier(self._metrics, self._hot.name) as tier:
+        with watch_tier(watched, self._hot.name) as tier:
             hit = await self._hot.get(identity)
             tier.hit = hit is not None and self._usable(identity, hit, now)
         if hit is not None and tier.hit:
@@ -393,7 +394,7 @@ class CompsRepository:
         stale = None
         if self._reads_database:
             assert self._db is not None
-            with watch_tier(self._metrics, "database") as tier:
+            with watch_tier(watched, "database") as tier:
                 stored = await self._db.newest(identity, since=now - self._settings.max_stale)
                 if stored is not None and self._fenced(identity, stored.fetched_at):
                     stored = None
