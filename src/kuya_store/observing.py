@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from types import TracebackType
 
 from kuya_store import tracing
 from kuya_store.metrics import Metrics
@@ -28,13 +29,45 @@ __all__ = [
 
 
 class SearchWatch:
-    """Told the answer of one search, so its span and counters can say who answered."""
+    """The span of one ``search()``; its duration and outcome are counted when it ends.
 
-    __slots__ = ("result", "span")
+    Told the answer by :meth:`answered`, so the span and the counters say who answered.
+    """
 
-    def __init__(self, span: tracing.Span) -> None:
-        self.span = span
+    __slots__ = ("_kind", "_metrics", "_scope", "_started", "result", "span")
+
+    def __init__(self, metrics: Metrics, card: str, kind: SearchType) -> None:
+        self._metrics = metrics
+        self._kind = kind
+        self._scope = tracing.span(
+            "kuya_store.search", {"kuya_store.card": card, "kuya_store.search_type": kind.value}
+        )
+        self.span: tracing.Span = tracing.NO_SPAN
         self.result: CompsResult | None = None
+        self._started = 0.0
+
+    def __enter__(self) -> SearchWatch:
+        self.span = self._scope.__enter__()
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        elapsed = (time.perf_counter() - self._started) * 1000
+        source, outcome = search_outcome(self.result, isinstance(exc, asyncio.CancelledError))
+        answered = self.result is not None
+        metrics = self._metrics
+        if answered:
+            metrics.incr("searches")
+        # Only answered searches go into the percentiles of ``latency.search``.
+        labels = {"search_type": self._kind.value, "source": source}
+        metrics.observe("search", elapsed, labels, summary=answered)
+        metrics.incr_by("searches", {**labels, "outcome": outcome})
+        return self._scope.__exit__(exc_type, exc, tb)
 
     def answered(self, result: CompsResult) -> None:
         self.result = result
@@ -57,61 +90,56 @@ def search_outcome(result: CompsResult | None, cancelled: bool) -> tuple[str, st
     return result.source.value, "hit" if result.cache_hit else "fetched"
 
 
-@contextmanager
-def watch_search(metrics: Metrics, card: str, kind: SearchType) -> Iterator[SearchWatch]:
+def watch_search(metrics: Metrics, card: str, kind: SearchType) -> SearchWatch:
     """The span of one ``search()``, and its duration and outcome counted when it ends."""
-    started = time.perf_counter()
-    cancelled = False
-    attributes = {"kuya_store.card": card, "kuya_store.search_type": kind.value}
-    with tracing.span("kuya_store.search", attributes) as span:
-        watch = SearchWatch(span)
-        try:
-            yield watch
-        except asyncio.CancelledError:
-            cancelled = True
-            raise
-        finally:
-            elapsed = (time.perf_counter() - started) * 1000
-            source, outcome = search_outcome(watch.result, cancelled)
-            answered = watch.result is not None
-            if answered:
-                metrics.incr("searches")
-            # Only answered searches go into the percentiles of ``latency.search``.
-            labels = {"search_type": kind.value, "source": source}
-            metrics.observe("search", elapsed, labels, summary=answered)
-            metrics.incr_by("searches", {**labels, "outcome": outcome})
+    return SearchWatch(metrics, card, kind)
 
 
 class TierWatch:
-    """Told whether a tier answered a read."""
+    """The span of one tier read; its duration by tier and outcome is counted when it ends.
 
-    __slots__ = ("hit",)
+    Told by setting :attr:`hit` whether the tier answered.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_metrics", "_scope", "_span", "_started", "_tier", "hit")
+
+    def __init__(self, metrics: Metrics | None, tier: str) -> None:
+        self._metrics = metrics
+        self._tier = tier
+        self._scope = tracing.span(f"kuya_store.tier.{tier}", {"kuya_store.tier": tier})
+        self._span: tracing.Span = tracing.NO_SPAN
+        self._started = 0.0
         self.hit = False
 
+    def __enter__(self) -> TierWatch:
+        self._span = self._scope.__enter__()
+        self._started = time.perf_counter()
+        return self
 
-@contextmanager
-def watch_tier(metrics: Metrics | None, tier: str) -> Iterator[TierWatch]:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        if self._metrics is not None:
+            self._metrics.observe(
+                "tier",
+                (time.perf_counter() - self._started) * 1000,
+                {"tier": self._tier, "outcome": "hit" if self.hit else "miss"},
+                summary=False,
+            )
+        self._span.set_attribute("kuya_store.hit", self.hit)
+        return self._scope.__exit__(exc_type, exc, tb)
+
+
+def watch_tier(metrics: Metrics | None, tier: str) -> TierWatch:
     """The span of one tier read, and its duration by tier and outcome (hit or miss).
 
     Args:
         metrics: where the duration goes; ``None`` traces the read without counting it.
     """
-    started = time.perf_counter()
-    watch = TierWatch()
-    with tracing.span(f"kuya_store.tier.{tier}", {"kuya_store.tier": tier}) as span:
-        try:
-            yield watch
-        finally:
-            span.set_attribute("kuya_store.hit", watch.hit)
-            if metrics is not None:
-                metrics.observe(
-                    "tier",
-                    (time.perf_counter() - started) * 1000,
-                    {"tier": tier, "outcome": "hit" if watch.hit else "miss"},
-                    summary=False,
-                )
+    return TierWatch(metrics, tier)
 
 
 @contextmanager

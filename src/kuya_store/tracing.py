@@ -1,9 +1,9 @@
 """OpenTelemetry spans of searches, tier reads, upstream requests and database writes.
 
 With ``opentelemetry-api`` installed (the ``otel`` extra) the store reports to whichever
-tracer provider the application set up; with none set up, the API's own spans do nothing.
-Without the package every call here hands back one shared object that does nothing, so
-tracing costs a function call when it is not there.
+tracer provider the application set up. Without the package, or with no provider set up,
+every call here hands back one shared object that does nothing, so tracing costs a
+function call when it is not there.
 
 A span that ends in an exception records it and has status ``ERROR``; one whose task
 was cancelled carries ``kuya_store.cancelled`` instead, since cancelling is not failing.
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span as _OtelSpan
 
 __all__ = [
+    "NO_SPAN",
     "Attributes",
     "Span",
     "TraceParent",
@@ -87,12 +88,32 @@ class _NoSpan:
 
 
 _NO_SPAN = _NoSpan()
+_PLACEHOLDERS = (_otel.ProxyTracerProvider, _otel.NoOpTracerProvider) if _otel is not None else ()
+NO_SPAN: Span = _NO_SPAN
+"""The span that records nothing: what a watcher holds before its span starts."""
 _tracer = _otel.get_tracer("kuya_store") if _otel is not None else None
 
 
 def enabled() -> bool:
     """Whether ``opentelemetry-api`` is installed, so spans can be recorded at all."""
     return _tracer is not None
+
+
+_provider_set = False
+
+
+def _recording() -> bool:
+    """Whether a tracer provider is set up, so a span may record (else skip making one)."""
+    global _provider_set
+    if _provider_set:
+        return True  # a global provider, once set, is never replaced
+    if _otel is None:
+        return False
+    provider = _otel.get_tracer_provider()
+    if isinstance(provider, _PLACEHOLDERS):
+        return False
+    _provider_set = True
+    return True
 
 
 def current() -> TraceParent | None:
@@ -129,7 +150,7 @@ def span(
         links: spans this one relates to without being their child (searches a batch writes).
         root: start a trace of its own when ``parent`` is not given.
     """
-    if _tracer is None:
+    if _tracer is None or not _recording():
         return _NO_SPAN
     return _current_span(
         _tracer.start_span(
@@ -144,7 +165,7 @@ def start(name: str, attributes: Attributes | None = None) -> Span:
     For work that runs in a task of its own: the parent is taken where the work is asked
     for, not where the task happens to run.
     """
-    if _tracer is None:
+    if _tracer is None or not _recording():
         return _NO_SPAN
     return _tracer.start_span(name, attributes=attributes)
 
