@@ -1,4 +1,4 @@
-"""Quality gates: ``nox -s lint typecheck tests`` (what ``scripts/test.sh`` and CI run)."""
+"""Quality gates: ``nox -s lint typecheck tests docs`` (what ``scripts/test.sh`` and CI run)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_venv = "yes"
-nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.sessions = ["lint", "typecheck", "tests", "docs"]
 
 PYTHON = "3.11"
-SOURCES = [p for p in ("src", "tests", "examples", "bench", "noxfile.py") if Path(p).exists()]
+SOURCES = [
+    p for p in ("src", "tests", "examples", "bench", "scripts", "noxfile.py") if Path(p).exists()
+]
 
 
 @nox.session(python=PYTHON)
@@ -35,10 +37,24 @@ def tests(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     session.run(
         "pytest",
+        # Most tests wait on servers, sleeps and subprocesses: three workers keep two cores
+        # busy. Each worker starts its own servers; give `-n 0` to run in one process.
+        "--numprocesses=3",
+        "--dist=worksteal",
         "--cov=kuya_store",
         "--cov-report=term",
         *session.posargs,
     )
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The documentation site, built with --strict: a broken link or a bare public name fails."""
+    session.install("-e", ".[docs]")
+    site = Path(session.create_tmp()) / "site"
+    # The theme's notice about a future MkDocs release is not about this site.
+    env = {"NO_MKDOCS_2_WARNING": "1"}
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(site), env=env)
 
 
 @nox.session(python=PYTHON)

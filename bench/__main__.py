@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from bench import (
+    budget,
     coherence,
     ha,
     history,
@@ -48,6 +49,7 @@ BENCHMARKS = {
     "upsert": Benchmark(upsert.run),
     "history": Benchmark(history.run),
     "stampede": Benchmark(stampede.run),
+    "budget": Benchmark(budget.run),
     "coherence": Benchmark(coherence.run),
     "ha": Benchmark(ha.run),
     "memory": Benchmark(memory.run, needs_servers=False),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything (virtual environments, packages, a Redis and a PostgreSQL server)
-# and runs every check: ruff, mypy --strict, and the whole suite with coverage.
+# and runs every check: ruff, mypy --strict, the whole suite with coverage, and the docs build.
 set -euo pipefail
 source "$(dirname "$0")/bootstrap.sh"
 # The servers themselves are started by the test suite (tests/servers.py), which
@@ -10,4 +10,4 @@ if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get 
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
-exec nox --sessions lint typecheck tests "$@"
+exec nox --sessions lint typecheck tests docs "$@"

@@ -271,6 +271,33 @@ async def test_sqlite_export_equals_postgres_export(
     assert len(from_sqlite.splitlines()) > len(SAMPLE)
 
 
+async def test_a_lone_carriage_return_and_an_empty_string_follow_copy_not_python_csv(
+    make_database: MakeDatabase, clock: ks.ManualClock, tmp_path: Path
+) -> None:
+    # The two places where Python's csv module differs from COPY ... CSV: it leaves a
+    # lone "\r" unquoted, and it writes (and reads) an empty string and NULL alike.
+    edge = [
+        {"id": 1, "card_identifier": "lone\rreturn", "snapshot_date": date(2026, 1, 1)},
+        {"id": 2, "card_identifier": "empty", "snapshot_date": date(2026, 1, 1)},
+        {"id": 3, "card_identifier": "null", "snapshot_date": date(2026, 1, 1)},
+    ]
+    edge[0]["volume_confidence"] = edge[1]["volume_confidence"] = ""
+    lite, pg = await make_database("sqlite"), await make_database("postgresql")
+    await _seed(lite, edge)
+    await _seed(pg, edge)
+    exported = await _export(lite, clock, tmp_path / "edge.csv")
+    assert exported == _psql_copy(pg)
+    assert b'\n1,"lone\rreturn",' in exported and b',"",' in exported
+    (tmp_path / "psql.csv").write_bytes(_psql_copy(pg))
+    for target, source in (
+        (await make_database("postgresql"), tmp_path / "edge.csv"),
+        (await make_database("sqlite"), tmp_path / "psql.csv"),
+    ):
+        await _import(target, clock, source)
+        confidence = {r["card_identifier"]: r["volume_confidence"] for r in await _table(target)}
+        assert confidence == {"lone\rreturn": "", "empty": "", "null": None}
+
+
 async def test_export_to_a_binary_file_reports_progress(
     migrated_url: str, clock: ks.ManualClock, tmp_path: Path
 ) -> None:

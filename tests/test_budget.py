@@ -15,6 +15,7 @@ import pytest
 import kuya_store as ks
 from kuya_store.budget import periods
 from kuya_store.demo import FakeMarketplace
+from servers import free_port
 
 CARD = "2023 Topps Chrome Victor Wembanyama #1"
 
@@ -55,6 +56,56 @@ async def test_two_stores_share_one_budget(
         assert outcomes == ["ok"] * 5 + ["spent"] * 3
         assert isinstance(ks.BudgetExhaustedError("x"), ks.FetcherError)
         assert one.metrics()["budget"]["daily_limit"] == 5
+
+
+async def _spend(store: ks.CompsStore, searches: int, name: str) -> list[str]:
+    outcomes = []
+    for i in range(searches):
+        try:
+            await store.comps.search(f"{CARD} {name} {i}")
+            outcomes.append("ok")
+        except ks.BudgetExhaustedError:
+            outcomes.append("spent")
+    return outcomes
+
+
+async def test_a_redis_counter_out_of_reach_opens_no_second_budget(
+    migrated_url: str, redis_base_url: str, key_prefix: str
+) -> None:
+    # The database's count follows every request Redis grants, so a process whose Redis
+    # calls fail (a timeout under load, a partition) falls back to what was spent.
+    market = FakeMarketplace(listings=3)
+    shared = {"database_url": migrated_url, "key_prefix": key_prefix, "api_budget": 5}
+    async with ks.CompsStore(
+        **shared, redis_url=redis_base_url, fetchers={"sold": market.sold}
+    ) as one:
+        assert await _spend(one, 4, "one") == ["ok"] * 4
+    async with ks.CompsStore(
+        **shared, redis_url=f"redis://127.0.0.1:{free_port()}/0", fetchers={"sold": market.sold}
+    ) as cut_off:
+        assert await _spend(cut_off, 3, "cut off") == ["ok", "spent", "spent"]
+        assert cut_off.metrics()["budget"]["fallbacks"] >= 3
+    assert market.call_count == 5
+
+
+async def test_a_redis_that_forgot_the_count_spends_no_second_budget(
+    migrated_url: str, redis_base_url: str, key_prefix: str, redis_client: Any
+) -> None:
+    market = FakeMarketplace(listings=3)
+    async with ks.CompsStore(
+        database_url=migrated_url,
+        redis_url=redis_base_url,
+        key_prefix=key_prefix,
+        fetchers={"sold": market.sold},
+        api_budget=5,
+    ) as store:
+        assert await _spend(store, 5, "before") == ["ok"] * 5
+        counters = [key async for key in redis_client.scan_iter(f"{key_prefix}:b:*")]
+        assert counters
+        await redis_client.delete(*counters)  # a restart without persistence
+        assert await _spend(store, 3, "after") == ["spent"] * 3
+        assert market.call_count == 5
+        assert int(await redis_client.get(counters[0])) >= 5  # Redis knows again
 
 
 async def test_spent_budget_serves_the_newest_stored_result_of_any_age(migrated_url: str) -> None:

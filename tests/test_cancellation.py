@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -105,7 +106,7 @@ async def test_guard_counts_failures_and_skips_when_open() -> None:
 async def test_timeout_around_search_stops_promptly_and_costs_one_call(
     migrated_url: str, redis_base_url: str, key_prefix: str
 ) -> None:
-    market = SlowMarket(delay=0.5)
+    market = SlowMarket(delay=2.0)
     async with ks.CompsStore(
         database_url=migrated_url,
         redis_url=redis_base_url,
@@ -117,7 +118,7 @@ async def test_timeout_around_search_stops_promptly_and_costs_one_call(
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.1):
                 await store.comps.search(QUERY)
-        assert time.monotonic() - started < 0.3  # the timeout, plus a few milliseconds
+        assert time.monotonic() - started < 1.5  # well before the 2 s fetch lands
         # The one paid call goes on and is kept: the next search is answered from it.
         for _ in range(200):
             if store.comps._fetching.in_flight == 0:  # type: ignore[attr-defined]
@@ -132,13 +133,66 @@ async def test_timeout_around_search_stops_promptly_and_costs_one_call(
     assert await _rows(migrated_url, "SELECT count(*) FROM searches WHERE cache_hit = false") == 1
 
 
+async def test_a_cancellation_the_driver_swallows_is_raised_again() -> None:
+    # Python 3.11's asyncio.wait_for returns the result when a cancellation arrives as the
+    # awaited call completes; redis-py sends every command through it.
+    breaker = CircuitBreaker(2, 60.0)
+
+    async def loses_the_cancellation() -> str:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()  # the caller gives up while the command is on the wire
+        with contextlib.suppress(asyncio.CancelledError):  # the driver returns the reply
+            await asyncio.sleep(0)
+        return "reply"
+
+    with pytest.raises(asyncio.CancelledError):
+        await breaker.guard(loses_the_cancellation, (OSError,))
+    assert breaker.state == "closed"
+
+    async def already_cancelled() -> str:  # cleanup code that runs after a cancellation
+        return "reply"
+
+    task = asyncio.current_task()
+    assert task is not None
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.sleep(0)
+    assert await breaker.guard(already_cancelled, (OSError,)) == ("ok", "reply")
+    task.uncancel()
+
+
+async def test_a_timeout_anywhere_on_the_redis_path_is_a_timeout(
+    sqlite_url: str, redis_base_url: str, key_prefix: str
+) -> None:
+    # Sweep the moment of the timeout over the path a miss takes: connecting to Redis, the
+    # lookups, the lock, the flight. Each one must raise, and none may go on to pay.
+    from kuya_store import migrations
+
+    await migrations.upgrade_async(sqlite_url)
+    for step in range(48):
+        market = SlowMarket(delay=2.0)
+        async with ks.CompsStore(
+            database_url=sqlite_url,
+            redis_url=redis_base_url,
+            key_prefix=f"{key_prefix}{step}",
+            fetchers={"sold": market.sold},
+        ) as store:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.00025 * step):
+                    await store.comps.search(QUERY)
+
+
 async def test_cancelled_owner_does_not_cancel_the_others(migrated_url: str) -> None:
     market = SlowMarket(delay=0.3)
     async with ks.CompsStore(
         database_url=migrated_url, fetchers={"sold": market.sold}, fetch_backoff=0.01
     ) as store:
         owner = asyncio.ensure_future(store.comps.search(QUERY))
-        await asyncio.sleep(0.05)
+        for _ in range(400):  # the owner's flight is under way before the others come
+            if market.calls:
+                break
+            await asyncio.sleep(0.01)
         others = [asyncio.ensure_future(store.comps.search(QUERY)) for _ in range(5)]
         await asyncio.sleep(0.05)
         owner.cancel()

@@ -130,6 +130,23 @@ async def test_bytes_are_given_back_on_replace_expiry_invalidate_and_clear() -> 
     assert tier.bytes == 0 and len(tier) == 0
 
 
+async def test_expired_entries_give_their_room_back_unread_and_evict_nothing_live() -> None:
+    clock = ks.ManualClock(NOW)
+    tier = MemoryTier(2, clock, max_bytes=10**9)
+    await tier.set(_identity("old"), _result("old", 5), timedelta(seconds=5))
+    await tier.set(_identity("live"), _result("live", 5), timedelta(minutes=5))
+    clock.advance(6)
+    # "old" was never read again: it holds neither an entry nor bytes once it expired.
+    assert len(tier) == 1 and tier.bytes == approximate_size(_result("live", 5))
+    later = _result("new", 5).model_copy(update={"fetched_at": clock()})
+    await tier.set(_identity("new"), later, timedelta(minutes=5))
+    # The expired entry made the room: the live one stays, and nothing counts as evicted.
+    assert await tier.get(_identity("live")) is not None
+    assert await tier.get(_identity("new")) is not None
+    assert tier.evictions == 0 and len(tier) == 2
+    assert tier.drop_card("old") == 0  # and coherence no longer indexes it
+
+
 def test_byte_settings_take_units_and_refuse_nonsense() -> None:
     settings = ks.StoreSettings(near_cache_max_bytes="64MiB", memory_tier_max_bytes="1GB")
     assert settings.near_cache_max_bytes == 64 * 2**20

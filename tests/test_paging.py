@@ -124,7 +124,10 @@ def test_sale_rate_freshness_on_a_manual_clock(clock: ks.ManualClock) -> None:
 
     busy = sales(timedelta(minutes=5), 40)  # sells every five minutes
     quiet = sales(timedelta(days=3), 10)  # twice a week
-    assert policy.fresh_for(ks.SearchType.SOLD, busy, now) == timedelta(minutes=30)
+    assert policy.fresh_for(ks.SearchType.SOLD, busy, now) == timedelta(minutes=10)
+    hourly = sales(timedelta(minutes=40), 30)  # 31 sales over 20 hours: 1.55 an hour
+    between = policy.fresh_for(ks.SearchType.SOLD, hourly, now)
+    assert timedelta(minutes=19) < between < timedelta(minutes=20)  # 0.5 / 1.55 h
     assert policy.fresh_for(ks.SearchType.SOLD, quiet, now) == timedelta(hours=24)
     weekly = sales(timedelta(hours=12), 10)  # 11 sales over 5 days: 0.09 an hour
     window = policy.fresh_for(ks.SearchType.SOLD, weekly, now)

@@ -85,6 +85,8 @@ def test_password_never_in_repr_str_or_store_repr() -> None:
         ({"sold_ttl": -5}, "sold_ttl"),
         ({"active_ttl": 0}, "active_ttl"),
         ({"sold_fresh_for": "-PT1M"}, "sold_fresh_for"),
+        ({"sold_min_fresh_for": 0}, "sold_min_fresh_for"),
+        ({"sold_min_fresh_for": "PT25H"}, "sold_max_fresh_for"),
         ({"pool_size": 0}, "pool_size"),
         ({"mode": "write_only"}, "mode"),
         ({"slow_query_threshold": "soon"}, "slow_query_threshold"),

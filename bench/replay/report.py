@@ -105,14 +105,26 @@ def _freshness() -> tuple[str, list[tuple[str, dict[str, Any]]]]:
         defaults = ks.StoreSettings(database_url="sqlite+aiosqlite://")
         policy = defaults.freshness_policy
         wanted = defaults.expected_new_sales
-        more = 4 * wanted if policy == "sale_rate" else 0.5
-        return f"{policy}, expected_new_sales={wanted:g}", [
+        points: list[tuple[str, dict[str, Any]]] = [
             ("kuya-store, fixed: sold 30 min, active 5 min", {"freshness_policy": "fixed"}),
+        ]
+        if policy == "sale_rate" and kuya.settings_exist(["sold_min_fresh_for"]):
+            floor = defaults.sold_min_fresh_for.total_seconds() / 60
+            points.append(
+                (
+                    f"kuya-store, sale_rate {wanted:g}, floor 30 min",
+                    {"sold_min_fresh_for": timedelta(minutes=30)},
+                )
+            )
+            return f"sale_rate {wanted:g}, floor {floor:g} min", points
+        more = 4 * wanted if policy == "sale_rate" else 0.5
+        points.append(
             (
                 f"kuya-store, sale_rate, expected_new_sales={more:g}",
                 {"freshness_policy": "sale_rate", "expected_new_sales": more},
-            ),
-        ]
+            )
+        )
+        return f"{policy}, expected_new_sales={wanted:g}", points
     return "fixed: sold 30 min, active 5 min", [
         ("kuya-store, fixed: sold 24 h", {"sold_fresh_for": timedelta(hours=24)})
     ]
@@ -224,7 +236,7 @@ def _check(model: Row, measured: Row) -> None:
 def _ladder(replay: _Replay, redis: Row) -> None:
     """kuya-store's rules one at a time, and what the targets would take (models)."""
     folded = Rules(fold_filters="complete", fold_terms="complete", early_stop=True)
-    rated = replace(PAGED, new_sales=0.25)
+    rated = replace(PAGED, new_sales=0.25, sold_for=10 * MINUTE)  # the default policy
     wider = replace(rated, share_forms=True, fold_pages=True)
     rows = [
         replay.model("today's rules: filters folded, kept, fixed 30/5 min", TODAY),
@@ -232,7 +244,7 @@ def _ladder(replay: _Replay, redis: Row) -> None:
         replay.model("+ filters and minus-terms from complete results", folded),
         replay.model("+ kept across restarts", replace(folded, persist=True)),
         replay.model("+ incremental sold refresh", PAGED),
-        replay.model("+ sale-rate freshness (0.25 new sales, 30 min to 24 h)", rated),
+        replay.model("+ sale-rate freshness (0.25 new sales, 10 min to 24 h)", rated),
         replay.model("+ filters and minus-terms share a result; fewer pages from more", wider),
         replay.per_card("+ one refresh per card for all its variants (sold)", PerCard(), wider),
         replay.per_card("+ the same for active, ends known", PerCard(), PerCard()),
@@ -249,9 +261,12 @@ def _ladder(replay: _Replay, redis: Row) -> None:
         ),
         ("without keeping results across restarts", replace(rated, persist=False)),
         ("without incremental sold refresh", replace(rated, incremental=False)),
-        ("without sale-rate freshness (fixed 30 min)", replace(rated, new_sales=None)),
+        (
+            "without sale-rate freshness (fixed 30 min)",
+            replace(rated, new_sales=None, sold_for=30 * MINUTE),
+        ),
     ]
-    print("\nEach rule taken out of the modelled paged rules (sale-rate 0.25, 30 min to 24 h):\n")
+    print("\nEach rule taken out of the modelled paged rules (sale-rate 0.25, 10 min to 24 h):\n")
     _table(
         [redis, replay.model("all of them", rated)]
         + [replay.model(name, rules) for name, rules in without],

@@ -7,6 +7,12 @@ This module covers the rest of the plan's backup strategy: the "critical data on
 The CSV is PostgreSQL's own ``COPY ... CSV HEADER`` format on both backends (SQLite output
 is formatted the way PostgreSQL prints each type), so one file restores into either and
 diffs cleanly against ``psql``'s. Rows come in ``id`` order and timestamps are in UTC.
+
+The format is written and parsed here rather than with Python's :mod:`csv` module, which
+cannot keep two of ``COPY``'s rules: an empty string is quoted (``""``) while NULL is an
+empty field, and :mod:`csv` writes and reads both as an empty field; and a field holding
+a lone carriage return is quoted, which :mod:`csv` only does for the characters of its
+own line terminator.
 """
 
 from __future__ import annotations

@@ -7,11 +7,24 @@ Every guarded call site (the Redis tier, database reads) goes through
 - a call that is cancelled (client disconnect, a timeout around ``search()``) counts as
   neither: it hands the probe back, so the next call may probe again;
 - a probe that never reports back (a task killed without unwinding) expires after
-  ``reset_after``, so a half-open breaker can never refuse forever.
+  ``reset_after``, so a half-open breaker can never refuse forever;
+- a cancellation that a driver swallowed is raised again. On Python 3.11
+  ``asyncio.wait_for`` returns the result instead of raising when the cancellation
+  arrives as the awaited call completes (redis-py sends every command through it), so a
+  search whose caller had given up would go on, and pay.
+
+It is written here rather than taken from a breaker library because none of those
+available keeps these rules: ``purgatory`` lets every call through while half-open,
+counts a cancelled call as a failure (or, told to ignore it, as a success that closes
+the breaker) and reads the wall clock; ``circuitbreaker`` closes the breaker on any
+exception it does not count, cancellation included, and has no single probe;
+``pybreaker`` is synchronous (asyncio only through Tornado) and ``aiobreaker``, its
+asyncio port, is no longer maintained. None can be driven by a test clock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar
@@ -98,6 +111,8 @@ class CircuitBreaker:
         """
         if not self.allow():
             return "skipped", None
+        task = asyncio.current_task()
+        asked = task.cancelling() if task is not None else 0
         try:
             value = await operation()
         except BaseException as exc:
@@ -108,4 +123,6 @@ class CircuitBreaker:
             self.release()
             raise
         self.success()
+        if task is not None and task.cancelling() > asked:
+            raise asyncio.CancelledError  # asked during the call, and lost by the driver
         return "ok", value

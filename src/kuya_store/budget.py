@@ -4,8 +4,15 @@ Every upstream request reserves its place before it is made. The count is shared
 every process of a deployment: in Redis (one script checks and increments, keys expire
 with their period) when Redis is configured, else in the database (one conditional
 upsert), else in this process. When the shared counter cannot be reached, the next one
-down counts instead (the database, then this process), so serving goes on; during such
-an outage processes may together go over by what the unreachable counter had counted.
+down counts instead (the database, then this process), so serving goes on.
+
+The counters below the one that decides are kept up to date too: a request Redis grants
+is added to the database's count (and every grant to this process's), so a fallback
+starts from what was spent, not from zero, and a Redis call that times out under load
+cannot open a second budget. A request whose grant is in doubt (Redis timed out, perhaps
+after counting it) is counted again below: the budget errs on the side of not paying.
+Only while both Redis and the database are unreachable can processes together go over,
+each by what the others spent in that time.
 """
 
 from __future__ import annotations
@@ -49,6 +56,18 @@ end
 return first
 """
 
+# KEYS: counters Redis forgot; ARGV: per key the count it must hold at least, its expiry.
+_RAISE = """
+for i, key in ipairs(KEYS) do
+    local wanted = tonumber(ARGV[2 * i - 1])
+    if tonumber(redis.call("get", key) or "0") < wanted then
+        redis.call("set", key, wanted)
+        redis.call("pexpireat", key, ARGV[2 * i])
+    end
+end
+return 0
+"""
+
 
 def periods(
     moment: datetime, daily: int | None, hourly: int | None
@@ -85,9 +104,14 @@ class ApiBudget:
         self._redis = redis
         self._engine = engine
         self._script = redis.register_script(_RESERVE) if redis is not None else None
+        self._raise_script = redis.register_script(_RAISE) if redis is not None else None
         self._local: dict[tuple[str, str], int] = {}
         self._used: dict[tuple[str, str], tuple[int, int]] = {}
         self._warned: set[tuple[str, str]] = set()
+
+    def _key(self, kind: SearchType, period: str) -> str:
+        # One hash tag per search type: a request's periods share a Cluster slot.
+        return f"{self._prefix}:b:{{{kind.value}}}:{period}"
 
     @property
     def enabled(self) -> bool:
@@ -111,41 +135,103 @@ class ApiBudget:
         self, kind: SearchType, n: int, spans: list[tuple[str, int, datetime]]
     ) -> bool:
         if self._script is not None:
-            keys = [f"{self._prefix}:b:{{{kind.value}}}:{name}" for name, _, _ in spans]
+            keys = [self._key(kind, name) for name, _, _ in spans]
             args: list[int] = [n]
             for _, limit, end in spans:
                 args += [limit, int(end.timestamp() * 1000)]
             try:
-                return int(await self._script(keys=keys, args=args)) > 0
+                granted = int(await self._script(keys=keys, args=args)) > 0
             except Exception:  # Redis unreachable: the database counts instead
                 self._metrics.incr("budget_fallbacks")
+            else:
+                return granted and await self._mirror(kind, n, spans)
         if self._engine is not None:
             try:
-                return await self._reserve_in_database(kind, n, spans)
+                granted = await self._reserve_in_database(kind, n, spans)
             except Exception:
                 self._metrics.incr("budget_fallbacks")
+            else:
+                if granted:
+                    self._count_here(kind, n, spans)
+                return granted
         return self._reserve_here(kind, n, spans)
+
+    async def _mirror(
+        self, kind: SearchType, n: int, spans: list[tuple[str, int, datetime]]
+    ) -> bool:
+        """Add a request Redis granted to the counters below it (a fallback starts there).
+
+        A database count past the limit means Redis forgot what was spent (a restart
+        without persistence): the request is refused after all, and Redis is raised to the
+        database's count, so no second budget is spent. ``False`` when refused.
+        """
+        self._count_here(kind, n, spans)
+        if self._engine is None:
+            return True
+        try:
+            totals = await self._add_in_database(kind, n, spans, conditional=False)
+        except Exception:  # the database's count falls behind; Redis still decides
+            self._metrics.incr("budget_mirror_failures")
+            return True
+        behind = [
+            (span, used) for span, used in zip(spans, totals or [], strict=False) if used > span[1]
+        ]
+        if not behind:
+            return True
+        self._metrics.incr("budget_redis_forgot")
+        if self._raise_script is not None:
+            keys = [self._key(kind, name) for (name, _, _), _ in behind]
+            args: list[int] = []
+            for (_, _, end), used in behind:
+                args += [used, int(end.timestamp() * 1000)]
+            try:
+                await self._raise_script(keys=keys, args=args)
+            except Exception:
+                self._metrics.incr("budget_mirror_failures")
+        return False
 
     async def _reserve_in_database(
         self, kind: SearchType, n: int, spans: list[tuple[str, int, datetime]]
     ) -> bool:
+        return await self._add_in_database(kind, n, spans, conditional=True) is not None
+
+    async def _add_in_database(
+        self,
+        kind: SearchType,
+        n: int,
+        spans: list[tuple[str, int, datetime]],
+        *,
+        conditional: bool,
+    ) -> list[int] | None:
+        """Add ``n`` to the database's counts; with ``conditional``, only within every limit.
+
+        Returns the new counts, or ``None`` (nothing added) when a limit refused.
+        """
         assert self._engine is not None
         insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
+        totals: list[int] = []
         async with self._engine.begin() as conn:
             for name, limit, _ in spans:
-                if n > limit:
+                if conditional and n > limit:
                     await conn.rollback()
-                    return False
+                    return None
                 values = insert(_usage).values(period=name, search_type=kind.value, used=n)
                 statement = values.on_conflict_do_update(
                     index_elements=[_usage.c.period, _usage.c.search_type],
                     set_={"used": _usage.c.used + n},
-                    where=_usage.c.used + n <= limit,
+                    where=(_usage.c.used + n <= limit) if conditional else None,
                 ).returning(_usage.c.used)
-                if (await conn.execute(statement)).first() is None:
+                row = (await conn.execute(statement)).first()
+                if row is None:
                     await conn.rollback()
-                    return False
-        return True
+                    return None
+                totals.append(int(row[0]))
+        return totals
+
+    def _count_here(self, kind: SearchType, n: int, spans: list[tuple[str, int, datetime]]) -> None:
+        for name, _, _ in spans:
+            key = (kind.value, name)
+            self._local[key] = self._local.get(key, 0) + n
 
     def _reserve_here(
         self, kind: SearchType, n: int, spans: list[tuple[str, int, datetime]]
@@ -154,8 +240,7 @@ class ApiBudget:
         limits = [limit for _, limit, _ in spans]
         if any(self._local.get(k, 0) + n > cap for k, cap in zip(keys, limits, strict=True)):
             return False
-        for key in keys:
-            self._local[key] = self._local.get(key, 0) + n
+        self._count_here(kind, n, spans)
         return True
 
     def _note(self, kind: SearchType, period: str, limit: int, n: int) -> None:
@@ -194,7 +279,7 @@ class ApiBudget:
     async def _read(self, kind: SearchType, period: str) -> int:
         if self._redis is not None:
             try:
-                raw = await self._redis.get(f"{self._prefix}:b:{{{kind.value}}}:{period}")
+                raw = await self._redis.get(self._key(kind, period))
                 return int(raw or 0)
             except Exception:
                 pass

@@ -84,7 +84,7 @@ class CollectedCard(_Frozen):
 
 
 class RevalueReport(_Frozen):
-    """What one ``revalue`` run did."""
+    """What one ``revalue`` run did, and how much of the API budget it spent."""
 
     budget: int
     cards: int

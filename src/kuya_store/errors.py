@@ -18,7 +18,7 @@ __all__ = [
 
 
 class KuyaStoreError(Exception):
-    """Base class of every kuya-store error."""
+    """Base class of every kuya-store error, so one ``except`` catches whatever the store raises."""
 
 
 class InvalidInputError(KuyaStoreError, ValueError):

@@ -92,15 +92,21 @@ class SaleRateFreshness:
     """A sold result answers until it would be missing ``expected_new_sales`` sales.
 
     Its window is ``expected_new_sales / sale rate``, between ``sold_min`` (a card that
-    keeps selling stays at the plan's 30 minutes) and ``sold_max`` (a card that never
-    sells is asked again after a day). Undated sales, and active listings (prices and
-    endings change), keep the fixed windows.
+    keeps selling is asked again after 10 minutes) and ``sold_max`` (a card that never
+    sells is asked again after a day). Sales without dates keep ``sold_undated`` (the
+    plan's 30 minutes), and active listings (prices and endings change) ``active``.
+
+    The floor sits below the plan's 30 minutes on purpose: a cache keyed by every
+    parameter answers most searches with a fresh fetch, so a busy card kept 30 minutes
+    would miss more sales per answer than that cache does. Quiet cards pay for it: most
+    cards sell a few times a week, and their windows grow to ``sold_max``.
     """
 
-    sold_min: timedelta = timedelta(minutes=30)
+    sold_min: timedelta = timedelta(minutes=10)
     sold_max: timedelta = timedelta(hours=24)
     active: timedelta = timedelta(minutes=5)
     expected_new_sales: float = 0.25
+    sold_undated: timedelta = timedelta(minutes=30)
 
     def fresh_for(
         self, search_type: SearchType, listings: Sequence[Listing], fetched_at: datetime
@@ -109,7 +115,7 @@ class SaleRateFreshness:
             return self.active
         rate = sale_rate(listings, fetched_at)
         if rate is None:
-            return self.sold_min
+            return self.sold_undated
         if rate <= 0:
             return self.sold_max
         window = timedelta(hours=self.expected_new_sales / rate)
@@ -121,10 +127,11 @@ def policy_for(settings: StoreSettings) -> FreshnessPolicy:
     if settings.freshness_policy == "fixed":
         return FixedFreshness(sold=settings.sold_fresh_for, active=settings.active_fresh_for)
     return SaleRateFreshness(
-        sold_min=settings.sold_fresh_for,
+        sold_min=settings.sold_min_fresh_for,
         sold_max=settings.sold_max_fresh_for,
         active=settings.active_fresh_for,
         expected_new_sales=settings.expected_new_sales,
+        sold_undated=settings.sold_fresh_for,
     )
 
 

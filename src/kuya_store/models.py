@@ -55,14 +55,14 @@ _CENT = Decimal("0.01")
 
 
 class SearchType(enum.StrEnum):
-    """Which marketplace feed a search reads."""
+    """Which marketplace feed a search reads: sold and active results are kept and expire apart."""
 
     SOLD = "sold"
     ACTIVE = "active"
 
 
 class Source(enum.StrEnum):
-    """Which tier answered a search."""
+    """Which tier answered a search: ``api`` was a paid call, ``stale`` an old answer."""
 
     MEMORY = "memory"
     REDIS = "redis"

@@ -119,9 +119,14 @@ class StoreSettings(BaseSettings):
     # Database freshness: how old a stored fetch may be and still answer (the plan's Phase 3).
     sold_fresh_for: timedelta = timedelta(minutes=30)
     active_fresh_for: timedelta = timedelta(minutes=5)
-    # How long a sold result answers: "sale_rate" lengthens the window of a card that
-    # rarely sells, up to ``sold_max_fresh_for``; "fixed" keeps ``sold_fresh_for``.
+    # How long a sold result answers: "sale_rate" sets each card's window from how often it
+    # sells, from ``sold_min_fresh_for`` (a card that keeps selling) to ``sold_max_fresh_for``
+    # (one that never does); "fixed" keeps ``sold_fresh_for``.
     freshness_policy: Literal["fixed", "sale_rate"] = "sale_rate"
+    sold_min_fresh_for: timedelta = timedelta(minutes=10)
+    """The shortest window of the sale-rate policy: a card that sells every few minutes is
+    asked again this often, so its answers miss no more sales than a 30-minute cache keyed
+    by every parameter (whose answers are mostly fresh fetches)."""
     sold_max_fresh_for: timedelta = timedelta(hours=24)
     expected_new_sales: float = Field(0.25, gt=0, le=100)
     """How many sales a sold answer may be missing, on average, before it is asked again."""
@@ -202,6 +207,7 @@ class StoreSettings(BaseSettings):
         "sold_ttl",
         "active_ttl",
         "sold_fresh_for",
+        "sold_min_fresh_for",
         "sold_max_fresh_for",
         "active_fresh_for",
         "listing_refresh_after",
@@ -246,6 +252,8 @@ class StoreSettings(BaseSettings):
             )
         if self.sold_max_fresh_for < self.sold_fresh_for:
             raise ValueError("sold_max_fresh_for: must not be shorter than sold_fresh_for")
+        if self.sold_max_fresh_for < self.sold_min_fresh_for:
+            raise ValueError("sold_max_fresh_for: must not be shorter than sold_min_fresh_for")
         if self.single_flight_lock_ttl < 3 * self.redis_socket_timeout:
             raise ValueError(
                 "single_flight_lock_ttl: must be at least 3 x redis_socket_timeout "

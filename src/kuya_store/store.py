@@ -155,7 +155,7 @@ class CompsStore:
         self,
         settings: StoreSettings | None = None,
         *,
-        fetchers: Mapping[SearchType | str, Fetcher] | None = None,
+        fetchers: Mapping[SearchType, Fetcher] | Mapping[str, Fetcher] | None = None,
         clock: Clock | None = None,
         valuator: Valuator | str | None = None,
         freshness: FreshnessPolicy | None = None,

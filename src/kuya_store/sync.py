@@ -35,23 +35,37 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar, TypeVarTuple, Unpack
 
 import anyio
 from anyio.from_thread import BlockingPortal
 
+from kuya_store.clock import Clock
 from kuya_store.db.maintenance import MaintenanceReport
 from kuya_store.errors import StoreClosedError
-from kuya_store.models import Health
+from kuya_store.fetching import Fetcher
+from kuya_store.freshness import FreshnessPolicy
+from kuya_store.models import Health, SearchType
+from kuya_store.pricing import Valuator
 from kuya_store.settings import StoreSettings
 from kuya_store.store import CompsStore
+from kuya_store.sync_parts import (
+    SyncAccounts,
+    SyncAnalytics,
+    SyncBackup,
+    SyncCards,
+    SyncCollections,
+    SyncCompsRepository,
+    _Part,
+)
 
 __all__ = ["SyncCompsStore"]
 
 _T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
 _log = logging.getLogger("kuya_store.sync")
 
 _THREAD_NAME = "kuya-store-loop"
@@ -80,7 +94,7 @@ class _Portal:
         self._accepting = True
         self._stopped = False
 
-    def call(self, func: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+    def call(self, func: Callable[[Unpack[_Ts]], Awaitable[_T]], *args: *_Ts) -> _T:
         """Run ``func(*args)`` on the loop and wait; ``StoreClosedError`` once stopping."""
         self.refuse_own_thread()
         with self._lock:
@@ -228,34 +242,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class _Blocking:
-    """One part of the store (``comps``, ...) with its coroutine methods made blocking."""
-
-    def __init__(self, facade: SyncCompsStore, part: str) -> None:
-        self._facade = facade
-        self._part = part
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(getattr(self._facade.async_store, self._part), name)
-        if not inspect.iscoroutinefunction(attribute):
-            return attribute
-        part = self._part
-
-        @functools.wraps(attribute)
-        def blocking(*args: Any, **kwargs: Any) -> Any:
-            return self._facade._run(
-                lambda store: getattr(getattr(store, part), name)(*args, **kwargs)
-            )
-
-        return blocking
-
-    def __dir__(self) -> list[str]:
-        return sorted(set(dir(getattr(self._facade.async_store, self._part))))
-
-    def __repr__(self) -> str:
-        return f"<blocking {self._part} of {self._facade!r}>"
-
-
 def _has_coroutine_methods(value: object) -> bool:
     return any(
         inspect.iscoroutinefunction(getattr(type(value), name, None))
@@ -271,41 +257,71 @@ class SyncCompsStore:
     Arguments are those of :class:`~kuya_store.CompsStore`; fetchers may be sync or async.
     """
 
-    comps: Any
-    analytics: Any
-    accounts: Any
-    backup: Any
-    collections: Any
-    cards: Any
+    comps: SyncCompsRepository
+    """``store.comps``: searches, listings and invalidation."""
+    analytics: SyncAnalytics
+    """``store.analytics``: price history, trends and search statistics."""
+    accounts: SyncAccounts
+    """``store.accounts``: users, saved searches and alerts."""
+    backup: SyncBackup
+    """``store.backup``: CSV export and import, and the partial rollback."""
+    collections: SyncCollections
+    """``store.collections``: binders, cards, revaluation and value history."""
+    cards: SyncCards
+    """``store.cards``: full-text search over the cards searched before."""
+    settings: StoreSettings
+    """The settings the store runs with (arguments and environment merged)."""
 
-    def __init__(self, settings: StoreSettings | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        settings: StoreSettings | None = None,
+        *,
+        fetchers: Mapping[SearchType, Fetcher] | Mapping[str, Fetcher] | None = None,
+        clock: Clock | None = None,
+        valuator: Valuator | str | None = None,
+        freshness: FreshnessPolicy | None = None,
+        **overrides: Any,
+    ) -> None:
+        kwargs: dict[str, Any] = {
+            "fetchers": fetchers,
+            "clock": clock,
+            "valuator": valuator,
+            "freshness": freshness,
+            **overrides,
+        }
         self._args = (settings, kwargs)
         self._lock = threading.Lock()
         self._closed = False
         self._opened = _open(settings, kwargs)
         self._finalizer = weakref.finalize(self, _close_forgotten, self._opened)
         self.settings = self._opened.store.settings
-        for part in ("comps", "analytics", "accounts", "backup", "collections"):
-            setattr(self, part, _Blocking(self, part))
+        self.comps = SyncCompsRepository(self)
+        self.analytics = SyncAnalytics(self)
+        self.accounts = SyncAccounts(self)
+        self.backup = SyncBackup(self)
+        self.collections = SyncCollections(self)
+        self.cards = SyncCards(self)
         _stores.add(self)
 
-    def __getattr__(self, name: str) -> Any:
-        """Parts and coroutine methods of the async store this class does not name."""
-        if name.startswith("_"):
-            raise AttributeError(name)
-        attribute = getattr(self.async_store, name)
-        if inspect.iscoroutinefunction(attribute):
+    if not TYPE_CHECKING:
+        # Whatever the async store gained and this class does not name yet still works;
+        # type checkers see only what is named.
+        def __getattr__(self, name: str) -> Any:
+            if name.startswith("_"):
+                raise AttributeError(name)
+            attribute = getattr(self.async_store, name)
+            if inspect.iscoroutinefunction(attribute):
 
-            @functools.wraps(attribute)
-            def blocking(*args: Any, **kwargs: Any) -> Any:
-                return self._run(lambda store: getattr(store, name)(*args, **kwargs))
+                @functools.wraps(attribute)
+                def blocking(*args: Any, **kwargs: Any) -> Any:
+                    return self._run(lambda store: getattr(store, name)(*args, **kwargs))
 
-            return blocking
-        if _has_coroutine_methods(attribute):
-            part = _Blocking(self, name)
-            setattr(self, name, part)
-            return part
-        return attribute
+                return blocking
+            if _has_coroutine_methods(attribute):
+                part = type(f"Sync{type(attribute).__name__}", (_Part,), {"_attribute": name})
+                setattr(self, name, part(self))
+                return getattr(self, name)
+            return attribute
 
     @property
     def async_store(self) -> CompsStore:

@@ -14,6 +14,7 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from pydantic import BaseModel, ValidationError
 from tenacity import RetryCallState
@@ -34,8 +35,16 @@ from kuya_store.stored import StoredResult
 
 __all__ = ["Fetcher", "Upstream", "validate_fetch_result"]
 
-Fetcher = Callable[[FetchRequest], Awaitable[FetchResult] | FetchResult]
-"""``async def fetcher(request) -> FetchResult``; a plain function runs in a worker thread."""
+
+class Fetcher(Protocol):
+    """The call to a paid marketplace API that answers one search, as the app writes it.
+
+    ``async def fetcher(request: FetchRequest) -> FetchResult``; a plain function is
+    accepted too and runs in a worker thread, so a blocking client never stalls the loop.
+    """
+
+    def __call__(self, request: FetchRequest, /) -> Awaitable[FetchResult] | FetchResult: ...
+
 
 _Bought = tuple[list[Listing], int, bool | None, FetchStats | None]
 """Listings, pages asked, whether the upstream had more, and the fetcher's counts."""

@@ -49,7 +49,7 @@ _REFERENCES = (
 
 
 class MaintenanceReport(_Frozen):
-    """What ``maintain()`` did."""
+    """What ``maintain()`` did to the partitioned tables, for a scheduled job to log."""
 
     created: list[str] = Field(default_factory=list)
     """Partitions created."""

@@ -1,15 +1,19 @@
 """The in-process tier: an LRU bounded in entries and bytes, with per-entry expiry.
 
 It serves as the near-cache in front of Redis, or as the hot tier itself without Redis.
+The LRU order, the expiry and the byte bound are ``cachetools``' :class:`TLRUCache`; this
+module adds the entry bound (cachetools bounds one measure only), the index of variants
+per card that coherence drops by, and the rules of which write may replace which.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import math
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from cachetools import TTLCache
+from cachetools import TLRUCache, TTLCache
 
 from kuya_store.clock import Clock, utcnow
 from kuya_store.keys import ResultIdentity
@@ -23,6 +27,35 @@ class _Entry(NamedTuple):
     expires_at: datetime
     result: StoredResult
     size: int
+
+
+def _expiry(_key: ResultIdentity, entry: _Entry, _now: datetime) -> datetime:
+    return entry.expires_at
+
+
+def _size(entry: _Entry) -> float:
+    return entry.size
+
+
+class _Entries(TLRUCache[ResultIdentity, _Entry, datetime]):
+    """A TLRU cache that tells its owner which keys it let go, and why."""
+
+    def __init__(
+        self, max_bytes: float, clock: Clock, gone: Callable[[ResultIdentity, bool], None]
+    ) -> None:
+        super().__init__(max_bytes, _expiry, clock, _size)
+        self._gone = gone
+
+    def popitem(self) -> tuple[ResultIdentity, _Entry]:
+        key, entry = super().popitem()
+        self._gone(key, True)
+        return key, entry
+
+    def expire(self, time: datetime | None = None) -> list[tuple[ResultIdentity, _Entry]]:
+        expired = list(super().expire(time))
+        for key, _entry in expired:
+            self._gone(key, False)
+        return expired
 
 
 class MemoryTier:
@@ -45,9 +78,9 @@ class MemoryTier:
         self.max_bytes = max_bytes
         self.evictions = 0
         self._clock = clock
-        self._entries: OrderedDict[ResultIdentity, _Entry] = OrderedDict()
+        bound = math.inf if max_bytes is None else max_bytes
+        self._entries = _Entries(bound, clock, self._unindex)
         self._by_card: dict[str, set[ResultIdentity]] = {}
-        self._bytes = 0
         # When each card was last invalidated; an entry outlives no result it fences off.
         self._fences: TTLCache[str, datetime] = TTLCache(
             maxsize=max(max_entries, 1024), ttl=86_400.0, timer=lambda: clock().timestamp()
@@ -59,17 +92,12 @@ class MemoryTier:
     @property
     def bytes(self) -> int:
         """The estimated bytes of every entry held."""
-        return self._bytes
+        return int(self._entries.currsize)
 
     async def get(self, identity: ResultIdentity) -> StoredResult | None:
+        self._entries.expire()
         entry = self._entries.get(identity)
-        if entry is None:
-            return None
-        if self._clock() >= entry.expires_at:
-            self._discard(identity)
-            return None
-        self._entries.move_to_end(identity)
-        return entry.result
+        return None if entry is None else entry.result
 
     async def set(self, identity: ResultIdentity, result: StoredResult, ttl: timedelta) -> bool:
         """Keep ``result`` for ``ttl``; ``False`` when it is older than what is held or fenced."""
@@ -81,22 +109,15 @@ class MemoryTier:
         fence = self._fences.get(identity.card_key)
         if fence is not None and result.fetched_at <= fence:
             return False  # fetched before the card was invalidated
-        size = approximate_size(result)
-        if self.max_bytes is not None and size > self.max_bytes:
+        try:
+            self._entries[identity] = _Entry(self._clock() + ttl, result, approximate_size(result))
+        except ValueError:
             # Too large to keep; the older entry it replaces must not answer either.
             self._discard(identity)
             return True
-        if held is not None:
-            self._bytes -= held.size
-        self._entries[identity] = _Entry(self._clock() + ttl, result, size)
-        self._entries.move_to_end(identity)
-        self._bytes += size
         self._by_card.setdefault(identity.card_key, set()).add(identity)
-        while len(self._entries) > self.max_entries or (
-            self.max_bytes is not None and self._bytes > self.max_bytes
-        ):
-            self._discard(next(iter(self._entries)))
-            self.evictions += 1
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem()
         return True
 
     async def invalidate(self, identity: ResultIdentity, at: datetime | None = None) -> int:
@@ -124,7 +145,6 @@ class MemoryTier:
         """Drop every entry (fences stay: they are about data, not about this copy of it)."""
         self._entries.clear()
         self._by_card.clear()
-        self._bytes = 0
 
     async def ping(self) -> bool:
         return True
@@ -134,9 +154,11 @@ class MemoryTier:
         self._fences.clear()
 
     def _discard(self, identity: ResultIdentity) -> None:
-        entry = self._entries.pop(identity, None)
-        if entry is not None:
-            self._bytes -= entry.size
+        self._entries.pop(identity, None)
+        self._unindex(identity, False)
+
+    def _unindex(self, identity: ResultIdentity, evicted: bool) -> None:
+        self.evictions += evicted
         variants = self._by_card.get(identity.card_key)
         if variants is not None:
             variants.discard(identity)
