@@ -199,8 +199,8 @@ async def test_budget_shows_in_metrics_prometheus_and_the_dashboard(migrated_url
             for family in text_string_to_metric_families(body.decode())
             for s in family.samples
         }
-        assert samples[("kuya_api_budget_used", "sold")] == 1
-        assert samples[("kuya_api_budget_limit", "sold")] == 10
+        assert samples[("kuya_store_api_budget_used", "sold")] == 1
+        assert samples[("kuya_store_api_budget_limit", "sold")] == 10
         await store.flush()
         page = render_dashboard(
             stats=await store.analytics.search_stats(),

@@ -120,8 +120,9 @@ def test_endpoints_end_to_end(
     assert _json(ready) == {"status": "healthy", "redis": True, "database": True}
 
     metrics = _body(get("/metrics"))
-    assert "kuya_searches_total" in metrics and 'kuya_tier_hits_total{tier="' in metrics
-    assert "kuya_api_calls_saved_total" in metrics and "kuya_database_size_bytes" in metrics
+    assert "kuya_store_searches_total" in metrics and 'kuya_store_tier_hits_total{tier="' in metrics
+    assert "kuya_store_api_calls_saved_total" in metrics
+    assert "kuya_store_database_size_bytes" in metrics
 
     dashboard = _body(get("/admin"))
     assert "Top searches" in dashboard and "API calls saved" in dashboard

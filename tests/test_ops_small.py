@@ -210,7 +210,7 @@ async def test_exposition_does_not_keep_a_closed_store_alive(sqlite_url: str) ->
     store = ks.CompsStore(database_url=sqlite_url, mode="cache_only")
     await store.start()
     body, _ = exposition(store)
-    assert b"kuya_searches_total" in body
+    assert b"kuya_store_searches_total" in body
     own = CollectorRegistry(auto_describe=False)
     own.register(StoreCollector(store))
     await store.close()

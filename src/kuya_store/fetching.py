@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
+from kuya_store import tracing
 from kuya_store.budget import ApiBudget
 from kuya_store.clock import Clock
 from kuya_store.errors import (
@@ -77,6 +78,9 @@ class _Flight:
     """The newest stored result that is no longer fresh (a paged refresh extends it)."""
     task: asyncio.Task[Outcome] | None = None
     waiters: int = 0
+    span: tracing.Span | None = None
+    """Started by the search that started the flight: the flight's work is traced under it."""
+    flown: bool = False
 
 
 class FetchCoordinator:
@@ -137,6 +141,14 @@ class FetchCoordinator:
         joined = flight is not None
         if flight is None:
             flight = _Flight(identity, request, fetcher, newer_than, stale)
+            flight.span = tracing.start(
+                "kuya_store.fetch",
+                {
+                    "kuya_store.card": identity.card_identifier,
+                    "kuya_store.search_type": identity.search_type.value,
+                    "kuya_store.refresh": newer_than is not None,
+                },
+            )
             flight.task = asyncio.create_task(
                 self._fly(flight, on_fetched),
                 name=f"kuya-fetch-{identity.search_type.value}",
@@ -148,7 +160,7 @@ class FetchCoordinator:
         assert flight.task is not None
         flight.waiters += 1
         try:
-            stored, source, paid = await asyncio.shield(flight.task)
+            stored, source, paid = await self._wait(flight, joined)
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if flight.task.cancelled() and (current is None or not current.cancelling()):
@@ -159,11 +171,22 @@ class FetchCoordinator:
             flight.waiters -= 1
         return stored, source, paid and not joined
 
+    @staticmethod
+    async def _wait(flight: _Flight, joined: bool) -> Outcome:
+        """The flight's outcome; a search that joined one under way links to its span."""
+        assert flight.task is not None
+        if not joined or flight.span is None:
+            return await asyncio.shield(flight.task)
+        with tracing.span("kuya_store.fetch.join", links=[tracing.link_of(flight.span)]):
+            return await asyncio.shield(flight.task)
+
     def _landed(
         self, identity: ResultIdentity, flight: _Flight, task: asyncio.Task[Outcome]
     ) -> None:
         if self._inflight.get(identity) is flight:
             del self._inflight[identity]
+        if not flight.flown and flight.span is not None:
+            flight.span.end()  # cancelled before it ran: its span still ends
         if not task.cancelled():
             task.exception()  # retrieved, so a flight nobody waited for leaves no warning
 
@@ -183,12 +206,17 @@ class FetchCoordinator:
         return len(pending)
 
     async def _fly(self, flight: _Flight, on_fetched: OnFetched) -> Outcome:
-        stored, source, paid = await self._across_processes(flight)
-        if paid:
-            # Persisted by the flight itself: a paid result is kept even if every search
-            # that asked for it was cancelled meanwhile.
-            on_fetched(stored)
-        return stored, source, paid
+        assert flight.span is not None
+        flight.flown = True
+        with tracing.use(flight.span) as span:
+            stored, source, paid = await self._across_processes(flight)
+            span.set_attribute("kuya_store.source", source.value)
+            span.set_attribute("kuya_store.paid", paid)
+            if paid:
+                # Persisted by the flight itself: a paid result is kept even if every search
+                # that asked for it was cancelled meanwhile.
+                on_fetched(stored)
+            return stored, source, paid
 
     async def _across_processes(self, flight: _Flight) -> Outcome:
         identity, newer_than = flight.identity, flight.newer_than

@@ -1,16 +1,74 @@
-"""In-process counters and timings behind ``store.metrics()``."""
+"""In-process counters, timings and histograms behind ``store.metrics()``.
+
+A timing keeps a bounded sample for the percentiles of ``store.metrics()`` and, beside it,
+the cumulative bucket counts of a Prometheus histogram, so the dashboard, the dict and the
+exposition read the same observations. Labelled counters and histograms (a search by its
+source, a tier read by its outcome) are kept here too: the Prometheus integration only
+reads them, it never counts on its own.
+"""
 
 from __future__ import annotations
 
+import bisect
 import random
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Metrics", "Timing"]
+__all__ = ["BUCKETS_SECONDS", "Histogram", "Metrics", "Timing"]
 
 _RESERVOIR = 2048
+
+BUCKETS_SECONDS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+"""Upper bounds of every latency histogram: from a near-cache hit to a slow paged fetch."""
+_BUCKETS_MS = tuple(round(bound * 1000, 6) for bound in BUCKETS_SECONDS)
+
+Labels = tuple[tuple[str, str], ...]
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Observations counted per bucket (not cumulative here), with their count and sum."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(_BUCKETS_MS) + 1))
+    count: int = 0
+    total_ms: float = 0.0
+
+    def observe(self, ms: float) -> None:
+        # A value equal to a bound belongs to that bucket ("le"), hence bisect_left.
+        self.counts[bisect.bisect_left(_BUCKETS_MS, ms)] += 1
+        self.count += 1
+        self.total_ms += ms
+
+    def as_dict(self) -> dict[str, Any]:
+        """Cumulative counts per upper bound in seconds (the last bound is ``+Inf``: ``count``)."""
+        cumulative, running = [], 0
+        for bound, n in zip(BUCKETS_SECONDS, self.counts, strict=False):
+            running += n
+            cumulative.append([bound, running])
+        return {
+            "buckets": cumulative,
+            "count": self.count,
+            "sum_seconds": round(self.total_ms / 1000, 6),
+        }
 
 
 @dataclass(slots=True)
@@ -52,6 +110,10 @@ class Timing:
         }
 
 
+def _labels(labels: dict[str, str]) -> Labels:
+    return tuple(sorted(labels.items()))
+
+
 class Metrics:
     """Thread-safe counters and timings; cheap enough for the hot path."""
 
@@ -59,26 +121,73 @@ class Metrics:
         self._lock = threading.Lock()
         self._counters: Counter[str] = Counter()
         self._timings: dict[str, Timing] = {}
+        self._labelled: dict[str, Counter[Labels]] = {}
+        self._histograms: dict[str, dict[Labels, Histogram]] = {}
 
     def incr(self, name: str, amount: int = 1) -> None:
         with self._lock:
             self._counters[name] += amount
 
-    def observe(self, name: str, ms: float) -> None:
+    def incr_by(self, name: str, labels: dict[str, str], amount: int = 1) -> None:
+        """Count under ``name`` for one combination of label values (a source, an outcome)."""
+        key = _labels(labels)
         with self._lock:
-            timing = self._timings.get(name)
-            if timing is None:
-                timing = self._timings[name] = Timing()
-            timing.observe(ms)
+            family = self._labelled.get(name)
+            if family is None:
+                family = self._labelled[name] = Counter()
+            family[key] += amount
+
+    def observe(
+        self, name: str, ms: float, labels: dict[str, str] | None = None, *, summary: bool = True
+    ) -> None:
+        """Record a duration in the histogram of ``name`` (one per combination of labels).
+
+        Args:
+            summary: also count it in the timing of ``name`` that ``store.metrics()``
+                reports with percentiles.
+        """
+        key = _labels(labels or {})
+        with self._lock:
+            if summary:
+                timing = self._timings.get(name)
+                if timing is None:
+                    timing = self._timings[name] = Timing()
+                timing.observe(ms)
+            family = self._histograms.get(name)
+            if family is None:
+                family = self._histograms[name] = {}
+            histogram = family.get(key)
+            if histogram is None:
+                histogram = family[key] = Histogram()
+            histogram.observe(ms)
 
     def count(self, name: str) -> int:
         with self._lock:
             return self._counters[name]
 
     def snapshot(self) -> dict[str, Any]:
-        """A plain copy: ``{"counters": {...}, "timings": {name: {...}}}``."""
+        """A plain copy: counters, timings, labelled counters and histograms.
+
+        ``{"counters": {...}, "timings": {name: {...}}, "labelled": {name: [{"labels": {...},
+        "value": n}]}, "histograms": {name: [{"labels": {...}, "buckets": [[le, n], ...],
+        "count": n, "sum_seconds": s}]}}``
+        """
         with self._lock:
             return {
                 "counters": dict(sorted(self._counters.items())),
                 "timings": {k: t.as_dict() for k, t in sorted(self._timings.items())},
+                "labelled": {
+                    name: [
+                        {"labels": dict(key), "value": value}
+                        for key, value in sorted(family.items())
+                    ]
+                    for name, family in sorted(self._labelled.items())
+                },
+                "histograms": {
+                    name: [
+                        {"labels": dict(key), **histogram.as_dict()}
+                        for key, histogram in sorted(family.items())
+                    ]
+                    for name, family in sorted(self._histograms.items())
+                },
             }

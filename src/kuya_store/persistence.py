@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -94,6 +94,8 @@ class SearchRecord:
     result_key: str | None = None
     fetch_stats: dict[str, int] | None = None
     complete: bool | None = None
+    trace: object | None = field(default=None, compare=False, repr=False)
+    """The span of the search or fetch this row records (its write is traced under it)."""
 
     def row(self) -> dict[str, Any]:
         return {

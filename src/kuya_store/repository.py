@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from cachetools import LRUCache, TTLCache
 
+from kuya_store import tracing
 from kuya_store.answering import Level, levels, start_level
 from kuya_store.budget import ApiBudget
 from kuya_store.clock import Clock
@@ -54,6 +55,7 @@ from kuya_store.models import (
     SearchType,
     Source,
 )
+from kuya_store.observing import watch_search, watch_tier
 from kuya_store.paging import PagedFetcher
 from kuya_store.persistence import Database, FetchRecord, SearchRecord, listing_ttl
 from kuya_store.pricing import Valuator
@@ -211,8 +213,13 @@ class CompsRepository:
         self._active += 1
         self._idle.clear()
         try:
-            with searching(asked.card, asked.kind.value):
-                return await self._search(asked, fetcher, user, refresh, record, started)
+            with (
+                searching(asked.card, asked.kind.value),
+                watch_search(self._metrics, asked.card, asked.kind) as watch,
+            ):
+                result = await self._search(asked, fetcher, user, refresh, record, started)
+                watch.answered(result)
+                return result
         finally:
             self._active -= 1
             if self._active == 0:
@@ -246,8 +253,6 @@ class CompsRepository:
         listings = level.listings(stored)
         snapshot = self._snapshot(level, stored, listings)
         elapsed = (time.perf_counter() - started) * 1000
-        self._metrics.incr("searches")
-        self._metrics.observe("search", elapsed)
         if not paid:
             if source is not Source.STALE:
                 self._metrics.incr("api_calls_saved")
@@ -265,6 +270,7 @@ class CompsRepository:
                         pages_scraped=stored.pages_scraped,
                         items_count=len(listings),
                         user_id=user,
+                        trace=tracing.current(),
                     )
                 )
         return CompsResult(
@@ -386,25 +392,32 @@ class CompsRepository:
     ) -> tuple[StoredResult | None, Source | None, StoredResult | None]:
         """A fresh result from the first tier that has one; else the newest stored, if any."""
         incr = self._metrics.incr if count else (lambda name, amount=1: None)
+        watched = self._metrics if count else None  # a peek is not a tier read to report
         if self._near is not None:
-            hit = await self._near.get(identity)
-            if hit is not None and self._usable(identity, hit, now):
+            with watch_tier(watched, "near") as tier:
+                hit = await self._near.get(identity)
+                tier.hit = hit is not None and self._usable(identity, hit, now)
+            if hit is not None and tier.hit:
                 incr("hit_memory")
                 return hit, Source.MEMORY, None
         # Taken before the read: a change heard meanwhile keeps what it read out of the near-cache.
         ticket = self._near.ticket(identity) if self._near is not None else None
-        hit = await self._hot.get(identity)
-        if hit is not None and self._usable(identity, hit, now):
+        with watch_tier(watched, self._hot.name) as tier:
+            hit = await self._hot.get(identity)
+            tier.hit = hit is not None and self._usable(identity, hit, now)
+        if hit is not None and tier.hit:
             incr(f"hit_{self._hot.name}")
             await self._fill_near(identity, hit, now, ticket)
             return hit, Source(self._hot.name), None
         stale = None
         if self._reads_database:
             assert self._db is not None
-            stored = await self._db.newest(identity, since=now - self._settings.max_stale)
-            if stored is not None and self._fenced(identity, stored.fetched_at):
-                stored = None
-            if stored is not None and self._usable(identity, stored, now):
+            with watch_tier(watched, "database") as tier:
+                stored = await self._db.newest(identity, since=now - self._settings.max_stale)
+                if stored is not None and self._fenced(identity, stored.fetched_at):
+                    stored = None
+                tier.hit = stored is not None and self._usable(identity, stored, now)
+            if stored is not None and tier.hit:
                 await self._fill(identity, stored, now)
                 # Filling the hot tier may reveal another worker's invalidation of it.
                 if not self._fenced(identity, stored.fetched_at):
@@ -426,8 +439,10 @@ class CompsRepository:
             return None
         assert self._db is not None
         since = _EPOCH if any_age else now - self._settings.max_stale
-        stale = await self._db.newest(identity, since=since)
-        if stale is None or self._fenced(identity, stale.fetched_at):
+        with watch_tier(self._metrics, "database") as tier:
+            stale = await self._db.newest(identity, since=since)
+            tier.hit = stale is not None and not self._fenced(identity, stale.fetched_at)
+        if stale is None or not tier.hit:
             return None
         self._metrics.incr("hit_stale")
         return stale
@@ -507,6 +522,7 @@ class CompsRepository:
             result_key=None if fenced else identity.result_key,
             fetch_stats=stored.stats.as_dict() if stored.stats is not None else None,
             complete=stored.complete,
+            trace=tracing.current(),  # the fetch: its database write is a child of it
         )
         self._submit(
             FetchRecord(

@@ -397,6 +397,7 @@ class CompsStore:
             "near_cache": self._near_metrics(c),
             "writes": {
                 "pending": self._writer.pending if self._writer is not None else 0,
+                "capacity": self.settings.write_buffer_size if self._writer is not None else 0,
                 "written": c.get("writes_written", 0),
                 "dropped": c.get("writes_dropped", 0),
                 "rejected": c.get("writes_rejected", 0),
@@ -441,4 +442,7 @@ class CompsStore:
                 "search": t.get("search", {"count": 0}),
                 "fetch": t.get("fetch", {"count": 0}),
             },
+            # By label (search_type, source, outcome, tier): what Prometheus exposes.
+            "labelled": snap["labelled"],
+            "histograms": snap["histograms"],
         }

@@ -19,6 +19,7 @@ from typing import Protocol
 from pydantic import BaseModel, ValidationError
 from tenacity import RetryCallState
 
+from kuya_store import tracing
 from kuya_store.budget import ApiBudget
 from kuya_store.clock import Clock
 from kuya_store.errors import BudgetExhaustedError, FetcherError, InvalidInputError
@@ -107,6 +108,12 @@ async def _invoke(fetcher: Fetcher | PagedFetcher, request: FetchRequest) -> obj
     return await outcome if inspect.isawaitable(outcome) else outcome
 
 
+def _record_attempt(span: tracing.Span, error: BaseException, attempt: int) -> None:
+    """A failed attempt as an event on its request's span (the request may still succeed)."""
+    if span.is_recording():
+        span.record_exception(error, attributes={"kuya_store.attempt": attempt})
+
+
 def _summed(stats: list[FetchStats]) -> FetchStats | None:
     """Each page's counts added up, field by field (a field no page reported stays unset)."""
     if not stats:
@@ -160,13 +167,16 @@ class Upstream:
         ask = _Ask(identity, request, fetcher, stale, keep_going)
         started = time.perf_counter()
         asked_at = self._clock()  # the data is as of the request, however long it took
+        outcome = "error"
         try:
             if isinstance(fetcher, PagedFetcher):
                 got = await self._pages(ask, fetcher)
             else:
                 got = await self._whole(ask)
+            outcome = "ok"
         finally:
-            self._metrics.observe("fetch", (time.perf_counter() - started) * 1000)
+            labels = {"search_type": identity.search_type.value, "outcome": outcome}
+            self._metrics.observe("fetch", (time.perf_counter() - started) * 1000, labels)
         listings, pages, complete, stats = got
         snapshot = None
         if identity.search_type is SearchType.SOLD:
@@ -251,7 +261,24 @@ class Upstream:
         self, ask: _Ask, request: FetchRequest, fetcher: Fetcher | PagedFetcher, cost: int
     ) -> FetchResult:
         """One upstream request (a page, or a whole result costing ``cost`` pages), retried."""
+        attributes = {
+            "kuya_store.search_type": ask.identity.search_type.value,
+            "kuya_store.page": request.page or 0,
+            "kuya_store.cost": cost,
+        }
+        with tracing.span("kuya_store.upstream.request", attributes) as span:
+            return await self._attempts(ask, request, fetcher, cost, span)
+
+    async def _attempts(
+        self,
+        ask: _Ask,
+        request: FetchRequest,
+        fetcher: Fetcher | PagedFetcher,
+        cost: int,
+        span: tracing.Span,
+    ) -> FetchResult:
         identity = ask.identity
+        kind = identity.search_type.value
         settings = self._settings
         timeout = settings.fetch_timeout.total_seconds()
         backoff = settings.fetch_backoff.total_seconds()
@@ -267,12 +294,14 @@ class Upstream:
             ):
                 with attempt:
                     attempts += 1
+                    span.set_attribute("kuya_store.attempts", attempts)
                     # Every attempt is a paid request: it takes its place in the budget first.
                     if not await self._budget.reserve(identity.search_type, cost):
                         raise BudgetExhaustedError(
                             f"the API budget of {identity.search_type.value!r} searches is spent"
                         )
                     self._metrics.incr("api_calls", cost)
+                    self._metrics.incr_by("api_calls", {"search_type": kind}, cost)
                     try:
                         async with asyncio.timeout(timeout):
                             raw = await _invoke(fetcher, request)
@@ -280,9 +309,12 @@ class Upstream:
                         # The fetcher built a model from bad data itself: its bug, not the
                         # upstream's, so it is reported like any invalid output.
                         self._metrics.incr("api_errors")
+                        self._metrics.incr_by("api_errors", {"search_type": kind})
                         raise InvalidInputError.from_validation_error(exc, "fetcher") from None
-                    except Exception:
+                    except Exception as exc:
                         self._metrics.incr("api_errors")
+                        self._metrics.incr_by("api_errors", {"search_type": kind})
+                        _record_attempt(span, exc, attempts)
                         raise
                     return validate_fetch_result(raw)
         except (InvalidInputError, BudgetExhaustedError):

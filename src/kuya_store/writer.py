@@ -38,6 +38,7 @@ from tenacity import (
 from kuya_store.logs import fields_of, get_logger
 from kuya_store.metrics import Metrics
 from kuya_store.models import SearchType
+from kuya_store.observing import watch_write
 from kuya_store.persistence import Database, FetchRecord, SearchRecord
 
 __all__ = ["WriteBehind", "is_transient"]
@@ -348,7 +349,7 @@ class WriteBehind:
         head = self._queue[0]
         if isinstance(head, FetchRecord):
             try:
-                await self._database.persist_fetch(head)
+                await self._persist_fetch(head)
             except Exception as exc:
                 if is_transient(exc):
                     raise
@@ -363,6 +364,16 @@ class WriteBehind:
             batch.append(record)
         await self._write_searches(batch)
 
+    async def _persist_fetch(self, record: FetchRecord) -> None:
+        listings = len(record.result.listings)
+        with watch_write(self._metrics, "persist_fetch", listings, parent=record.search.trace):
+            await self._database.persist_fetch(record)
+
+    async def _log_searches(self, batch: list[SearchRecord]) -> None:
+        links = [record.trace for record in batch]
+        with watch_write(self._metrics, "log_searches", len(batch), links=links):
+            await self._database.log_searches(batch)
+
     async def _write_searches(self, batch: list[SearchRecord]) -> None:
         """Write the rows at the head of the queue; a refused batch is bisected.
 
@@ -370,7 +381,7 @@ class WriteBehind:
         whole one), so k bad rows among n cost about 2k log2(n) statements.
         """
         try:
-            await self._database.log_searches(batch)
+            await self._log_searches(batch)
         except Exception as exc:
             if is_transient(exc):
                 raise
@@ -389,9 +400,9 @@ class WriteBehind:
             anonymous = _without_user(record)
             try:
                 if isinstance(anonymous, FetchRecord):
-                    await self._database.persist_fetch(anonymous)
+                    await self._persist_fetch(anonymous)
                 else:
-                    await self._database.log_searches([anonymous])
+                    await self._log_searches([anonymous])
             except Exception as exc:
                 if is_transient(exc):
                     raise

@@ -1,0 +1,174 @@
+"""What a search, a tier read and a database write report: one span and one measurement each.
+
+Each ``watch_*`` opens the span of its work (:mod:`kuya_store.tracing`) and, when the
+work is over, records its duration in the store's histograms and counts its outcome
+(:mod:`kuya_store.metrics`), so traces, ``store.metrics()`` and the Prometheus
+exposition describe the same calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+
+from kuya_store import tracing
+from kuya_store.metrics import Metrics
+from kuya_store.models import CompsResult, SearchType
+
+__all__ = [
+    "SearchWatch",
+    "TierWatch",
+    "search_outcome",
+    "watch_search",
+    "watch_tier",
+    "watch_write",
+]
+
+
+class SearchWatch:
+    """The span of one ``search()``; its duration and outcome are counted when it ends.
+
+    Told the answer by :meth:`answered`, so the span and the counters say who answered.
+    """
+
+    __slots__ = ("_kind", "_metrics", "_scope", "_started", "result", "span")
+
+    def __init__(self, metrics: Metrics, card: str, kind: SearchType) -> None:
+        self._metrics = metrics
+        self._kind = kind
+        self._scope = tracing.span(
+            "kuya_store.search", {"kuya_store.card": card, "kuya_store.search_type": kind.value}
+        )
+        self.span: tracing.Span = tracing.NO_SPAN
+        self.result: CompsResult | None = None
+        self._started = 0.0
+
+    def __enter__(self) -> SearchWatch:
+        self.span = self._scope.__enter__()
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        elapsed = (time.perf_counter() - self._started) * 1000
+        source, outcome = search_outcome(self.result, isinstance(exc, asyncio.CancelledError))
+        answered = self.result is not None
+        metrics = self._metrics
+        if answered:
+            metrics.incr("searches")
+        # Only answered searches go into the percentiles of ``latency.search``.
+        labels = {"search_type": self._kind.value, "source": source}
+        metrics.observe("search", elapsed, labels, summary=answered)
+        metrics.incr_by("searches", {**labels, "outcome": outcome})
+        return self._scope.__exit__(exc_type, exc, tb)
+
+    def answered(self, result: CompsResult) -> None:
+        self.result = result
+        span = self.span
+        if span.is_recording():
+            span.set_attribute("kuya_store.source", result.source.value)
+            span.set_attribute("kuya_store.cache_hit", result.cache_hit)
+            # Pages this call asked the upstream for: none when it was answered from a tier.
+            span.set_attribute(
+                "kuya_store.upstream_pages", 0 if result.cache_hit else result.pages_scraped or 0
+            )
+            span.set_attribute("kuya_store.pages_scraped", result.pages_scraped or 0)
+            span.set_attribute("kuya_store.listings", len(result.listings))
+
+
+def search_outcome(result: CompsResult | None, cancelled: bool) -> tuple[str, str]:
+    """The ``source`` and ``outcome`` labels of a search that ended with ``result``."""
+    if result is None:
+        return "none", "cancelled" if cancelled else "failed"
+    return result.source.value, "hit" if result.cache_hit else "fetched"
+
+
+def watch_search(metrics: Metrics, card: str, kind: SearchType) -> SearchWatch:
+    """The span of one ``search()``, and its duration and outcome counted when it ends."""
+    return SearchWatch(metrics, card, kind)
+
+
+class TierWatch:
+    """The span of one tier read; its duration by tier and outcome is counted when it ends.
+
+    Told by setting :attr:`hit` whether the tier answered.
+    """
+
+    __slots__ = ("_metrics", "_scope", "_span", "_started", "_tier", "hit")
+
+    def __init__(self, metrics: Metrics | None, tier: str) -> None:
+        self._metrics = metrics
+        self._tier = tier
+        self._scope = tracing.span(f"kuya_store.tier.{tier}", {"kuya_store.tier": tier})
+        self._span: tracing.Span = tracing.NO_SPAN
+        self._started = 0.0
+        self.hit = False
+
+    def __enter__(self) -> TierWatch:
+        self._span = self._scope.__enter__()
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        if self._metrics is not None:
+            self._metrics.observe(
+                "tier",
+                (time.perf_counter() - self._started) * 1000,
+                {"tier": self._tier, "outcome": "hit" if self.hit else "miss"},
+                summary=False,
+            )
+        self._span.set_attribute("kuya_store.hit", self.hit)
+        return self._scope.__exit__(exc_type, exc, tb)
+
+
+def watch_tier(metrics: Metrics | None, tier: str) -> TierWatch:
+    """The span of one tier read, and its duration by tier and outcome (hit or miss).
+
+    Args:
+        metrics: where the duration goes; ``None`` traces the read without counting it.
+    """
+    return TierWatch(metrics, tier)
+
+
+@contextmanager
+def watch_write(
+    metrics: Metrics,
+    kind: str,
+    rows: int,
+    *,
+    parent: tracing.TraceParent | None = None,
+    links: Sequence[tracing.TraceParent | None] = (),
+) -> Iterator[None]:
+    """The span of one database write (``persist_fetch``, ``log_searches``) and its duration.
+
+    Args:
+        parent: the span the write belongs to (the fetch whose result it stores).
+        links: the searches whose rows it writes, when it writes several.
+    """
+    started = time.perf_counter()
+    ok = False
+    with tracing.span(
+        f"kuya_store.db.{kind}", {"kuya_store.rows": rows}, parent=parent, links=links, root=True
+    ):
+        try:
+            yield
+            ok = True
+        finally:
+            metrics.observe(
+                "db_write",
+                (time.perf_counter() - started) * 1000,
+                {"kind": kind, "outcome": "ok" if ok else "error"},
+                summary=False,
+            )
