@@ -243,3 +243,19 @@ async def test_price_history_is_an_index_scan_on_postgres(postgres_url: str) -> 
             plan = "\n".join(r[0] for r in await conn.execute(sa.text(f"EXPLAIN {compiled}")))
         assert "Index" in plan and "Seq Scan" not in plan, plan
         assert len(await store.analytics.price_history("prospect-77")) == 50
+
+
+def test_rows_of_a_model_with_private_state_are_built_by_model_construct() -> None:
+    # the fast path sets fields only: a model with private attributes takes the full path
+    from pydantic import PrivateAttr
+
+    from kuya_store.analytics import _stored
+    from kuya_store.models import _Frozen
+
+    class Tally(_Frozen):
+        total: int
+        _seen: int = PrivateAttr(default=7)
+
+    (got,) = _stored(Tally, ("total",), [(3,)])
+    assert got == Tally.model_construct(total=3)
+    assert got._seen == 7

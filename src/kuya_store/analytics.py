@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -85,6 +85,9 @@ def _stored(model: type[_M], fields: tuple[str, ...], rows: Iterable[Sequence[An
     the way ``model_construct`` sets it, without its per-field loop: this is what a
     history of hundreds of rows spends its time on otherwise.
     """
+    if model.__pydantic_post_init__ or model.__private_attributes__:  # more than fields to set
+        built = [model.model_construct(**dict(zip(fields, row, strict=True))) for row in rows]
+        return cast("list[_M]", built)
     out = []
     for row in rows:
         item = model.__new__(model)
