@@ -24,18 +24,27 @@ Contenders, each given the listings of one grade exactly as a price app would ho
 Measured per grade: median and p90 absolute percentage error of ``market_value``, the
 median signed error (bias), the share of cards whose true value lies inside
 ``fmv_low..fmv_high`` (coverage) and the band's median width relative to the truth.
+
+Speed: the time of one valuation of 60, 180 and 1,000 sold listings (one fetch of several
+grades and parallels), against the previous valuator on ``fractions.Fraction`` (kept as
+the tests' oracle in ``tests/pricing/_reference_valuation.py``), in alternating rounds.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from bench.stats import Target
 from kuya_store.models import Listing, SearchFilters
@@ -388,7 +397,91 @@ def _targets(results: dict[str, dict[str, Score | None]], grade: str) -> list[Ta
     ]
 
 
+# ------------------------------------------------------------------------------ speed
+
+SPEED_SIZES = (60, 180, 1000)
+_REFERENCE = Path(__file__).parents[1] / "tests" / "pricing" / "_reference_valuation.py"
+
+
+def _reference() -> ModuleType:
+    """The previous valuator, loaded from the tests' oracle file."""
+    spec = importlib.util.spec_from_file_location("_reference_valuation", _REFERENCE)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _one_fetch(cards: Sequence[Card], n: int) -> list[Listing]:
+    """``n`` sold listings of every grade, as one broad fetch returns them."""
+    out = [s.listing for card in cards for sales in card.sales.values() for s in sales]
+    assert len(out) >= n, "market too small"
+    return out[:n]
+
+
+def _per_call_ms(value: Callable[[], object], calls: int) -> float:
+    # CPU time of this process: pure computation, so time spent waiting for a core on a
+    # shared machine is not charged to whichever contender happened to be running
+    started = time.process_time()
+    for _ in range(calls):
+        value()
+    return (time.process_time() - started) / calls * 1e3
+
+
+def speed(scale: float) -> list[Target]:
+    """Time per valuation, previous (``Fraction``) against today's valuator."""
+    reference = _reference()
+    rounds = 3 if scale < 1 else 9
+    cards = market(60)
+    identifier = normalize_card(cards[0].title)
+    print(
+        "\n## Valuation speed: one valuation of n sold listings, previous valuator "
+        f"(fractions.Fraction) against today's (integers), CPU time per valuation, median of "
+        f"{rounds} alternating rounds"
+    )
+    print(f"{'listings':>8} {'previous':>12} {'today':>12} {'speed-up':>9}  same snapshot")
+    targets = []
+    for n in SPEED_SIZES:
+        listings = _one_fetch(cards, n)
+        contenders: dict[str, Any] = {
+            "previous": reference.ReferenceValuator(),
+            "today": DefaultValuator(),
+        }
+        snaps = {
+            name: v.value(identifier, listings, snapshot_date=date(2026, 3, 1), now=NOW)
+            for name, v in contenders.items()
+        }
+        same = snaps["previous"].model_dump(mode="json") == snaps["today"].model_dump(mode="json")
+        calls = max(2, int(3000 * scale) // n)
+        times: dict[str, list[float]] = {name: [] for name in contenders}
+        for _ in range(rounds):
+            for name, v in contenders.items():
+                times[name].append(
+                    _per_call_ms(
+                        lambda v=v, batch=listings: v.value(
+                            identifier, batch, snapshot_date=date(2026, 3, 1), now=NOW
+                        ),
+                        calls,
+                    )
+                )
+        old, new = statistics.median(times["previous"]), statistics.median(times["today"])
+        print(f"{n:>8} {old:>9.2f} ms {new:>9.2f} ms {old / new:>8.1f}x  {'yes' if same else 'NO'}")
+        targets.append(
+            Target(
+                f"valuation of {n} listings: today against the previous valuator",
+                ">= 10x faster, same snapshot",
+                f"{old / new:.1f}x ({new:.2f} ms against {old:.2f} ms), "
+                f"{'same' if same else 'DIFFERENT'} snapshot",
+                old / new >= 10 and same,
+            )
+        )
+    return targets
+
+
 async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
+    fast = speed(scale)
     n = max(60, int(CARDS * scale))
     started = time.perf_counter()
     cards = market(n)
@@ -414,4 +507,4 @@ async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
             f"{_quantile(errors, 0.9):8.1%}"
         )
     print(f"(valuation: {time.perf_counter() - started:.1f} s)")
-    return [t for grade in GRADES for t in _targets(results, grade)]
+    return fast + [t for grade in GRADES for t in _targets(results, grade)]

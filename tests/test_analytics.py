@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
+from pydantic import ValidationError
 
 import kuya_store as ks
 from kuya_store.db.tables import metadata
@@ -68,6 +69,65 @@ async def test_price_history_oldest_first_within_bounds(store: ks.CompsStore) ->
     assert await store.analytics.price_history("no such card") == []
     with pytest.raises(ks.InvalidInputError, match="^start"):
         await store.analytics.price_history(CARD, start=START, end=START - timedelta(days=1))
+
+
+async def test_history_rows_are_exactly_the_validated_snapshots(store: ks.CompsStore) -> None:
+    # Rows are built without validating again what the column types typed: every field,
+    # the analyses, the places of each amount and the set fields must still be what
+    # validating the stored row gives.
+    table = metadata.tables["price_snapshots"]
+    analysis = {"base": {"count": 3, "median": "1.05", "premium_pct": "0.0"}}
+    rows = [
+        {
+            "card_identifier": ks.normalize_card(CARD),
+            "snapshot_date": START + timedelta(days=i),
+            "fmv_low": Decimal("0.01"),
+            "fmv_high": Decimal("99999999.99"),
+            "market_value": Decimal(value) if value else None,
+            "quick_sale": Decimal("1"),
+            "patient_sale": Decimal("2.5"),
+            "sample_size": i,
+            "min_price": Decimal("0"),
+            "max_price": Decimal("12.30"),
+            "avg_price": None,
+            "volume_confidence": "medium" if i % 2 else None,
+            "parallel_analysis": analysis if i % 2 else None,
+            "grading_analysis": {"raw": {"count": i, "median": None}, "PSA 10": {}},
+        }
+        for i, value in enumerate(["19.99", None, "0.10", "120"])
+    ]
+    async with store._database.engine.begin() as conn:  # type: ignore[union-attr]
+        await conn.execute(table.insert(), rows)
+    async with store._database.engine.connect() as conn:  # type: ignore[union-attr]
+        stored = (await conn.execute(sa.select(table).order_by(table.c.snapshot_date))).mappings()
+        expected = [
+            ks.PriceSnapshot.model_validate(
+                {name: r[name] for name in ks.PriceSnapshot.model_fields}
+            )
+            for r in stored.all()
+        ]
+    history = await store.analytics.price_history(CARD)
+    assert history == expected
+    for got, want in zip(history, expected, strict=True):
+        assert type(got) is ks.PriceSnapshot
+        assert got.model_dump_json() == want.model_dump_json()
+        assert got.model_fields_set == want.model_fields_set
+        assert [repr(getattr(got, f)) for f in ks.PriceSnapshot.model_fields] == [
+            repr(getattr(want, f)) for f in ks.PriceSnapshot.model_fields
+        ]
+        with pytest.raises(ValidationError):
+            got.market_value = Decimal("1.00")  # type: ignore[misc]
+    trend = await store.analytics.price_trend(CARD, days=60)
+    assert trend.points == [
+        ks.TrendPoint(snapshot_date=s.snapshot_date, market_value=s.market_value)
+        for s in expected
+        if s.market_value is not None
+    ]
+    assert [repr(p.market_value) for p in trend.points] == [
+        "Decimal('19.99')",
+        "Decimal('0.10')",
+        "Decimal('120.00')",
+    ]
 
 
 async def test_price_trend_change_and_slope(store: ks.CompsStore) -> None:
@@ -183,3 +243,19 @@ async def test_price_history_is_an_index_scan_on_postgres(postgres_url: str) -> 
             plan = "\n".join(r[0] for r in await conn.execute(sa.text(f"EXPLAIN {compiled}")))
         assert "Index" in plan and "Seq Scan" not in plan, plan
         assert len(await store.analytics.price_history("prospect-77")) == 50
+
+
+def test_rows_of_a_model_with_private_state_are_built_by_model_construct() -> None:
+    # the fast path sets fields only: a model with private attributes takes the full path
+    from pydantic import PrivateAttr
+
+    from kuya_store.analytics import _stored
+    from kuya_store.models import _Frozen
+
+    class Tally(_Frozen):
+        total: int
+        _seen: int = PrivateAttr(default=7)
+
+    (got,) = _stored(Tally, ("total",), [(3,)])
+    assert got == Tally.model_construct(total=3)
+    assert got._seen == 7

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -22,10 +23,13 @@ from kuya_store.analytics_views import (
 )
 from kuya_store.db.engine import DatabaseFeature
 from kuya_store.db.tables import metadata
+from kuya_store.db.types import Money
 from kuya_store.errors import InvalidInputError, NotFoundError
 from kuya_store.models import PriceSnapshot, _Frozen
 from kuya_store.persistence import snapshot_from_row
 from kuya_store.pricing import GradingOutlook, grading_outlook, normalize_card
+
+_M = TypeVar("_M", bound=_Frozen)
 
 __all__ = [
     "Analytics",
@@ -40,6 +44,59 @@ __all__ = [
 _snapshots = metadata.tables["price_snapshots"]
 _searches = metadata.tables["searches"]
 _CENT = Decimal("0.01")
+_SNAPSHOT_FIELDS = tuple(PriceSnapshot.model_fields)
+_SNAPSHOT_COLUMNS: list[sa.ColumnElement[Any]] = [_snapshots.c[name] for name in _SNAPSHOT_FIELDS]
+_set = object.__setattr__
+
+
+def _driver_typed(columns: Sequence[sa.ColumnElement[Any]]) -> list[sa.ColumnElement[Any]]:
+    """The columns as PostgreSQL's driver types them: its ``Decimal`` of a ``NUMERIC(10, 2)``
+    already has two places, so ``Money`` has nothing to add (SQLite keeps it: integer cents)."""
+    plain = sa.Numeric(10, 2, asdecimal=True)
+    return [
+        sa.type_coerce(c, plain).label(c.key) if isinstance(c.type, Money) else c for c in columns
+    ]
+
+
+_PG_SNAPSHOT_COLUMNS = _driver_typed(_SNAPSHOT_COLUMNS)
+_POINT_COLUMNS: list[sa.ColumnElement[Any]] = [
+    _snapshots.c.snapshot_date,
+    _snapshots.c.market_value,
+]
+_PG_POINT_COLUMNS = _driver_typed(_POINT_COLUMNS)
+
+
+def _history(
+    columns: Sequence[sa.ColumnElement[Any]], card: str, start: date | None, end: date | None
+) -> sa.Select[Any]:
+    stmt = sa.select(*columns).where(_snapshots.c.card_identifier == card)
+    if start is not None:
+        stmt = stmt.where(_snapshots.c.snapshot_date >= start)
+    if end is not None:
+        stmt = stmt.where(_snapshots.c.snapshot_date <= end)
+    return stmt.order_by(_snapshots.c.snapshot_date)
+
+
+def _stored(model: type[_M], fields: tuple[str, ...], rows: Iterable[Sequence[Any]]) -> list[_M]:
+    """Models of rows whose columns are ``fields`` in order, without validating them again.
+
+    The column types already typed every value (``Decimal`` from ``Money``, ``date``,
+    decoded JSON), so each model gets exactly what ``model_construct`` would give it, set
+    the way ``model_construct`` sets it, without its per-field loop: this is what a
+    history of hundreds of rows spends its time on otherwise.
+    """
+    if model.__pydantic_post_init__ or model.__private_attributes__:  # more than fields to set
+        built = [model.model_construct(**dict(zip(fields, row, strict=True))) for row in rows]
+        return cast("list[_M]", built)
+    out = []
+    for row in rows:
+        item = model.__new__(model)
+        _set(item, "__dict__", dict(zip(fields, row, strict=True)))
+        _set(item, "__pydantic_fields_set__", set(fields))
+        _set(item, "__pydantic_extra__", None)
+        _set(item, "__pydantic_private__", None)
+        out.append(item)
+    return out
 
 
 class TrendPoint(_Frozen):
@@ -47,6 +104,9 @@ class TrendPoint(_Frozen):
 
     snapshot_date: date
     market_value: Decimal
+
+
+_POINT_FIELDS = ("snapshot_date", "market_value")
 
 
 class PriceTrend(_Frozen):
@@ -174,12 +234,7 @@ class Analytics(DatabaseFeature):
         card_identifier: str, start: date | None, end: date | None
     ) -> sa.Select[Any]:
         """The query behind :meth:`price_history` (one index range scan per card)."""
-        stmt = sa.select(_snapshots).where(_snapshots.c.card_identifier == card_identifier)
-        if start is not None:
-            stmt = stmt.where(_snapshots.c.snapshot_date >= start)
-        if end is not None:
-            stmt = stmt.where(_snapshots.c.snapshot_date <= end)
-        return stmt.order_by(_snapshots.c.snapshot_date)
+        return _history(_SNAPSHOT_COLUMNS, card_identifier, start, end)
 
     async def price_history(
         self, card: str, start: date | datetime | None = None, end: date | datetime | None = None
@@ -193,10 +248,12 @@ class Analytics(DatabaseFeature):
         first, last = _as_date(start, "start"), _as_date(end, "end")
         if first is not None and last is not None and first > last:
             raise InvalidInputError("start", "must not be after end")
-        statement = self.history_statement(card_identifier, first, last)
 
         async def read(conn: AsyncConnection) -> list[PriceSnapshot]:
-            return [snapshot_from_row(r) for r in await conn.execute(statement)]
+            pg = conn.dialect.name == "postgresql"
+            columns = _PG_SNAPSHOT_COLUMNS if pg else _SNAPSHOT_COLUMNS
+            statement = _history(columns, card_identifier, first, last)
+            return _stored(PriceSnapshot, _SNAPSHOT_FIELDS, await conn.execute(statement))
 
         return await self._read(read)
 
@@ -205,12 +262,19 @@ class Analytics(DatabaseFeature):
         if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 3650:
             raise InvalidInputError("days", "must be an integer from 1 to 3650")
         today = self._clock().date()
-        history = await self.price_history(card, today - timedelta(days=days), today)
-        points = [
-            TrendPoint(snapshot_date=s.snapshot_date, market_value=s.market_value)
-            for s in history
-            if s.market_value is not None
-        ]
+        card_identifier = normalize_card(card)
+
+        async def read(conn: AsyncConnection) -> list[TrendPoint]:
+            pg = conn.dialect.name == "postgresql"
+            statement = _history(
+                _PG_POINT_COLUMNS if pg else _POINT_COLUMNS,
+                card_identifier,
+                today - timedelta(days=days),
+                today,
+            ).where(_snapshots.c.market_value.is_not(None))
+            return _stored(TrendPoint, _POINT_FIELDS, await conn.execute(statement))
+
+        points = await self._read(read)
         change = slope = None
         direction: Literal["up", "down", "flat", "unknown"] = "unknown"
         if len(points) >= 2:

@@ -63,6 +63,7 @@ class _CentsNumeric(sa.Numeric[Decimal]):
 
 
 _CENTS = Decimal(100)
+_CENT = Decimal("0.01")
 
 
 class Money(TypeDecorator[Decimal]):
@@ -89,10 +90,12 @@ class Money(TypeDecorator[Decimal]):
             return None
         if dialect.name == "sqlite":
             if isinstance(value, int):
-                return (Decimal(value) / _CENTS).quantize(Decimal("0.01"))
+                return (Decimal(value) / _CENTS).quantize(_CENT)
             # A value written by another tool as text or real: read it exactly as written.
             return to_money(value if isinstance(value, str) else repr(value))
-        return Decimal(value).quantize(Decimal("0.01"))
+        if type(value) is Decimal:  # what the driver gives for NUMERIC: no copy needed
+            return value.quantize(_CENT)
+        return Decimal(value).quantize(_CENT)
 
     @property
     def python_type(self) -> type[Decimal]:

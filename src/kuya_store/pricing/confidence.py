@@ -13,6 +13,8 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Literal
 
+from kuya_store.pricing._exact import iqr_over_median, units
+
 __all__ = ["Confidence", "dispersion", "volume_confidence"]
 
 Confidence = Literal["none", "insufficient", "low", "medium", "high"]
@@ -28,20 +30,7 @@ MEDIUM_DISPERSION = Fraction(60, 100)
 
 def dispersion(prices: Sequence[Decimal]) -> Fraction | None:
     """Interquartile range over the median (``None`` when the median is 0 or no price)."""
-    if not prices:
-        return None
-    ordered = sorted(Fraction(p) for p in prices)
-
-    def quantile(q: Fraction) -> Fraction:
-        h = (len(ordered) - 1) * q
-        lo = int(h)
-        hi = min(lo + 1, len(ordered) - 1)
-        return ordered[lo] + (h - lo) * (ordered[hi] - ordered[lo])
-
-    median = quantile(Fraction(1, 2))
-    if median == 0:
-        return None
-    return (quantile(Fraction(3, 4)) - quantile(Fraction(1, 4))) / median
+    return iqr_over_median(sorted(units(prices)[0]))
 
 
 def _by_count(n: int) -> int:

@@ -1,16 +1,18 @@
 """Valuation: turn a card's sold listings into one :class:`PriceSnapshot` row.
 
 The formulas of :class:`DefaultValuator` are described, with a worked example, in
-``docs/pricing.md``. All money arithmetic is exact (``fractions.Fraction`` over the
-``Decimal`` prices, rounded half-up to the cent once, at the end); only the weights are
-computed in floating point, and they are converted to exact fractions before use.
+``docs/pricing.md``. All money arithmetic is exact: the ``Decimal`` prices and the
+floating-point weights are turned into integers (:mod:`kuya_store.pricing._exact`) and
+every result is rounded half-up to the cent once, at the end; only the weights themselves
+are computed in floating point.
 """
 
 from __future__ import annotations
 
-import bisect
+import functools
 import math
-from collections.abc import Iterable, Sequence
+import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -19,7 +21,17 @@ from typing import Any, Protocol, runtime_checkable
 
 from kuya_store.errors import InvalidInputError
 from kuya_store.models import Listing, PriceSnapshot
-from kuya_store.pricing.confidence import Confidence, dispersion, volume_confidence
+from kuya_store.pricing._exact import (
+    cents_to_money,
+    integer_weights,
+    iqr_over_median,
+    money,
+    percent,
+    quartile4,
+    units,
+    weighted_cents,
+)
+from kuya_store.pricing.confidence import Confidence, volume_confidence
 from kuya_store.pricing.grades import grading_key, query_grade
 from kuya_store.pricing.titles import TitleInfo, parse_title
 
@@ -33,7 +45,7 @@ __all__ = [
 
 _SECONDS_PER_DAY = 86_400.0
 _MIN_WEIGHT = 1e-12
-_QUANTILES = tuple(Fraction(q, 100) for q in (20, 25, 50, 75, 80))
+_QUANTILES = tuple((q, 100) for q in (20, 25, 50, 75, 80))
 
 
 @runtime_checkable
@@ -66,33 +78,18 @@ class Sale:
         return self.listing.price
 
 
-# ---------------------------------------------------------------------- exact helpers
+# ---------------------------------------------------------------------- percentiles
 
+_Usable = tuple[Listing, tuple[TitleInfo, str, str]]
+"""A usable sale: its listing, and its title facts with its grade and parallel groups."""
+_Priced = tuple[int, int, Listing, TitleInfo, float | None, str, str]
+"""A sale in integers: price units (over the valuation's ``scale``), integer weight; then
+its listing, title, seconds before ``now`` (``None``: no sale date), grade and parallel
+groups.
 
-def _money(value: Fraction) -> Decimal:
-    """Round a non-negative exact amount half-up to the cent."""
-    cents = math.floor(value * 100 + Fraction(1, 2))
-    return Decimal(cents).scaleb(-2).quantize(Decimal("0.01"))
-
-
-def _percent(value: Fraction) -> str:
-    """Round an exact percentage half away from zero to one place, as a string."""
-    tenths = math.floor(abs(value) * 10 + Fraction(1, 2))
-    text = str(Decimal(tenths).scaleb(-1).quantize(Decimal("0.1")))
-    return f"-{text}" if value < 0 and tenths else text
-
-
-def _quantile(sorted_prices: Sequence[Decimal], p: Fraction) -> Fraction:
-    """Unweighted quantile, linear between order statistics (``numpy``'s default rule)."""
-    h = (len(sorted_prices) - 1) * p
-    lo = math.floor(h)
-    hi = min(lo + 1, len(sorted_prices) - 1)
-    x_lo, x_hi = Fraction(sorted_prices[lo]), Fraction(sorted_prices[hi])
-    return x_lo + (h - lo) * (x_hi - x_lo)
-
-
-def _median(prices: Iterable[Decimal]) -> Fraction:
-    return _quantile(sorted(prices), Fraction(1, 2))
+Lists of them are kept sorted by price, then weight: every subset then is too, and each
+quantile, fence and percentile reads them without sorting again."""
+_BY_PRICE = operator.itemgetter(0, 1)
 
 
 def weighted_percentile(items: Sequence[tuple[Decimal, float]], q: Fraction) -> Decimal:
@@ -113,29 +110,55 @@ def weighted_percentiles(
     items: Sequence[tuple[Decimal, float]], qs: Sequence[Fraction]
 ) -> list[Decimal]:
     """:func:`weighted_percentile` at each of ``qs``, sorting and weighing only once."""
-    if not items:
-        raise ValueError("no prices")
-    ordered = sorted(items)
-    weights = [Fraction(w) for _, w in ordered]
-    total = sum(weights, Fraction(0))
-    centres: list[Fraction] = []
-    before = Fraction(0)
-    for w in weights:
-        centres.append((before + w / 2) / total)
-        before += w
-    prices = [Fraction(p) for p, _ in ordered]
-    return [_percentile_at(prices, centres, q) for q in qs]
+    prices, scale = units(p for p, _ in items)
+    pairs = sorted(zip(prices, integer_weights([w for _, w in items]), strict=True))
+    ratios = [Fraction(q).as_integer_ratio() for q in qs]
+    cents = weighted_cents([u for u, _ in pairs], [w for _, w in pairs], scale, ratios)
+    return [cents_to_money(c) for c in cents]
 
 
-def _percentile_at(prices: list[Fraction], centres: list[Fraction], q: Fraction) -> Decimal:
-    if q <= centres[0]:
-        return _money(prices[0])
-    if q >= centres[-1]:
-        return _money(prices[-1])
-    i = bisect.bisect_right(centres, q) - 1  # centres[i] <= q < centres[i + 1]
-    span = centres[i + 1] - centres[i]
-    frac = Fraction(0) if span == 0 else (q - centres[i]) / span
-    return _money(prices[i] + frac * (prices[i + 1] - prices[i]))
+def _analysis(groups: dict[str, list[int]], reference: str, scale: int) -> dict[str, Any]:
+    medians = {key: quartile4(prices, 2) for key, prices in groups.items()}  # sorted
+    ref = medians.get(reference)
+    out: dict[str, Any] = {}
+    for key in sorted(groups):
+        premium = None if ref is None or ref == 0 else percent(100 * (medians[key] - ref), ref)
+        out[key] = {
+            "count": len(groups[key]),
+            "median": str(money(medians[key], 4 * scale)),
+            "premium_pct": premium,
+        }
+    return out
+
+
+def _priced(
+    usable: Sequence[_Usable], weights: Sequence[float], seconds: Sequence[float | None]
+) -> tuple[list[_Priced], int]:
+    prices, scale = units(listing.price for listing, _ in usable)
+    ints = integer_weights(weights)
+    priced = [
+        (u, w, listing, info, s, grade, parallel)
+        for u, w, (listing, (info, grade, parallel)), s in zip(
+            prices, ints, usable, seconds, strict=True
+        )
+    ]
+    priced.sort(key=_BY_PRICE)
+    return priced, scale
+
+
+def _of_sales(sales: Sequence[Sale]) -> tuple[list[_Priced], int]:
+    usable = [(s.listing, (s.info, grading_key(s.info), parallel_key(s.info))) for s in sales]
+    return _priced(usable, [s.weight for s in sales], [None] * len(sales))
+
+
+@functools.lru_cache(maxsize=8192)
+def _usable_title(title: str) -> tuple[TitleInfo, str, str] | None:
+    """A title's facts with its grade and parallel groups; ``None`` for a lot, reprint,
+    custom or digital card. Cached per title, as :func:`parse_title` is."""
+    info = parse_title(title)
+    if info.is_lot or info.is_reprint or info.is_custom or info.is_digital:
+        return None
+    return info, grading_key(info), parallel_key(info)
 
 
 # -------------------------------------------------------------------------- valuator
@@ -153,20 +176,6 @@ def _check_identifier(card_identifier: str) -> str:
     if "\x00" in card_identifier:
         raise InvalidInputError("card_identifier", "must not contain NUL characters")
     return card_identifier.strip()
-
-
-def _analysis(groups: dict[str, list[Decimal]], reference: str) -> dict[str, Any]:
-    medians = {key: _median(prices) for key, prices in groups.items()}
-    ref = medians.get(reference)
-    out: dict[str, Any] = {}
-    for key in sorted(groups):
-        premium = None if ref is None or ref == 0 else _percent((medians[key] / ref - 1) * 100)
-        out[key] = {
-            "count": len(groups[key]),
-            "median": str(_money(medians[key])),
-            "premium_pct": premium,
-        }
-    return out
 
 
 def parallel_key(info: TitleInfo) -> str:
@@ -230,19 +239,21 @@ class DefaultValuator:
     def usable_sales(self, listings: Sequence[Listing]) -> list[tuple[Listing, TitleInfo]]:
         """Sold listings that are single, genuine, physical cards (lots, reprints,
         customs and digital cards are left out)."""
-        usable: list[tuple[Listing, TitleInfo]] = []
-        for listing in listings:
-            if not listing.sold:
-                continue
-            info = parse_title(listing.title)
-            if info.is_lot or info.is_reprint or info.is_custom or info.is_digital:
-                continue
-            usable.append((listing, info))
-        return usable
+        return [(listing, facts[0]) for listing, facts in self._usable(listings)]
+
+    def _usable(self, listings: Sequence[Listing]) -> list[_Usable]:
+        return [
+            (listing, facts)
+            for listing in listings
+            if listing.sold and (facts := _usable_title(listing.title)) is not None
+        ]
 
     def competition(self, listing: Listing) -> float:
         """Auction factor: ``(bids / min_bids) ** 2`` below ``min_bids`` bids, else
-        ``1 + bid_step * min(bids, bid_cap)``; buy-it-now and unknown bids give 1."""
+        ``1 + bid_step * min(bids, bid_cap)``; buy-it-now and unknown bids give 1.
+
+        A function of ``listing_type`` and ``bids`` only: a valuation asks once per pair.
+        """
         if listing.listing_type == "auction" and listing.bids:
             if listing.bids < self.min_bids:
                 return (listing.bids / self.min_bids) ** 2
@@ -251,68 +262,100 @@ class DefaultValuator:
 
     def weigh(self, usable: Sequence[tuple[Listing, TitleInfo]], now: datetime) -> list[Sale]:
         """Weight each usable sale by recency and competition (the largest weight is 1)."""
+        weights, _ = self._weights([listing for listing, _ in usable], now)
+        return [Sale(listing, info, w) for (listing, info), w in zip(usable, weights, strict=True)]
+
+    def _weights(
+        self, listings: Sequence[Listing], now: datetime
+    ) -> tuple[list[float], list[float | None]]:
+        """The weights, and each sale's seconds before ``now`` (``None``: no sale date)."""
         _check_now(now)
-        ages: list[float | None] = []
-        for listing, _ in usable:
-            if listing.sold_date is None:
-                ages.append(None)
-            else:
-                seconds = (now - listing.sold_date).total_seconds()
-                ages.append(max(0.0, seconds / _SECONDS_PER_DAY))
+        seconds = [
+            None if (sold := listing.sold_date) is None else (now - sold).total_seconds()
+            for listing in listings
+        ]
+        day = _SECONDS_PER_DAY
+        ages = [None if s is None else max(0.0, s / day) for s in seconds]
         dated = [age for age in ages if age is not None]
         newest = min(dated) if dated else 0.0
-        undated_age = newest + self.undated_half_lives * self.half_life_days
-        logs: list[float] = []
-        for (listing, _), age in zip(usable, ages, strict=True):
-            effective = undated_age if age is None else age
-            logs.append(
-                -(effective - newest) / self.half_life_days + math.log2(self.competition(listing))
-            )
-        top = max(logs, default=0.0)
-        return [
-            Sale(listing, info, max(_MIN_WEIGHT, 2.0 ** (log - top)))
-            for (listing, info), log in zip(usable, logs, strict=True)
+        half_life = self.half_life_days
+        undated_age = newest + self.undated_half_lives * half_life
+        # the factor depends on the type and the bid count only: one log per pair
+        pairs = [(listing.listing_type, listing.bids) for listing in listings]
+        one_each = dict(zip(pairs, listings, strict=True))
+        factors = {pair: math.log2(self.competition(x)) for pair, x in one_each.items()}
+        logs = [
+            -((undated_age if age is None else age) - newest) / half_life + factors[pair]
+            for pair, age in zip(pairs, ages, strict=True)
         ]
+        top = max(logs, default=0.0)
+        return [max(_MIN_WEIGHT, 2.0 ** (log - top)) for log in logs], seconds
 
     def fences(self, prices: Sequence[Decimal]) -> tuple[Fraction, Fraction]:
         """Tukey fences ``(Q1 - fence * IQR, Q3 + fence * IQR)`` of the prices."""
-        ordered = sorted(prices)
-        q1 = _quantile(ordered, Fraction(1, 4))
-        q3 = _quantile(ordered, Fraction(3, 4))
-        k = Fraction(self.fence)
-        return q1 - k * (q3 - q1), q3 + k * (q3 - q1)
+        amounts, scale = units(prices)
+        low, high, factor = self._fences(sorted(amounts))
+        return Fraction(low, factor * scale), Fraction(high, factor * scale)
+
+    def _fences(self, ordered: Sequence[int]) -> tuple[int, int, int]:
+        """The fences of sorted price units, each times ``factor``, and ``factor``."""
+        num, den = Decimal(self.fence).as_integer_ratio()
+        q1, q3 = quartile4(ordered, 1), quartile4(ordered, 3)  # both times 4
+        return den * q1 - num * (q3 - q1), den * q3 + num * (q3 - q1), 4 * den
 
     def trim(self, sales: Sequence[Sale]) -> list[Sale]:
         """Sales inside the fences; all of them if trimming would leave too few."""
-        if not sales:
+        priced, _ = _of_sales(sales)
+        kept = {id(p[2]) for p in self._trim(priced)}
+        return [s for s in sales if id(s.listing) in kept]
+
+    def _trim(self, priced: Sequence[_Priced]) -> list[_Priced]:
+        if not priced:
             return []
-        low, high = self.fences([s.price for s in sales])
-        kept = [s for s in sales if low <= Fraction(s.price) <= high]
-        return kept if len(kept) >= self.min_sample else list(sales)
+        low, high, factor = self._fences([p[0] for p in priced])
+        kept = [p for p in priced if low <= factor * p[0] <= high]
+        return kept if len(kept) >= self.min_sample else list(priced)
 
     def confidence(
         self, sales: Sequence[Sale], now: datetime, kept: Sequence[Sale] | None = None
     ) -> Confidence:
         """``"none"``, ``"insufficient"``, ``"low"``, ``"medium"`` or ``"high"``: the weakest
         of sale count, recency of the dated sales and dispersion of the ``kept`` ones."""
-        window = self.recent_days * _SECONDS_PER_DAY
-        dated = [s.listing.sold_date for s in sales if s.listing.sold_date is not None]
-        recent = sum(1 for moment in dated if (now - moment).total_seconds() <= window)
         chosen = self.trim(sales) if kept is None else kept
+        seconds = [
+            None if s.listing.sold_date is None else (now - s.listing.sold_date).total_seconds()
+            for s in sales
+        ]
+        return self._confidence(seconds, sorted(units(s.price for s in chosen)[0]))
+
+    def _confidence(self, seconds: Sequence[float | None], kept: list[int]) -> Confidence:
+        """From the sales' seconds before ``now`` and the kept sales' sorted price units."""
+        window = self.recent_days * _SECONDS_PER_DAY
+        dated = [s for s in seconds if s is not None]
         return volume_confidence(
-            len(sales),
+            len(seconds),
             min_sample=self.min_sample,
             dated=len(dated),
-            recent=recent,
-            spread=dispersion([s.price for s in chosen]),
+            recent=sum(1 for s in dated if s <= window),
+            spread=iqr_over_median(kept),
         )
 
     def percentiles(
         self, kept: Sequence[Sale]
     ) -> tuple[Decimal, Decimal, Decimal, Decimal, Decimal]:
         """``fmv_low, quick_sale, market_value, patient_sale, fmv_high`` of trimmed sales."""
-        pairs = [(s.price, s.weight) for s in kept]
-        p20, p25, p50, p75, p80 = weighted_percentiles(pairs, _QUANTILES)
+        low, quick, market, patient, high = self._percentiles(*_of_sales(kept))
+        return (
+            cents_to_money(low),
+            cents_to_money(quick),
+            cents_to_money(market),
+            cents_to_money(patient),
+            cents_to_money(high),
+        )
+
+    def _percentiles(self, kept: Sequence[_Priced], scale: int) -> tuple[int, int, int, int, int]:
+        prices, weights = [p[0] for p in kept], [p[1] for p in kept]
+        p20, p25, p50, p75, p80 = weighted_cents(prices, weights, scale, _QUANTILES)
         quick, patient = min(p25, p50), max(p75, p50)
         return min(p20, quick), quick, p50, patient, max(p80, patient)
 
@@ -320,19 +363,24 @@ class DefaultValuator:
         """Per grade: ``count``, plain ``median`` and ``premium_pct`` over raw, and the
         robust ``market_value``, ``quick_sale``, ``patient_sale`` (``None`` below
         ``min_sample`` sales) with ``market_premium_pct`` over raw's market value."""
-        groups: dict[str, list[Sale]] = {}
-        for s in sales:
-            groups.setdefault(grading_key(s.info), []).append(s)
-        out = _analysis({key: [s.price for s in group] for key, group in groups.items()}, "raw")
-        markets: dict[str, Decimal] = {}
+        return self._grading_analysis(*_of_sales(sales))
+
+    def _grading_analysis(self, priced: Sequence[_Priced], scale: int) -> dict[str, Any]:
+        groups: dict[str, list[_Priced]] = {}
+        for p in priced:
+            groups.setdefault(p[5], []).append(p)
+        out = _analysis({key: [p[0] for p in group] for key, group in groups.items()}, "raw", scale)
+        markets: dict[str, int] = {}
         for key, group in groups.items():
             entry = out[key]
             entry.update(market_value=None, quick_sale=None, patient_sale=None)
             if len(group) >= self.min_sample:
-                _, quick, market, patient, _ = self.percentiles(self.trim(group))
+                _, quick, market, patient, _ = self._percentiles(self._trim(group), scale)
                 markets[key] = market
                 entry.update(
-                    market_value=str(market), quick_sale=str(quick), patient_sale=str(patient)
+                    market_value=str(cents_to_money(market)),
+                    quick_sale=str(cents_to_money(quick)),
+                    patient_sale=str(cents_to_money(patient)),
                 )
         raw = markets.get("raw")
         for key, entry in out.items():
@@ -340,7 +388,7 @@ class DefaultValuator:
             entry["market_premium_pct"] = (
                 None
                 if raw is None or value is None or raw == 0
-                else _percent((Fraction(value) / Fraction(raw) - 1) * 100)
+                else percent(100 * (value - raw), raw)
             )
         return out
 
@@ -366,39 +414,37 @@ class DefaultValuator:
         _check_now(now)
         if not isinstance(snapshot_date, date):
             raise InvalidInputError("snapshot_date", "must be a date")
-        everything = self.weigh(self.usable_sales(listings), now)
+        usable = self._usable(listings)
+        weights, seconds = self._weights([u[0] for u in usable], now)
+        everything, scale = _priced(usable, weights, seconds)
         grade = query_grade(card_identifier)
-        sales = (
-            everything if grade is None else [s for s in everything if grading_key(s.info) == grade]
-        )
-        prices = [s.price for s in sales]
+        sales = everything if grade is None else [p for p in everything if p[5] == grade]
         base: dict[str, Any] = {
             "card_identifier": card_identifier,
             "snapshot_date": snapshot_date,
             "sample_size": len(sales),
         }
-        if prices:
-            base["min_price"] = min(prices)
-            base["max_price"] = max(prices)
-            base["avg_price"] = _money(
-                sum((Fraction(p) for p in prices), Fraction(0)) / len(prices)
-            )
+        if sales:
+            base["min_price"] = sales[0][2].price  # sorted by price
+            base["max_price"] = sales[-1][2].price
+            base["avg_price"] = money(sum(p[0] for p in sales), len(sales) * scale)
         if len(sales) < self.min_sample:
-            return PriceSnapshot(**base, volume_confidence=self.confidence(sales, now, sales))
+            confidence = self._confidence([p[4] for p in sales], [p[0] for p in sales])
+            return PriceSnapshot(**base, volume_confidence=confidence)
 
-        kept = self.trim(sales)
-        low, quick, market, patient, high = self.percentiles(kept)
-        by_parallel: dict[str, list[Decimal]] = {}
-        for s in sales:
-            by_parallel.setdefault(parallel_key(s.info), []).append(s.price)
+        kept = self._trim(sales)
+        low, quick, market, patient, high = self._percentiles(kept, scale)
+        by_parallel: dict[str, list[int]] = {}
+        for p in sales:
+            by_parallel.setdefault(p[6], []).append(p[0])
         return PriceSnapshot(
             **base,
-            volume_confidence=self.confidence(sales, now, kept),
-            fmv_low=low,
-            fmv_high=high,
-            market_value=market,
-            quick_sale=quick,
-            patient_sale=patient,
-            parallel_analysis=_analysis(by_parallel, "base"),
-            grading_analysis=self.grading_analysis(everything),
+            volume_confidence=self._confidence([p[4] for p in sales], [p[0] for p in kept]),
+            fmv_low=cents_to_money(low),
+            fmv_high=cents_to_money(high),
+            market_value=cents_to_money(market),
+            quick_sale=cents_to_money(quick),
+            patient_sale=cents_to_money(patient),
+            parallel_analysis=_analysis(by_parallel, "base", scale),
+            grading_analysis=self._grading_analysis(everything, scale),
         )
