@@ -20,13 +20,12 @@ from decimal import Decimal
 from typing import Any
 
 import kuya_store as ks
-from bench.servers import real_servers  # noqa: F401 - puts tests/ on the path
 from bench.stats import Target, line, pct, sample_interleaved
 from kuya_store.demo import FakeMarketplace
 from kuya_store.keys import ResultIdentity
 from kuya_store.stored import StoredResult
+from kuya_store.testing.redis_ha import ClusterSet, SentinelSet
 from kuya_store.tiers.redis import RedisTier
-from redis_ha import ClusterSet, SentinelSet
 
 QUERY = "2023 Topps Chrome Victor Wembanyama #1"
 TARGET = 1.2

@@ -37,7 +37,7 @@ asyncio.run(main(sys.argv[1]))
 
 
 async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
-    from pg_cluster import StreamingPair  # the test harness's servers (bench/servers.py)
+    from kuya_store.testing.pg_cluster import StreamingPair  # the test harness's servers
 
     n = max(500, int(5000 * scale))
     print(f"\n## database-tier reads through a streaming replica ({n} reads each, write load)")

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from servers import PostgresServer, RedisServer
+from kuya_store.testing.servers import PostgresServer, RedisServer
 
 
 @contextlib.contextmanager

@@ -27,4 +27,4 @@ state_dir="${2:-$root/.services}"
 python="$root/.venv/bin/python"
 [[ -x "$python" ]] || python="$(command -v python3)"
 
-exec "$python" "$root/tests/servers.py" "$command" --state-dir "$state_dir"
+exec "$python" "$root/src/kuya_store/testing/servers.py" "$command" --state-dir "$state_dir"

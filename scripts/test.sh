@@ -3,7 +3,7 @@
 # and runs every check: ruff, mypy --strict, the whole suite with coverage, and the docs build.
 set -euo pipefail
 source "$(dirname "$0")/bootstrap.sh"
-# The servers themselves are started by the test suite (tests/servers.py), which
+# The servers themselves are started by the test suite (kuya_store.testing.servers), which
 # installs redis-server or PostgreSQL with apt when this machine lacks them.
 # The dashboard's end-to-end test drives Debian's headless Chromium.
 if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -2,18 +2,15 @@
 
 Where the URLs come from, in order: ``KUYA_TEST_POSTGRES_URL`` / ``KUYA_TEST_REDIS_URL``;
 testcontainers when a Docker engine answers (probed once, fails fast without one); else
-servers started here on loopback by ``tests/servers.py``. A server that cannot be had is
-an error, never a silent skip.
+servers started on loopback by the harness users of ``kuya_store.testing`` get too
+(``kuya_store/testing/servers.py``). A server that cannot be had is an error, never a
+silent skip.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import inspect
 import logging
-import os
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,93 +21,34 @@ import pytest
 from sqlalchemy.engine import make_url
 
 import logscan
-from servers import PostgresServer, RedisServer
+from kuya_store.testing.plugin import create_database, drop_database
+from kuya_store.testing.servers import PostgresServer
 
-
-@functools.cache
-def docker_answers() -> bool:
-    """Whether a Docker engine is reachable (about 0.1 s to say no)."""
-    try:
-        import docker
-
-        docker.from_env(timeout=2).ping()
-    except Exception:
-        return False
-    return True
+# The plugin users get from the entry point; loaded here (the entry point is turned off in
+# pyproject.toml) so that coverage is already measuring when the library is imported.
+pytest_plugins = ("kuya_store.testing.plugin",)
 
 
 @pytest.fixture(scope="session")
-def postgres_base_url() -> Iterator[str]:
+def postgres_base_url(kuya_postgres_base_url: str) -> str:
     """A SQLAlchemy URL of a PostgreSQL database whose role may create databases."""
-    if url := os.environ.get("KUYA_TEST_POSTGRES_URL"):
-        logscan.remember(make_url(url).password)
-        yield url
-    elif docker_answers():
-        from testcontainers.postgres import PostgresContainer
-
-        with PostgresContainer("postgres:15-alpine", driver="asyncpg") as container:
-            url = container.get_connection_url()
-            logscan.remember(make_url(url).password)
-            yield url
-    else:
-        with PostgresServer() as server:
-            logscan.remember(server.password)
-            yield server.url
+    logscan.remember(make_url(kuya_postgres_base_url).password)
+    return kuya_postgres_base_url
 
 
 @pytest.fixture(scope="session")
-def redis_base_url() -> Iterator[str]:
+def redis_base_url(kuya_redis_url: str) -> str:
     """A Redis URL."""
-    if url := os.environ.get("KUYA_TEST_REDIS_URL"):
-        logscan.remember(urlsplit(url).password)
-        yield url
-    elif docker_answers():
-        from testcontainers.redis import RedisContainer
-
-        with RedisContainer("redis:7-alpine") as container:
-            host = container.get_container_host_ip()
-            yield f"redis://{host}:{container.get_exposed_port(6379)}/0"
-    else:
-        with RedisServer() as server:
-            yield server.url
-
-
-def _asyncpg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-async def _admin(base_url: str, statement: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(_asyncpg_dsn(base_url))
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
-def _drop_database(base_url: str, name: str) -> None:
-    import asyncpg
-
-    for attempt in range(20):
-        try:
-            asyncio.run(_admin(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            return
-        except asyncpg.InsufficientPrivilegeError:
-            # An autovacuum worker (a superuser's process) is still in the database after
-            # a test's DDL: FORCE may not end it, but it ends on its own within moments.
-            if attempt == 19:
-                raise
-            time.sleep(0.25)
+    logscan.remember(urlsplit(kuya_redis_url).password)
+    return kuya_redis_url
 
 
 @pytest.fixture
 def postgres_url(postgres_base_url: str) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
-    name = f"kt_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(postgres_base_url, f'CREATE DATABASE "{name}"'))
-    yield make_url(postgres_base_url).set(database=name).render_as_string(hide_password=False)
-    _drop_database(postgres_base_url, name)
+    url = create_database(postgres_base_url)
+    yield url
+    drop_database(postgres_base_url, make_url(url).database or "")
 
 
 @pytest.fixture
@@ -161,13 +99,9 @@ async def redis_client(redis_base_url: str) -> AsyncIterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def pgbouncer(postgres_base_url: str) -> Iterator[Any]:
+def pgbouncer(kuya_pgbouncer: Any) -> Any:
     """PgBouncer in transaction pooling mode in front of the suite's PostgreSQL."""
-    from pg_cluster import PgBouncer
-
-    url = make_url(postgres_base_url)
-    with PgBouncer(url.host or "127.0.0.1", url.port or 5432, url.username, url.password) as b:
-        yield b
+    return kuya_pgbouncer
 
 
 @pytest.fixture
@@ -178,12 +112,9 @@ def pgbouncer_url(postgres_url: str, pgbouncer: Any) -> str:
 
 
 @pytest.fixture(scope="session")
-def streaming_pair() -> Iterator[Any]:
+def streaming_pair(kuya_streaming_pair: Any) -> Any:
     """A primary and a hot standby of its own (``pg_basebackup``), for replica tests."""
-    from pg_cluster import StreamingPair
-
-    with StreamingPair() as pair:
-        yield pair
+    return kuya_streaming_pair
 
 
 @pytest.fixture
@@ -247,18 +178,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def redis_sentinel_url() -> Iterator[str]:
+def redis_sentinel_url(kuya_redis_sentinel_url: str) -> str:
     """A ``redis+sentinel://`` URL: a master, a replica and three sentinels (shared: no kills)."""
-    from redis_ha import SentinelSet
-
-    with SentinelSet() as sentinels:
-        yield sentinels.url
+    return kuya_redis_sentinel_url
 
 
 @pytest.fixture(scope="session")
-def redis_cluster_url() -> Iterator[str]:
+def redis_cluster_url(kuya_redis_cluster_url: str) -> str:
     """A ``redis+cluster://`` URL: three masters with a replica each (shared: no kills)."""
-    from redis_ha import ClusterSet
-
-    with ClusterSet() as cluster:
-        yield cluster.url
+    return kuya_redis_cluster_url

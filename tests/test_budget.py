@@ -15,7 +15,7 @@ import pytest
 import kuya_store as ks
 from kuya_store.budget import periods
 from kuya_store.demo import FakeMarketplace
-from servers import free_port
+from kuya_store.testing.servers import free_port
 
 CARD = "2023 Topps Chrome Victor Wembanyama #1"
 

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 import kuya_store as ks
 from kuya_store.breaker import CircuitBreaker
 from kuya_store.demo import FakeMarketplace
-from servers import PostgresServer, RedisServer
+from kuya_store.testing.servers import PostgresServer, RedisServer
 
 QUERY = "1986 Fleer Michael Jordan #57"
 

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import pytest
 from werkzeug.serving import make_server
 
-from servers import free_port
+from kuya_store.testing.servers import free_port
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CARDS = ["2023 Topps Chrome Victor Wembanyama #1", "1986 Fleer Michael Jordan #57"]

@@ -21,6 +21,7 @@ from kuya_store.keys import ResultIdentity
 from kuya_store.metrics import Metrics
 from kuya_store.settings import StoreSettings
 from kuya_store.stored import StoredResult
+from kuya_store.testing.servers import RedisServer
 from kuya_store.tiers.display import (
     DisplayData,
     RedisDisplay,
@@ -34,7 +35,6 @@ from kuya_store.tiers.display import (
 )
 from kuya_store.tiers.redis import RedisTier
 from readback import rows
-from servers import RedisServer
 
 QUERY = "2023 Topps Chrome Victor Wembanyama #1"
 SOLD = ks.SearchType.SOLD

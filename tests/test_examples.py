@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import kuya_store as ks
-from servers import free_port
+from kuya_store.testing.servers import free_port
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CARD = "2023 Topps Chrome Victor Wembanyama #1"

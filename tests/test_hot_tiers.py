@@ -14,10 +14,10 @@ from kuya_store.keys import ResultIdentity
 from kuya_store.metrics import Metrics
 from kuya_store.settings import StoreSettings
 from kuya_store.stored import StoredResult, decode, encode
+from kuya_store.testing.servers import RedisServer
 from kuya_store.tiers import HotTier
 from kuya_store.tiers.memory import MemoryTier
 from kuya_store.tiers.redis import RedisTier
-from servers import RedisServer
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
 

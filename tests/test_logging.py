@@ -20,9 +20,9 @@ import pytest
 import kuya_store as ks
 from kuya_store.demo import FakeMarketplace
 from kuya_store.logs import ContextFilter, redact_secrets
+from kuya_store.testing.servers import free_port
 from kuya_store.writer import WriteBehind
 from logscan import SECRETS, TEST_API_KEY, SecretScanner, rendered
-from servers import free_port
 
 QUERY = "2023 Topps Chrome Victor Wembanyama #1"
 HARNESS_PASSWORD = "kuya-test-pw"  # tests/servers.py: PostgresServer's own

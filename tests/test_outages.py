@@ -19,7 +19,7 @@ import pytest
 import kuya_store as ks
 from kuya_store.demo import FakeMarketplace
 from kuya_store.store import health_status
-from servers import PostgresServer, RedisServer, free_port
+from kuya_store.testing.servers import PostgresServer, RedisServer, free_port
 
 CARD = "1986 Fleer Michael Jordan #57"
 PASSWORD = "correct horse battery staple"

@@ -310,7 +310,7 @@ def test_db_maintain_command(sqlite_url: str) -> None:
 async def test_pg_partman_is_registered_and_keeps_both_tables(
     replicated_db: tuple[str, str], streaming_pair: Any
 ) -> None:
-    from pg_cluster import install_partman
+    from kuya_store.testing.pg_cluster import install_partman
 
     primary, _ = replicated_db
     install_partman(streaming_pair.primary, make_url(primary).database)

@@ -25,9 +25,9 @@ from kuya_store.keys import ResultIdentity
 from kuya_store.metrics import Metrics
 from kuya_store.settings import StoreSettings
 from kuya_store.stored import StoredResult
+from kuya_store.testing.redis_ha import ClusterSet, SentinelSet
+from kuya_store.testing.redis_ha import key_slot as harness_slot
 from kuya_store.tiers.redis import RedisTier
-from redis_ha import ClusterSet, SentinelSet
-from redis_ha import key_slot as harness_slot
 
 SOLD = ks.SearchType.SOLD
 _KINDS = {

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import kuya_store as ks
 from kuya_store.demo import FakeMarketplace
-from servers import PostgresServer, RedisServer
+from kuya_store.testing.servers import PostgresServer, RedisServer
 
 QUERY = "2023 Topps Chrome Victor Wembanyama #1"
 WORKERS = Path(__file__).with_name("workers.py")

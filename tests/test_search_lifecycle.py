@@ -10,8 +10,8 @@ import pytest
 
 import kuya_store as ks
 from kuya_store.demo import FakeMarketplace
+from kuya_store.testing.servers import PostgresServer
 from readback import rows as _rows
-from servers import PostgresServer
 
 CARD = "2018 Topps Update Shohei Ohtani #US1"
 

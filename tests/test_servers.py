@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from servers import PostgresServer, RedisServer, free_port
+from kuya_store.testing.servers import PostgresServer, RedisServer, free_port
 
 try:
     import asyncpg

@@ -30,9 +30,9 @@ from kuya_store.keys import validate_params, validate_query
 from kuya_store.metrics import Metrics
 from kuya_store.persistence import Database, FetchRecord, SearchRecord
 from kuya_store.stored import StoredResult
+from kuya_store.testing.servers import PostgresServer
 from kuya_store.writer import WriteBehind, is_transient
 from readback import rows as _rows
-from servers import PostgresServer
 
 QUERY = "2023 Topps Chrome Victor Wembanyama #1"
 SAME_CARD = "2023 topps chrome VICTOR wembanyama 1"

@@ -33,6 +33,9 @@ from kuya_store.store import CompsStore
 __all__ = ["STATE_KEY", "AppLifespan", "StoreDep", "attach", "get_store", "lifespan", "store_of"]
 
 STATE_KEY = "kuya_store"
+TEST_FACTORY_KEY = "kuya_store_test_factory"
+"""``app.state`` attribute a test sets to a store factory the lifespan uses instead of its
+own (the ``kuya_app`` fixture of :mod:`kuya_store.testing` does)."""
 
 AppLifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any] | None]]
 """What FastAPI takes as ``lifespan``: ``app -> async context manager`` yielding state or None."""
@@ -83,10 +86,14 @@ def lifespan(
 
     @asynccontextmanager
     async def _lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        store = factory() if factory is not None else CompsStore(**store_kwargs)
+        substitute = getattr(app.state, TEST_FACTORY_KEY, None)
+        if substitute is not None:
+            store = substitute()
+        else:
+            store = factory() if factory is not None else CompsStore(**store_kwargs)
         await store.start()
         try:
-            if create_schema:
+            if create_schema or substitute is not None:
                 await store.create_schema()
             setattr(app.state, STATE_KEY, store)
             async with inner(app) as state:

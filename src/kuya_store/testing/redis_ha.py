@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from servers import (
+from kuya_store.testing.servers import (
     HOST,
     START_TIMEOUT,
     RedisServer,

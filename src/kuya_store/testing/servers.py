@@ -1,9 +1,10 @@
 """Real PostgreSQL and Redis servers on loopback, for the test suite and for local work.
 
-Importable (``from servers import PostgresServer, RedisServer``) and runnable::
+Importable (``from kuya_store.testing.servers import PostgresServer, RedisServer``) and
+runnable from a source checkout::
 
-    python tests/servers.py start --state-dir .services   # writes .services/env
-    python tests/servers.py stop --state-dir .services
+    python src/kuya_store/testing/servers.py start --state-dir .services   # writes .services/env
+    python src/kuya_store/testing/servers.py stop --state-dir .services
 
 Only the standard library is used so the harness works before the project's own
 dependencies are installed.
@@ -786,9 +787,10 @@ def _state_path(state_dir: Path) -> Path:
 
 def _load_state(state_dir: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(_state_path(state_dir).read_text())
+        state = json.loads(_state_path(state_dir).read_text())
     except (OSError, ValueError):
         return None
+    return state if isinstance(state, dict) else None
 
 
 def _servers_from_state(state: dict[str, Any]) -> tuple[PostgresServer, RedisServer]:

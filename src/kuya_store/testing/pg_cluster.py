@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from servers import (
+from kuya_store.testing.servers import (
     HOST,
     START_TIMEOUT,
     STOP_TIMEOUT,
