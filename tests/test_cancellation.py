@@ -114,10 +114,22 @@ async def test_timeout_around_search_stops_promptly_and_costs_one_call(
         fetchers={"sold": market.sold},
         fetch_backoff=0.01,
     ) as store:
-        started = time.monotonic()
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.1):
+        timeouts: list[asyncio.Timeout] = []
+
+        async def timed() -> None:
+            async with asyncio.timeout(None) as timeout:
+                timeouts.append(timeout)
                 await store.comps.search(QUERY)
+
+        search = asyncio.ensure_future(timed())
+        for _ in range(500):  # the paid call is under way when the caller gives up
+            if market.calls:
+                break
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        timeouts[0].reschedule(asyncio.get_running_loop().time())
+        with pytest.raises(TimeoutError):
+            await search
         assert time.monotonic() - started < 1.5  # well before the 2 s fetch lands
         # The one paid call goes on and is kept: the next search is answered from it.
         for _ in range(200):
