@@ -136,6 +136,8 @@ class CompsRepository:
         # The cards of fetches queued lately, by card key: what another worker's
         # invalidation (known by its card key) must detach from the write buffer.
         self._queued_cards: LRUCache[str, tuple[str, SearchType]] = LRUCache(maxsize=4096)
+        if writer is not None:
+            writer.fenced = self._record_fenced
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -203,7 +205,11 @@ class CompsRepository:
         self._active += 1
         self._idle.clear()
         try:
-            return await self._search(asked, fetcher, user, refresh, record, started)
+            answer = await self._search(asked, fetcher, user, refresh, record, started)
+            if self._writer is not None:
+                # What this search logged or fetched is on the journal before it returns.
+                await self._writer.durable()
+            return answer
         finally:
             self._active -= 1
             if self._active == 0:
@@ -436,6 +442,12 @@ class CompsRepository:
         if await self._hot.set(identity, result, self._hot_ttl(result, now)):
             # Written, not refused for newer data or an invalidation: the near-cache too.
             await self._fill_near(identity, result, now, ticket)
+
+    def _record_fenced(self, record: FetchRecord) -> bool:
+        """Whether a fetch read back from the journal predates its card's invalidation."""
+        search = record.search
+        identity = ResultIdentity(search.card_identifier, search.search_type, "")
+        return self._fenced(identity, record.result.fetched_at)
 
     def learn_fence(self, card_key: str, at: datetime) -> None:
         """Another worker invalidated this card at ``at``: refuse what was fetched before."""
