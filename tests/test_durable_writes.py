@@ -53,6 +53,14 @@ async def _counts(url: str) -> dict[str, int]:
     }
 
 
+async def _wait_for_rows(url: str, rows: int, within: float) -> None:
+    """Until the search log has ``rows`` rows, or ``within`` seconds passed."""
+    for _ in range(int(within / 0.2)):
+        if (await _counts(url))["searches"] >= rows:
+            return
+        await asyncio.sleep(0.2)
+
+
 def _start_worker(args: dict[str, Any]) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     proc = subprocess.Popen(
         [sys.executable, str(WORKERS), "answer_then_hang", json.dumps(args)],
@@ -131,9 +139,7 @@ async def test_sigkilled_worker_is_recovered_exactly_once_by_the_others(
     for store in stores:
         await store.start()
     try:
-        deadline = killed_at + 60
-        while (await _counts(migrated_url))["searches"] < 30 and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
+        await _wait_for_rows(migrated_url, 30, within=60)
         recovered_in = time.monotonic() - killed_at
         for store in stores:
             assert await store.flush(timeout=30)
@@ -170,13 +176,9 @@ async def test_restarted_worker_drains_what_it_left(
     proc, _ = _start_worker(args)
     _kill(proc)
     # The same deployment starts again (a new process, hence a new consumer) and answers.
-    proc, report = _start_worker(
-        {**args, "queries": CARDS[8:10], "store": {"journal_claim_idle": 1}}
-    )
+    proc, _ = _start_worker({**args, "queries": CARDS[8:10], "store": {"journal_claim_idle": 1}})
     try:
-        deadline = time.monotonic() + 30
-        while (await _counts(migrated_url))["searches"] < 10 and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
+        await _wait_for_rows(migrated_url, 10, within=30)
     finally:
         _kill(proc)
     counts = await _counts(migrated_url)

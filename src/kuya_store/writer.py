@@ -111,6 +111,17 @@ def _transient_name(exc: BaseException) -> bool:
     return any(word in name for word in _TRANSIENT_NAMES)
 
 
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Wait for ``event`` at most ``seconds``.
+
+    Not ``asyncio.wait_for``: before Python 3.12 it can swallow a cancellation that meets
+    its timeout, and a task that misses its cancel loops on after ``close()``.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+
+
 def _may_be_unknown_user(record: Record, exc: Exception) -> bool:
     """Whether the refusal may be the ``users`` foreign key (the only one a search row has)."""
     search = record.search if isinstance(record, FetchRecord) else record
@@ -538,8 +549,7 @@ class WriteBehind:
             self._consume_wakeup.clear()
             if self._to_ack:
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._consume_wakeup.wait(), self._interval)
+            await _wait(self._consume_wakeup, self._interval)
 
     def _forget_settled(self) -> None:
         from kuya_store.tiers.journal import is_settled
@@ -608,8 +618,7 @@ class WriteBehind:
                 await self._wakeup.wait()
                 if not self._urgent and self._queue and len(self._queue) < self._batch_size:
                     # Let a burst of hits gather into one statement, unless flush() asks.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._hurry.wait(), self._interval)
+                    await _wait(self._hurry, self._interval)
                 continue  # woken by flush() with nothing queued, or ready to write
             try:
                 async for attempt in AsyncRetrying(
