@@ -200,6 +200,9 @@ class WriteBehind:
         self._urgent = False
         self._hurry = asyncio.Event()  # set by flush(): cuts the gathering pause short
         self._closed = False
+        # Set by close() before it cancels the tasks: a loop ends on it even should the
+        # cancellation be lost inside a client library.
+        self._stopped = False
         # flush() waits for a count, not an empty queue, so steady traffic cannot starve it.
         self._accepted = 0
         self._settled = 0
@@ -244,6 +247,8 @@ class WriteBehind:
             self._ensure_running()
 
     def _ensure_running(self) -> None:
+        if self._stopped:
+            return
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="kuya-write-behind")
         if self._journal is None:
@@ -406,6 +411,9 @@ class WriteBehind:
             return not self._queue
         self._closed = True
         done = await self.flush(timeout)
+        self._stopped = True
+        for event in (self._wakeup, self._hurry, self._outbox_wakeup, self._consume_wakeup):
+            event.set()
         tasks = [t for t in (self._task, self._append_task, self._consume_task) if t]
         self._task = self._append_task = self._consume_task = None
         for task in tasks:
@@ -487,7 +495,7 @@ class WriteBehind:
 
         journal = self._journal
         assert journal is not None
-        while True:
+        while not self._stopped:
             if not self._outbox:
                 self._outbox_wakeup.clear()
                 await self._outbox_wakeup.wait()
@@ -522,7 +530,7 @@ class WriteBehind:
         journal = self._journal
         assert journal is not None
         next_claim = next_stats = 0.0
-        while True:
+        while not self._stopped:
             got: list[Entry] = []
             try:
                 await self._send_acks()
@@ -610,7 +618,7 @@ class WriteBehind:
     # -- the database -----------------------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopped:
             if not self._queue:
                 self._urgent = False
                 self._hurry.clear()
