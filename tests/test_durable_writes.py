@@ -383,3 +383,20 @@ async def test_sqlite_default_keeps_its_documented_guarantee(tmp_path: Path, flu
     counts = await _counts(url)
     assert counts["searches"] == report["answered"] == 25
     assert counts["fetches"] == 20
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"journal_claim_idle": 0}, "journal_claim_idle"),
+        ({"journal_claim_idle": -5}, "journal_claim_idle"),
+        ({"journal_claim_idle": 0.3}, "journal_claim_idle"),  # < 2 x write_flush_interval
+        ({"journal_max_length": 5}, "journal_max_length"),
+        ({"journal_max_length": "many"}, "journal_max_length"),
+        ({"durable_writes": "perhaps"}, "durable_writes"),
+    ],
+)
+def test_journal_settings_are_checked(values: dict[str, Any], field: str) -> None:
+    with pytest.raises(ks.InvalidInputError) as caught:
+        ks.StoreSettings(**values)
+    assert caught.value.field == field
