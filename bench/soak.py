@@ -33,10 +33,31 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import kuya_store as ks
 from bench.servers import PostgresServer, RedisServer
+from servers import HOST  # bench.servers puts tests/ on the path
 
 CARDS = 400
 FRESH = timedelta(seconds=20)  # short windows, so the soak keeps paying for data
 LISTINGS = 6
+
+
+class _PersistentRedis(RedisServer):
+    """A Redis that logs every write to its append-only file before answering it."""
+
+    def _launch(self) -> None:
+        assert self._executable is not None
+        self.pidfile.unlink(missing_ok=True)
+        subprocess.run(
+            [
+                self._executable,
+                *("--bind", HOST, "--port", str(self.port), "--save", ""),
+                *("--appendonly", "yes", "--appendfsync", "always", "--daemonize", "yes"),
+                *("--dir", str(self.base_dir), "--pidfile", str(self.pidfile)),
+                *("--logfile", str(self.logfile)),
+            ],
+            capture_output=True,
+            check=True,
+            stdin=subprocess.DEVNULL,
+        )
 
 
 def _lines(path: str) -> list[dict[str, Any]]:
@@ -97,6 +118,7 @@ async def _worker(args: dict[str, Any]) -> None:
     ) as store:
         while not _exists(args["stop"]):
             card = f"soak card {rng.choices(range(CARDS), weights)[0]}"
+            _append(answered, '{"start": 1}\n')
             try:
                 await store.comps.search(card)
             except Exception as exc:
@@ -139,11 +161,11 @@ def _beyond_ideal(calls: list[dict[str, Any]]) -> int:
     return extra
 
 
-async def soak(seconds: float, seed: int, workers: int) -> dict[str, Any]:
+async def soak(seconds: float, seed: int, workers: int, persistent: bool) -> dict[str, Any]:
     rng = random.Random(seed)
     work = Path(tempfile.mkdtemp(prefix="kuya-soak-"))
     events: list[str] = []
-    with PostgresServer() as pg, RedisServer() as redis:
+    with PostgresServer() as pg, _PersistentRedis() if persistent else RedisServer() as redis:
         await ks.migrations.upgrade_async(pg.url)
         args = {
             "database_url": pg.url,
@@ -176,7 +198,8 @@ async def soak(seconds: float, seed: int, workers: int) -> dict[str, Any]:
                 await asyncio.sleep(rng.uniform(0.5, 3))
                 redis.restart()
                 redis_restarts += 1
-                events.append(f"{at:6.1f} s  Redis killed, restarted empty")
+                kept = "with its append-only file" if persistent else "empty"
+                events.append(f"{at:6.1f} s  Redis killed, restarted {kept}")
             else:
                 down = rng.uniform(1, 5)
                 pg.stop()
@@ -196,7 +219,7 @@ async def soak(seconds: float, seed: int, workers: int) -> dict[str, Any]:
         async with ks.CompsStore(
             database_url=pg.url, redis_url=redis.url, key_prefix="soak"
         ) as recovery:
-            expected = sum("error" not in o for o in _lines(args["answered"]))
+            expected = sum(not o for o in _lines(args["answered"]))
             for _ in range(300):
                 if await _scalar(pg.url, "SELECT count(*) FROM searches") >= expected:
                     break
@@ -207,6 +230,8 @@ async def soak(seconds: float, seed: int, workers: int) -> dict[str, Any]:
         outcomes = _lines(args["answered"])
         calls = _lines(args["calls"])
         errors = Counter(o["error"] for o in outcomes if "error" in o)
+        starts = sum("start" in o for o in outcomes)
+        answered = sum(not o for o in outcomes)
         rows = await _scalar(pg.url, "SELECT count(*) FROM searches")
         fetched_rows = await _scalar(pg.url, "SELECT count(*) FROM searches WHERE NOT cache_hit")
         duplicates = await _scalar(
@@ -216,14 +241,19 @@ async def soak(seconds: float, seed: int, workers: int) -> dict[str, Any]:
         "seconds": seconds,
         "seed": seed,
         "workers": workers,
+        "redis_persistence": persistent,
         "kills": kills,
         "redis_restarts": redis_restarts,
         "postgres_restarts": pg_restarts,
-        "answered": len(outcomes) - sum(errors.values()),
+        "answered": answered,
         "failed": dict(errors),
+        # Killed between starting and logging its outcome: its row may or may not exist.
+        "in_flight_at_kills": starts - answered - sum(errors.values()),
         "search_rows": rows,
+        "lost_search_rows": max(0, answered - rows),
         "fetcher_calls": len(calls),
         "fetched_rows": fetched_rows,
+        "lost_fetched_results": max(0, len(calls) - fetched_rows),
         "duplicates": duplicates,
         "beyond_ideal_calls": _beyond_ideal(calls),
         "settled_in_s": round(settled_in, 1),
@@ -238,13 +268,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=240)
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument(
+        "--redis-persistence",
+        action="store_true",
+        help="run Redis with appendonly yes, appendfsync always (a SIGKILL keeps its data)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.worker:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_worker(json.loads(options.worker)))
         return
-    report = asyncio.run(soak(options.seconds, options.seed, options.workers))
+    report = asyncio.run(
+        soak(options.seconds, options.seed, options.workers, options.redis_persistence)
+    )
     print(json.dumps(report, indent=2))
 
 
