@@ -98,7 +98,56 @@ async def overlapping_writer(args: dict[str, Any]) -> dict[str, Any]:
     return {"flushed": flushed, "writes": metrics["writes"]}
 
 
-SCENARIOS = {"stampede": stampede, "overlapping_writer": overlapping_writer}
+async def answer_then_hang(args: dict[str, Any]) -> dict[str, Any]:
+    """Answer searches (fetches and hits), say so on stdout, then wait to be SIGKILLed.
+
+    ``store`` holds extra settings: a long ``write_flush_interval`` keeps what it read from
+    the journal unwritten, as a worker killed mid-batch would.
+    """
+
+    async def fetch(request: ks.FetchRequest) -> ks.FetchResult:
+        await asyncio.to_thread(_append, args["calls_file"], f"{request.query}\n")
+        return ks.FetchResult(
+            listings=[
+                ks.Listing(
+                    item_id=f"{request.query}-{i}".replace(" ", "_")[:50],
+                    title=f"{request.query} #{i}",
+                    price=f"{10 + i}.25",
+                    sold=True,
+                )
+                for i in range(args["listings"])
+            ]
+        )
+
+    store = ks.CompsStore(
+        database_url=args["database_url"],
+        redis_url=args.get("redis_url"),
+        key_prefix=args["key_prefix"],
+        fetchers={"sold": fetch},
+        near_cache_size=0,
+        **args.get("store", {}),
+    )
+    await store.start()
+    answered = 0
+    fetched = 0
+    for query in args["queries"]:
+        result = await store.comps.search(query)
+        answered += 1
+        fetched += not result.cache_hit
+    if args.get("flush"):
+        await store.flush()
+    metrics = store.metrics()
+    report = {"answered": answered, "fetched": fetched, "journal": metrics["journal"]}
+    print(json.dumps(report), flush=True)
+    await asyncio.sleep(3600)  # the test kills the process long before
+    return report
+
+
+SCENARIOS = {
+    "stampede": stampede,
+    "overlapping_writer": overlapping_writer,
+    "answer_then_hang": answer_then_hang,
+}
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ same row.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -96,6 +97,8 @@ class SearchRecord:
     complete: bool | None = None
     trace: object | None = field(default=None, compare=False, repr=False)
     """The span of the search or fetch this row records (its write is traced under it)."""
+    record_key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    """Names this record wherever it is replayed from: the row is written once."""
 
     def row(self) -> dict[str, Any]:
         return {
@@ -113,6 +116,7 @@ class SearchRecord:
             "result_key": self.result_key,
             "fetch_stats": self.fetch_stats,
             "complete": self.complete,
+            "record_key": self.record_key,
         }
 
 
@@ -176,6 +180,13 @@ class Database:
                 for name in LISTING_UPDATE_COLUMNS
             },
         ).returning(_listings.c.id, _listings.c.item_id, sort_by_parameter_order=True)
+        # A record replayed (from the journal, or after a commit whose answer was lost)
+        # meets the unique key and is skipped: RETURNING names only the rows written.
+        self._log_stmt = (
+            self._insert(_searches)
+            .on_conflict_do_nothing(index_elements=[_searches.c.record_key, _searches.c.created_at])
+            .returning(_searches.c.id)
+        )
         snapshots = self._insert(_snapshots)
         self._upsert_snapshot_stmt = snapshots.on_conflict_do_update(
             index_elements=[_snapshots.c.card_identifier, _snapshots.c.snapshot_date],
@@ -245,20 +256,25 @@ class Database:
 
     # -- writes -------------------------------------------------------------------------
 
-    async def log_searches(self, records: Sequence[SearchRecord]) -> None:
-        """Insert a batch of search-log rows in one statement."""
-        if records:
-            async with self.engine.begin() as conn:
-                await conn.execute(sa.insert(_searches), [r.row() for r in records])
-
-    async def persist_fetch(self, record: FetchRecord) -> int:
-        """Write a fetched result in one transaction; returns the new ``searches.id``."""
+    async def log_searches(self, records: Sequence[SearchRecord]) -> int:
+        """Insert a batch of search-log rows in one statement; returns how many were new."""
+        if not records:
+            return 0
         async with self.engine.begin() as conn:
-            search_id: int = (
-                await conn.execute(
-                    sa.insert(_searches).values(record.search.row()).returning(_searches.c.id)
-                )
-            ).scalar_one()
+            written = await conn.execute(self._log_stmt, [r.row() for r in records])
+            return len(written.all())
+
+    async def persist_fetch(self, record: FetchRecord) -> int | None:
+        """Write a fetched result in one transaction; returns the new ``searches.id``.
+
+        ``None`` when the record was written before (a replay): nothing is written again.
+        """
+        async with self.engine.begin() as conn:
+            search_id: int | None = (
+                await conn.execute(self._log_stmt.values(record.search.row()))
+            ).scalar_one_or_none()
+            if search_id is None:
+                return None
             listing_ids = await self._upsert_listings(conn, record, search_id)
             if record.result.listings:
                 await conn.execute(

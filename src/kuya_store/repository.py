@@ -146,6 +146,8 @@ class CompsRepository:
         # The cards of fetches queued lately, by card key: what another worker's
         # invalidation (known by its card key) must detach from the write buffer.
         self._queued_cards: LRUCache[str, tuple[str, SearchType]] = LRUCache(maxsize=4096)
+        if writer is not None:
+            writer.fenced = self._record_fenced
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -218,6 +220,9 @@ class CompsRepository:
                 watch_search(self._metrics, asked.card, asked.kind) as watch,
             ):
                 result = await self._search(asked, fetcher, user, refresh, record, started)
+                if self._writer is not None:
+                    # What this search logged or fetched is on the journal before it returns.
+                    await self._writer.durable()
                 watch.answered(result)
                 return result
         finally:
@@ -481,6 +486,12 @@ class CompsRepository:
         await asyncio.gather(
             self._display.keep(identity, result), self._fill(identity, result, now)
         )
+
+    def _record_fenced(self, record: FetchRecord) -> bool:
+        """Whether a fetch read back from the journal predates its card's invalidation."""
+        search = record.search
+        identity = ResultIdentity(search.card_identifier, search.search_type, "")
+        return self._fenced(identity, record.result.fetched_at)
 
     def learn_fence(self, card_key: str, at: datetime) -> None:
         """Another worker invalidated this card at ``at``: refuse what was fetched before."""

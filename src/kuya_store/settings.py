@@ -206,6 +206,14 @@ class StoreSettings(BaseSettings):
     flush_timeout: timedelta = timedelta(seconds=30)
     """How long ``flush()`` and ``close()`` wait for the buffer when not given a timeout."""
 
+    # The write journal on Redis (docs/resilience.md, "The durable write path").
+    durable_writes: bool = True
+    """With Redis: each record is on a Redis Stream before ``search()`` returns."""
+    journal_max_length: int = Field(100_000, ge=100, le=100_000_000)
+    """Entries the stream keeps (``MAXLEN ~``); what it trims unwritten is counted."""
+    journal_claim_idle: timedelta = timedelta(seconds=10)
+    """How long a worker's unwritten entries wait before the others take them over."""
+
     @field_validator(
         "sold_ttl",
         "active_ttl",
@@ -233,6 +241,7 @@ class StoreSettings(BaseSettings):
         "write_flush_interval",
         "flush_timeout",
         "max_replica_lag",
+        "journal_claim_idle",
     )
     @classmethod
     def _check_positive(cls, value: timedelta) -> timedelta:
@@ -253,6 +262,11 @@ class StoreSettings(BaseSettings):
             raise ValueError(
                 f"single_flight_wait: must be at least {longest.total_seconds():g}s, the "
                 "longest a fetch can take (fetch_attempts x fetch_timeout plus backoff)"
+            )
+        if self.journal_claim_idle < 2 * self.write_flush_interval:
+            raise ValueError(
+                "journal_claim_idle: must be at least 2 x write_flush_interval, so a live "
+                "worker's entries are not taken from it between two of its reads"
             )
         if self.sold_max_fresh_for < self.sold_fresh_for:
             raise ValueError("sold_max_fresh_for: must not be shorter than sold_fresh_for")

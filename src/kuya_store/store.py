@@ -34,6 +34,7 @@ from kuya_store.tiers.near import NearCache
 
 if TYPE_CHECKING:
     from kuya_store.tiers.coherence import InvalidationListener
+    from kuya_store.tiers.journal import Journal
     from kuya_store.tiers.redis import RedisTier
 from kuya_store.writer import WriteBehind
 
@@ -102,6 +103,23 @@ def _coherence(
     )
     redis_tier.listener = listener
     return listener
+
+
+def _journal(
+    hot: HotTier, settings: StoreSettings, metrics: Metrics, database: Database | None
+) -> Journal | None:
+    """The write journal on the hot tier's Redis, when there is one and writes are kept."""
+    redis_tier = _as_redis(hot)
+    if redis_tier is None or database is None or not settings.durable_writes:
+        return None
+    from kuya_store.tiers.journal import Journal
+
+    return Journal(redis_tier.client, settings, metrics)
+
+
+def _claim_interval(settings: StoreSettings) -> float:
+    """Look for idle entries twice per idle time: one waits at most 1.5 x the setting."""
+    return max(settings.journal_claim_idle.total_seconds() / 2, 0.1)
 
 
 def _valuator(settings: StoreSettings) -> Valuator:
@@ -183,6 +201,7 @@ class CompsStore:
             if self.settings.mode != "cache_only"
             else None
         )
+        journal = _journal(self._hot, self.settings, self._metrics, self._database)
         self._writer = (
             WriteBehind(
                 self._database,
@@ -193,6 +212,9 @@ class CompsStore:
                 attempts=self.settings.db_retry_attempts,
                 pause=min(self.settings.breaker_reset_after.total_seconds(), 2.0),
                 timeout=self.settings.flush_timeout.total_seconds(),
+                journal=journal,
+                claim_every=_claim_interval(self.settings),
+                durable_wait=max(3 * self.settings.redis_socket_timeout.total_seconds(), 1.0),
             )
             if self._database is not None
             else None
@@ -362,6 +384,29 @@ class CompsStore:
             "flushes": near.flushes if near is not None else 0,
         }
 
+    def _journal_metrics(self, c: dict[str, int]) -> dict[str, Any]:
+        """The write journal: what went to it, what fell back, and the stream as last read."""
+        journal = self._writer.journal if self._writer is not None else None
+        stats = dict(journal.stats) if journal is not None else {}
+        return {
+            "enabled": journal is not None,
+            "consumer": journal.consumer if journal is not None else None,
+            "appended": c.get("journal_appended", 0),
+            "fallbacks": c.get("journal_fallbacks", 0),
+            "acked": c.get("journal_acked", 0),
+            "claimed": c.get("journal_claimed", 0),
+            "replayed": c.get("writes_replayed", 0),
+            "corrupt": c.get("journal_corrupt", 0),
+            "rebuffered": c.get("journal_rebuffered", 0),
+            "left_on_close": c.get("journal_left", 0),
+            "errors": c.get("journal_errors", 0),
+            "slow": c.get("journal_slow", 0),
+            "length": stats.get("length"),
+            "lag": stats.get("lag"),
+            "pending": stats.get("pending"),
+            "trimmed_unacked": stats.get("trimmed_unacked"),
+        }
+
     def metrics(self) -> dict[str, Any]:
         """Counters and timings as a plain dict (tier hits, API calls and calls saved, ...)."""
         snap = self._metrics.snapshot()
@@ -406,6 +451,7 @@ class CompsStore:
                 "retries": c.get("write_retries", 0),
                 "recoveries": c.get("write_recoveries", 0),
             },
+            "journal": self._journal_metrics(c),
             "database": {
                 "read_errors": c.get("db_read_errors", 0),
                 "reads_skipped": c.get("db_read_skipped", 0),

@@ -87,6 +87,8 @@ class SearchRow(Base):
     result_key: Mapped[str | None] = mapped_column(sa.String(64))
     fetch_stats: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     complete: Mapped[bool | None] = mapped_column(sa.Boolean)
+    # Names the record a row was written from, so a replayed record is written once.
+    record_key: Mapped[str | None] = mapped_column(sa.String(32))
 
     __table_args__ = (
         # Hash on PostgreSQL: a B-tree entry cannot hold a query of 5,000 characters.
@@ -95,6 +97,8 @@ class SearchRow(Base):
         sa.Index("idx_searches_user_id", "user_id"),
         sa.Index("idx_searches_result_key", "result_key", "created_at"),
         sa.Index("idx_searches_card_identifier", "card_identifier"),
+        # With created_at: a unique index of a partitioned table must hold its partition key.
+        sa.Index("uq_searches_record_key", "record_key", "created_at", unique=True),
     )
 
 

@@ -1,0 +1,385 @@
+"""The write journal: search-log rows and fetched results made durable on a Redis Stream.
+
+A record is appended (``XADD``) before the search that made it returns, then read by the
+deployment's consumer group, one consumer per store process, and acknowledged (``XACK``)
+only once the database has committed it; the search row's ``record_key`` makes a replay
+write nothing twice. Entries a dead consumer held are claimed by the others
+(``XAUTOCLAIM``) once idle for ``journal_claim_idle``.
+
+The stream is bounded (``MAXLEN ~ journal_max_length``). Nothing it trims goes unnoticed:
+every entry carries a sequence number from a counter bumped in the same script as the
+``XADD``, so a read that skips numbers counts the entries trimmed before delivery, and a
+claim counts the pending entries trimmed before acknowledgement (``XAUTOCLAIM`` names
+them; those the claiming process holds in memory are not lost). The count lives in Redis
+beside the stream, for every worker to report.
+
+Every key carries the hash tag ``{journal}``, so on a Cluster each script runs on one node.
+Redis content is untrusted: an entry that does not decode is counted and acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+from redis.exceptions import NoScriptError, ResponseError
+
+from kuya_store.breaker import CircuitBreaker
+from kuya_store.keys import KEY_VERSION
+from kuya_store.logs import get_logger
+from kuya_store.metrics import Metrics
+from kuya_store.persistence import FetchRecord, SearchRecord
+from kuya_store.settings import StoreSettings
+from kuya_store.tiers.redis import _Script
+
+__all__ = ["Entry", "Journal", "JournalUnavailableError", "decode_record", "encode_record"]
+
+_log = get_logger("kuya_store.journal")
+Record = SearchRecord | FetchRecord
+_GROUP = "writers"
+_SEARCH = TypeAdapter(SearchRecord)
+_FETCH = TypeAdapter(FetchRecord)
+
+# KEYS: stream, sequence counter. ARGV: max length, payload. The sequence number and the
+# entry are made together, so the numbers in the stream have no gaps but what was trimmed.
+_APPEND = """
+local seq = redis.call("incr", KEYS[2])
+return redis.call("xadd", KEYS[1], "MAXLEN", "~", ARGV[1], "*", "s", seq, "r", ARGV[2])
+"""
+# KEYS: stream, last sequence number delivered, trimmed counter. ARGV: group, consumer,
+# count. Delivers new entries and counts the numbers skipped: entries trimmed unread.
+_READ = """
+local got = redis.call("xreadgroup", "GROUP", ARGV[1], ARGV[2], "COUNT", ARGV[3],
+    "STREAMS", KEYS[1], ">")
+if not got then
+    return {}
+end
+local entries = got[1][2]
+local last = tonumber(redis.call("get", KEYS[2]) or "0") or 0
+local skipped = 0
+for _, entry in ipairs(entries) do
+    local seq = tonumber(entry[2][2])
+    if seq then
+        if seq > last + 1 then
+            skipped = skipped + seq - last - 1
+        end
+        if seq > last then
+            last = seq
+        end
+    end
+end
+redis.call("set", KEYS[2], last)
+if skipped > 0 then
+    redis.call("incrby", KEYS[3], skipped)
+end
+return entries
+"""
+# KEYS: stream, epoch. ARGV: group, a new epoch. The epoch names this stream's lifetime:
+# missing, the stream was lost (a Redis restart without persistence, or a first start),
+# so the group is made again, reading from the start, under a new epoch.
+_ENSURE = """
+local epoch = redis.call("get", KEYS[2])
+if epoch then
+    return epoch
+end
+redis.pcall("xgroup", "CREATE", KEYS[1], ARGV[1], "0", "MKSTREAM")
+redis.call("set", KEYS[2], ARGV[2])
+return ARGV[2]
+"""
+_APPEND_SCRIPT = _Script(_APPEND)
+_ENSURE_SCRIPT = _Script(_ENSURE)
+_READ_SCRIPT = _Script(_READ)
+
+
+class JournalUnavailableError(Exception):
+    """Redis did not take the call (down, or its breaker open): the caller falls back."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Entry:
+    """One stream entry as read: its id and its record (``None`` when it did not decode)."""
+
+    id: str
+    record: Record | None
+
+
+def encode_record(record: Record) -> bytes:
+    """JSON bytes of a record (money as strings, moments as ISO 8601); never pickle."""
+    if isinstance(record, FetchRecord):
+        kind, body = "fetch", _FETCH.dump_python(record, mode="json")
+    else:
+        kind, body = "search", _SEARCH.dump_python(record, mode="json")
+    return json.dumps({"v": KEY_VERSION, "kind": kind, "record": body}).encode()
+
+
+def decode_record(raw: bytes | str) -> Record | None:
+    """The record of an entry, or ``None`` when it does not parse or validate."""
+    try:
+        envelope = json.loads(raw)
+        if not isinstance(envelope, dict) or envelope.get("v") != KEY_VERSION:
+            return None
+        kind, body = envelope.get("kind"), envelope.get("record")
+        record: Record
+        if kind == "fetch":
+            record = _FETCH.validate_python(body)
+        elif kind == "search":
+            record = _SEARCH.validate_python(body)
+        else:
+            return None
+    except (ValueError, TypeError, ValidationError, UnicodeDecodeError):
+        return None
+    return record
+
+
+def is_settled(entry: str, settled: tuple[tuple[int, int], tuple[int, int] | None] | None) -> bool:
+    """Whether an entry was delivered and acknowledged, by the group's state as last read."""
+    if settled is None:
+        return False
+    delivered, oldest = settled
+    at = stream_id(entry)
+    return at <= delivered and (oldest is None or at < oldest)
+
+
+def stream_id(raw: str | None) -> tuple[int, int]:
+    """An entry id as a comparable pair; ``(0, 0)`` for none."""
+    if not raw:
+        return (0, 0)
+    ms, _, seq = raw.partition("-")
+    return (int(ms), int(seq or 0))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _fields(raw: Any) -> dict[str, Any]:
+    """A flat ``[name, value, ...]`` reply (or a dict) as a dict with text names."""
+    if isinstance(raw, dict):
+        return {_text(k): v for k, v in raw.items()}
+    items = list(raw or [])
+    return {_text(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
+
+
+def consumer_name() -> str:
+    """Unique per process, readable in ``XINFO CONSUMERS``: host, pid and a random part."""
+    return f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+class Journal:
+    """The deployment's stream and this process's consumer in its group."""
+
+    def __init__(self, client: Any, settings: StoreSettings, metrics: Metrics) -> None:
+        self._client = client
+        self._metrics = metrics
+        base = f"{settings.key_prefix}:v{KEY_VERSION}:journal:{{journal}}"
+        self.stream = base
+        self._sequence = f"{base}:seq"
+        self._delivered = f"{base}:delivered"
+        self._trimmed = f"{base}:trimmed"
+        self._epoch_key = f"{base}:epoch"
+        self._epoch: str | None = None
+        self.consumer = consumer_name()
+        self._max_length = settings.journal_max_length
+        self._claim_idle_ms = int(settings.journal_claim_idle.total_seconds() * 1000)
+        self._cursor = "0-0"
+        self._group_ready = False
+        self.generation = 0
+        """Bumped when the group had to be made again: what was appended before is gone."""
+        self.breaker = CircuitBreaker(
+            settings.breaker_failure_threshold,
+            settings.breaker_reset_after.total_seconds(),
+            on_open=lambda: metrics.incr("journal_breaker_opens"),
+        )
+        self.settled: tuple[tuple[int, int], tuple[int, int] | None] | None = None
+        """As last read: the group's last delivered id and its oldest pending id (if any)."""
+        self.stats: dict[str, int | None] = {
+            "length": None,
+            "lag": None,
+            "pending": None,
+            "trimmed_unacked": None,
+        }
+
+    async def _guarded(self, call: Any) -> Any:
+        if not self.breaker.allow():
+            raise JournalUnavailableError("the journal's breaker is open")
+        try:
+            value = await call()
+        except asyncio.CancelledError:
+            self.breaker.release()
+            raise
+        except Exception as exc:
+            if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                self.breaker.success()  # Redis answered: it lost the group (a restart)
+                self._group_ready = False
+                raise JournalUnavailableError("the consumer group is gone") from exc
+            self.breaker.failure()
+            self._metrics.incr("journal_errors")
+            raise JournalUnavailableError(f"{type(exc).__name__}: {exc}"[:200]) from exc
+        self.breaker.success()
+        return value
+
+    async def ensure_group(self) -> None:
+        """Make the stream and its group if missing (a first start, or a Redis restart)."""
+        if not self._group_ready:
+            await self._check_epoch()
+
+    async def _check_epoch(self) -> None:
+        keys = [self.stream, self._epoch_key]
+        args = [_GROUP, uuid.uuid4().hex]
+        raw = await self._guarded(lambda: _ENSURE_SCRIPT(self._client, keys, args))
+        epoch = _text(raw)
+        if epoch != self._epoch:
+            # Another lifetime of the stream: what was appended to the last one is gone.
+            self.generation += 1
+            self._epoch = epoch
+            self._cursor = "0-0"
+        self._group_ready = True
+
+    async def append(self, records: Sequence[Record]) -> list[str]:
+        """``XADD`` each record in one round trip; returns the entry ids, in order.
+
+        Raises:
+            JournalUnavailableError: Redis did not take them; some may still have landed,
+                which the ``record_key`` makes harmless.
+        """
+        await self.ensure_group()
+        payloads = [encode_record(record) for record in records]
+
+        async def send() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            keys = [self.stream, self._sequence]
+            for payload in payloads:
+                pipe.evalsha(_APPEND_SCRIPT.sha, 2, *keys, self._max_length, payload)
+            return list(await pipe.execute())
+
+        async def run() -> list[str]:
+            try:
+                answers = await send()
+            except NoScriptError:
+                # New to this server (a first start, or a restart): sent whole once.
+                await self._client.script_load(_APPEND_SCRIPT.text)
+                answers = await send()
+            return [_text(answer) for answer in answers]
+
+        return list(await self._guarded(run))
+
+    async def read(self, count: int) -> list[Entry]:
+        """New entries for this consumer (none when nothing waits)."""
+        await self.ensure_group()
+        keys = [self.stream, self._delivered, self._trimmed]
+        args = [_GROUP, self.consumer, count]
+        raw = await self._guarded(lambda: _READ_SCRIPT(self._client, keys, args))
+        return self._entries(raw)
+
+    async def claim(self, count: int, held: set[str]) -> list[Entry]:
+        """Take over entries other consumers left idle past ``journal_claim_idle``.
+
+        Args:
+            held: entries this process has in memory; trimmed, they are not lost.
+        """
+        await self.ensure_group()
+
+        async def run() -> Any:
+            return await self._client.xautoclaim(
+                self.stream, _GROUP, self.consumer, self._claim_idle_ms, self._cursor, count
+            )
+
+        got = await self._guarded(run)
+        self._cursor = _text(got[0])
+        # Pending entries trimmed before anyone wrote them: gone, and named by the claim.
+        gone = [_text(i) for i in (got[2] if len(got) > 2 else []) if _text(i) not in held]
+        if gone:
+            self._metrics.incr("journal_trimmed_pending", len(gone))
+            _log.error("%d journal entries were trimmed before they were written", len(gone))
+            await self._guarded(lambda: self._client.incrby(self._trimmed, len(gone)))
+        entries = self._entries(got[1])
+        if entries:
+            self._metrics.incr("journal_claimed", len(entries))
+        return entries
+
+    def _entries(self, raw: Any) -> list[Entry]:
+        entries = []
+        for item in raw or []:
+            entry_id, fields = _text(item[0]), _fields(item[1])
+            payload = fields.get("r")
+            record = decode_record(payload) if payload is not None else None
+            entries.append(Entry(entry_id, record))
+        return entries
+
+    async def ack(self, ids: Sequence[str]) -> int:
+        """Acknowledge entries whose records the database has (or refused for good)."""
+        if not ids:
+            return 0
+        return int(await self._guarded(lambda: self._client.xack(self.stream, _GROUP, *ids)))
+
+    async def settled_through(self, entry_id: str) -> bool:
+        """Whether every entry up to ``entry_id`` was delivered and acknowledged."""
+
+        async def run() -> bool:
+            group = await self._group()
+            if group is None:
+                return True  # no group: the stream is gone with what it held
+            delivered = stream_id(_text(group.get("last-delivered-id") or ""))
+            if delivered < stream_id(entry_id):
+                return False
+            summary = await self._client.xpending(self.stream, _GROUP)
+            if not summary or not summary.get("pending"):
+                return True
+            return stream_id(_text(summary.get("min"))) > stream_id(entry_id)
+
+        return bool(await self._guarded(run))
+
+    async def _group(self) -> dict[str, Any] | None:
+        for group in await self._client.xinfo_groups(self.stream):
+            fields = _fields(group)
+            if _text(fields.get("name")) == _GROUP:
+                return fields
+        return None
+
+    async def refresh_stats(self) -> None:
+        """Read the stream's length, the group's lag and pending count, and what was trimmed."""
+
+        await self._check_epoch()
+
+        async def run() -> None:
+            length = await self._client.xlen(self.stream)
+            group = await self._group()
+            trimmed = await self._client.get(self._trimmed)
+            lag = group.get("lag") if group is not None else None
+            if group is not None:
+                summary = await self._client.xpending(self.stream, _GROUP)
+                oldest = summary.get("min") if summary and summary.get("pending") else None
+                delivered = stream_id(_text(group.get("last-delivered-id") or ""))
+                self.settled = (delivered, stream_id(_text(oldest)) if oldest else None)
+            self.stats = {
+                "length": int(length),
+                "lag": int(lag) if lag is not None else None,
+                "pending": int(group.get("pending") or 0) if group is not None else None,
+                "trimmed_unacked": int(trimmed or 0),
+            }
+
+        await self._guarded(run)
+
+    async def forget_consumer(self) -> None:
+        """Leave the group when this consumer holds nothing, so the group does not fill up."""
+
+        async def run() -> None:
+            for consumer in await self._client.xinfo_consumers(self.stream, _GROUP):
+                fields = _fields(consumer)
+                if _text(fields.get("name")) == self.consumer and not fields.get("pending"):
+                    await self._client.xgroup_delconsumer(self.stream, _GROUP, self.consumer)
+
+        await self._guarded(run)
+
+
+def claim_interval(idle: timedelta) -> float:
+    """How often to look for idle entries: often enough that one waits at most half again."""
+    return max(idle.total_seconds() / 2, 0.5)
