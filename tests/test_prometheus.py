@@ -276,3 +276,27 @@ async def test_a_peek_reads_the_tiers_without_counting_as_searches_or_tier_reads
         after = _families(store)
     for sample in ("kuya_store_tier_duration_seconds_count", "kuya_store_searches_total"):
         assert _value(after, sample) == _value(before, sample) > 0, sample
+
+
+async def test_the_write_journal_shows_as_counters_and_stream_gauges(
+    sqlite_url: str, redis_base_url: str, key_prefix: str
+) -> None:
+    market = FakeMarketplace(listings=3)
+    async with ks.CompsStore(
+        database_url=sqlite_url,
+        redis_url=redis_base_url,
+        key_prefix=key_prefix,
+        fetchers={"sold": market.sold},
+    ) as store:
+        await store.create_schema()
+        for i in range(3):
+            await store.comps.search(f"1986 Fleer Michael Jordan #{57 + i}")
+        await store.flush()
+        journal = store.metrics()["journal"]
+        families = _families(store)
+        assert journal["enabled"] and journal["appended"] >= 3  # a fetch carries its search row
+        assert _value(families, "kuya_store_journal_appended_total") == journal["appended"]
+        assert _value(families, "kuya_store_journal_acked_total") == journal["acked"]
+        assert families["kuya_store_journal_length"].type == "gauge"
+    async with ks.CompsStore(database_url=sqlite_url) as plain:  # no Redis: no journal series
+        assert not any(name.startswith("kuya_store_journal") for name in _families(plain))

@@ -249,6 +249,30 @@ class StoreCollector(Collector):
             "Records the write buffer holds before it drops (write_buffer_size).",
             value=writes.get("capacity", 0),
         )
+        yield from self._journal(m.get("journal", {}))
+
+    def _journal(self, journal: dict[str, Any]) -> Iterator[Metric]:
+        """The durable write path's Redis Stream: traffic, and the stream as last read."""
+        if not journal.get("enabled"):
+            return
+        ns = self._ns
+        for name, help_text in (
+            ("appended", "Records put on the write journal (a Redis Stream)."),
+            ("acked", "Journal entries acknowledged after their database commit."),
+            ("claimed", "Journal entries taken over from a worker that stopped reading."),
+            ("fallbacks", "Records kept in this process because the journal was unreachable."),
+            ("corrupt", "Journal entries that did not decode (acknowledged and skipped)."),
+        ):
+            yield _counter(f"{ns}_journal_{name}", help_text, journal.get(name, 0))
+        for name, help_text in (
+            ("length", "Entries on the journal stream."),
+            ("lag", "Journal entries not yet read by the workers' consumer group."),
+            ("pending", "Journal entries read but not yet acknowledged."),
+            ("trimmed_unacked", "Journal entries trimmed from the stream before being written."),
+        ):
+            value = journal.get(name)
+            if value is not None:
+                yield GaugeMetricFamily(f"{ns}_journal_{name}", help_text, value=value)
 
     def _database(self, m: dict[str, Any]) -> Iterator[Metric]:
         ns = self._ns
