@@ -23,6 +23,7 @@ ADDED_COLUMNS = {
     ("searches", "result_key"),
     ("searches", "fetch_stats"),
     ("searches", "complete"),
+    ("searches", "record_key"),
     ("saved_searches", "search_type"),
     ("saved_searches", "last_alert_observation"),
     ("saved_searches", "last_alerted_at"),
@@ -53,6 +54,8 @@ ADDED_INDEXES = {
     "card_directory_key",
     "card_directory_document",
     "card_directory_words",
+    # A record written once wherever it is replayed from (revision 0007).
+    "uq_searches_record_key",
 }
 # Indexes the plan defines that had to change for correctness, each explained in docs/schema.md.
 CHANGED_INDEXES = {
