@@ -15,23 +15,21 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import kuya_store as ks
+from bench.processes import run_together
 from bench.stats import Target
 
 PROCESSES = 4
 PAGES = 2
 LATENCY = 0.02
 TIMEOUT = 300.0
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _append(path: str, line: str) -> None:
@@ -94,46 +92,10 @@ def _run(args: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
     with tempfile.TemporaryDirectory(prefix="kuya-budget-") as scratch:
         calls_file = Path(scratch) / "calls"
         calls_file.touch()
-        procs = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.budget",
-                    json.dumps({**args, "calls_file": str(calls_file), "name": f"w{n}"}),
-                ],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                cwd=ROOT,
-            )
-            for n in range(PROCESSES)
+        payloads = [
+            {**args, "calls_file": str(calls_file), "name": f"w{n}"} for n in range(PROCESSES)
         ]
-        watchdog = threading.Timer(TIMEOUT, lambda: [p.kill() for p in procs])
-        watchdog.start()
-        reports = []
-        try:
-            for proc in procs:
-                assert proc.stdout is not None
-                if proc.stdout.readline().strip() != "ready":
-                    raise RuntimeError(f"budget worker failed:\n{proc.communicate()[1][-2000:]}")
-            start_at = time.time() + 0.5
-            for proc in procs:
-                assert proc.stdin is not None
-                proc.stdin.write(f"{start_at}\n")
-                proc.stdin.flush()
-            for proc in procs:
-                out, err = proc.communicate()
-                if proc.returncode != 0:
-                    raise RuntimeError(f"budget worker failed:\n{err[-2000:]}")
-                reports.append(json.loads(out.strip().splitlines()[-1]))
-        finally:
-            watchdog.cancel()
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+        reports = run_together("bench.budget", payloads, TIMEOUT)
         made = len(calls_file.read_text().splitlines())
     return made, reports
 

@@ -15,16 +15,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import kuya_store as ks
+from bench.processes import run_together
 from bench.stats import Target
 
 PROCESSES = 4
@@ -32,7 +31,6 @@ SEARCHES = 500
 LATENCY = 0.3
 GAP = 3.0  # seconds between the rounds' start moments
 TIMEOUT = 180.0
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def query(round_: int) -> str:
@@ -108,41 +106,7 @@ def _stampede(pg_url: str, redis_url: str, rounds: int) -> tuple[list[int], list
             "concurrency": SEARCHES // PROCESSES,
             "rounds": rounds,
         }
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "bench.stampede", json.dumps(args)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                cwd=ROOT,
-            )
-            for _ in range(PROCESSES)
-        ]
-        watchdog = threading.Timer(TIMEOUT, lambda: [p.kill() for p in procs])
-        watchdog.start()
-        reports = []
-        try:
-            for proc in procs:
-                assert proc.stdout is not None
-                if proc.stdout.readline().strip() != "ready":
-                    raise RuntimeError(f"stampede worker failed:\n{proc.communicate()[1][-2000:]}")
-            start_at = time.time() + 0.5
-            for proc in procs:
-                assert proc.stdin is not None
-                proc.stdin.write(f"{start_at}\n")
-                proc.stdin.flush()
-            for proc in procs:
-                out, err = proc.communicate()
-                if proc.returncode != 0:
-                    raise RuntimeError(f"stampede worker failed:\n{err[-2000:]}")
-                reports.append(json.loads(out.strip().splitlines()[-1]))
-        finally:
-            watchdog.cancel()
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+        reports = run_together("bench.stampede", [args] * PROCESSES, TIMEOUT)
         made = collections.Counter(calls_file.read_text().splitlines())
     return [made[query(k)] for k in range(rounds)], reports
 
