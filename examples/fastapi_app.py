@@ -22,29 +22,12 @@ from pydantic import BaseModel, Field
 
 import kuya_store as ks
 from kuya_store.dashboard import render_dashboard
-from kuya_store.demo import FakeMarketplace
+from kuya_store.demo import FakeMarketplace, with_links
 from kuya_store.integrations.fastapi import StoreDep, lifespan
 from kuya_store.integrations.prometheus import exposition
 
 LISTING_LINK = os.environ.get("LISTING_LINK", "https://www.ebay.com/itm/{item_id}")
 """Where a listing's page is, for a listing whose display data is gone."""
-
-
-def with_links(result: ks.CompsResult) -> dict[str, Any]:
-    """The answer as JSON, every listing with a link: its own, else one rebuilt from its id.
-
-    Display data (``extra``) lives only for ``display_ttl`` (the marketplace terms), and
-    without Redis only as long as the process: an answer read back from the database
-    without it says ``display_complete: false``, and the page degrades to what ``item_id``
-    alone can give.
-    """
-    body = result.model_dump(mode="json")
-    if not result.display_complete:
-        for listing in body["listings"]:
-            if "link" not in listing["extra"]:
-                link = LISTING_LINK.format(item_id=quote(listing["item_id"], safe=""))
-                listing["extra"]["link"] = link
-    return body
 
 
 class SearchQuery(BaseModel):
@@ -99,7 +82,7 @@ def create_app(create_schema: bool = True, **store_kwargs: Any) -> FastAPI:
             raw_only=asked.raw_only, base_only=asked.base_only, exclude_auto=asked.exclude_auto
         )
         result = await store.comps.search(asked.query, kind, filters=filters, params=params)
-        return with_links(result)
+        return with_links(result, LISTING_LINK)
 
     @app.get("/comps")
     async def comps(store: StoreDep, asked: Annotated[SearchQuery, Query()]) -> dict[str, Any]:

@@ -14,14 +14,15 @@ import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from kuya_store.clock import Clock, utcnow
-from kuya_store.models import FetchRequest, FetchResult, Listing, SearchType
+from kuya_store.models import CompsResult, FetchRequest, FetchResult, Listing, SearchType
 from kuya_store.settings import StoreSettings
 
-__all__ = ["DEMO_DATABASE_URL", "FakeMarketplace", "demo_settings"]
+__all__ = ["DEMO_DATABASE_URL", "FakeMarketplace", "demo_settings", "with_links"]
 
 DEMO_DATABASE_URL = "sqlite+aiosqlite:///./kuya-demo.db"
 """Where the demo writes when no database is named: a file of its own, never the app's."""
@@ -141,3 +142,19 @@ class FakeMarketplace:
 
 def _sold_date(now: datetime, rng: random.Random) -> datetime:
     return now - timedelta(days=rng.uniform(0, 45), seconds=rng.randint(0, 3600))
+
+
+def with_links(result: CompsResult, link: str) -> dict[str, Any]:
+    """The answer as JSON, every listing with a link: its own, else ``link`` with its id.
+
+    Display data (``extra``) lives only for ``display_ttl`` (the marketplace terms), and
+    without Redis only as long as the process: an answer read back from the database
+    without it says ``display_complete: false``, and a page degrades to what ``item_id``
+    alone can give. ``link`` is a pattern such as ``"https://www.ebay.com/itm/{item_id}"``.
+    """
+    body = result.model_dump(mode="json")
+    if not result.display_complete:
+        for listing in body["listings"]:
+            if "link" not in listing["extra"]:
+                listing["extra"]["link"] = link.format(item_id=quote(listing["item_id"], safe=""))
+    return body
