@@ -21,7 +21,6 @@ import pytest
 from sqlalchemy.engine import make_url
 
 import logscan
-from kuya_store.testing.plugin import create_database, drop_database
 from kuya_store.testing.servers import PostgresServer
 
 # The plugin users get from the entry point; loaded here (the entry point is turned off in
@@ -44,11 +43,9 @@ def redis_base_url(kuya_redis_url: str) -> str:
 
 
 @pytest.fixture
-def postgres_url(postgres_base_url: str) -> Iterator[str]:
+def postgres_url(postgres_base_url: str, kuya_postgres_url: str) -> str:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
-    url = create_database(postgres_base_url)
-    yield url
-    drop_database(postgres_base_url, make_url(url).database or "")
+    return kuya_postgres_url
 
 
 @pytest.fixture
