@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import kuya_store as ks
+from kuya_store.answering import levels
 from kuya_store.keys import MAX_QUERY_LENGTH, ResultIdentity, validate_query
 from kuya_store.pricing import parse_query
 
@@ -145,3 +146,34 @@ def test_queries_up_to_five_thousand_characters_are_accepted() -> None:
     with pytest.raises(ks.InvalidInputError) as info:
         validate_query("x" * (MAX_QUERY_LENGTH + 1))
     assert info.value.field == "query"
+
+
+def test_memoised_levels_keep_params_of_equal_value_but_another_type_apart() -> None:
+    # 1, 1.0 and True are equal and hash alike: a memo keyed on values alone would hand
+    # one of them the stored result of another.
+    wanted = ks.SearchFilters()
+    keys = {
+        levels("ohtani", ks.SearchType.SOLD, wanted, {"pages": v}, filter_upstream=False)[
+            -1
+        ].identity.result_key
+        for v in (1, 1.0, True, "1")
+    }
+    assert len(keys) == 4
+
+
+def test_memoised_levels_are_a_fresh_list_each_time() -> None:
+    wanted = ks.SearchFilters(raw_only=True)
+    first = levels("ohtani -auto", ks.SearchType.SOLD, wanted, {}, filter_upstream=False)
+    names = [level.name for level in first]
+    first.clear()
+    again = levels("ohtani -auto", ks.SearchType.SOLD, wanted, {}, filter_upstream=False)
+    assert [level.name for level in again] == names == ["base", "exact", "narrowed"]
+
+
+def test_an_identity_s_keys_are_worked_out_once_and_match_a_fresh_identity() -> None:
+    one = ResultIdentity.of("ohtani", ks.SearchType.ACTIVE, {"pages": 2}, ks.SearchFilters())
+    two = ResultIdentity.of("ohtani", ks.SearchType.ACTIVE, {"pages": 2}, ks.SearchFilters())
+    assert one == two and hash(one) == hash(two)
+    assert (one.result_key, one.card_key) == (two.result_key, two.card_key)
+    assert len(one.result_key) == 64 and len(one.card_key) == 32
+    assert "result_key" not in repr(one)

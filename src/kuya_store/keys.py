@@ -7,7 +7,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -194,9 +194,16 @@ class ResultIdentity:
         parsed = query if isinstance(query, SearchQuery) else _parsed(query)
         return cls.of(normalize_card(parsed), search_type, params, filters, parsed.operators)
 
-    @property
-    def result_key(self) -> str:
-        """64 hex characters naming this result in the database (``searches.result_key``)."""
+    result_key: str = field(init=False, repr=False, compare=False)
+    """64 hex characters naming this result in the database (``searches.result_key``)."""
+    card_key: str = field(init=False, repr=False, compare=False)
+    """Short hash of search type and card: groups every variant for invalidation.
+
+    Variants differ in params, upstream filters or operators; ``invalidate`` drops all.
+    """
+
+    def __post_init__(self) -> None:
+        # Both hashes are read on every tier lookup of a search: worked out once, here.
         parts: list[object] = [
             KEY_VERSION,
             self.search_type.value,
@@ -207,16 +214,11 @@ class ResultIdentity:
         if self.operators is not None:
             # Only then: a plain query keeps the key its stored results were written under.
             parts.append(self.operators)
-        return hashlib.sha256(canonical_json(parts).encode()).hexdigest()
-
-    @property
-    def card_key(self) -> str:
-        """Short hash of search type and card: groups every variant for invalidation.
-
-        Variants differ in params, upstream filters or operators; ``invalidate`` drops all.
-        """
+        result_key = hashlib.sha256(canonical_json(parts).encode()).hexdigest()
         material = f"{self.search_type.value}\x1f{self.card_identifier}"
-        return hashlib.sha256(material.encode()).hexdigest()[:32]
+        card_key = hashlib.sha256(material.encode()).hexdigest()[:32]
+        object.__setattr__(self, "result_key", result_key)
+        object.__setattr__(self, "card_key", card_key)
 
     # Every key of a card shares the hash tag ``{card_key}``: on a Redis Cluster a result,
     # its stamp, its lock and the card's index and fence live in one slot, so each script

@@ -86,6 +86,7 @@ class _Asked(NamedTuple):
     options: Params
     card: str
     identity: ResultIdentity
+    chain: list[Level]
 
 
 class CompsRepository:
@@ -162,11 +163,11 @@ class CompsRepository:
         kind = validate_search_type(search_type)
         wanted = validate_filters(filters)
         options = validate_params(params)
-        upstream = wanted if self._settings.filter_upstream else None
         # The card a query names, plus its operators: "Ohtani -auto" is the card "ohtani",
         # but never shares a stored result with "Ohtani" or "Ohtani auto".
-        identity = ResultIdentity.of_query(text, kind, options, upstream)
-        return _Asked(text, kind, wanted, options, identity.card_identifier, identity)
+        chain = levels(text, kind, wanted, options, filter_upstream=self._settings.filter_upstream)
+        identity = next(level.identity for level in chain if level.name == "exact")
+        return _Asked(text, kind, wanted, options, identity.card_identifier, identity, chain)
 
     def register_fetcher(self, search_type: SearchType | str, fetcher: Fetcher) -> None:
         """Set the fetcher that answers misses of one search type."""
@@ -239,9 +240,8 @@ class CompsRepository:
         record: bool,
         started: float,
     ) -> CompsResult:
-        text, kind, wanted, options, card, _ = asked
+        text, kind, wanted, options, card, _, chain = asked
         now = self._clock()
-        chain = levels(text, kind, wanted, options, filter_upstream=self._settings.filter_upstream)
         found = await self._answer_stored(chain, now, refresh)
         level, stored, source, known = found
         paid = False
@@ -514,7 +514,7 @@ class CompsRepository:
         """Queue a paid fetch with its search-log row (run by the flight that fetched it)."""
         if self._writer is None:
             return
-        text, kind, wanted, options, card, _ = asked
+        text, kind, wanted, options, card, _, _ = asked
         identity = level.identity
         fenced = self._fenced(identity, stored.fetched_at)
         self._queued_cards[identity.card_key] = (card, kind)
@@ -556,9 +556,8 @@ class CompsRepository:
         Fresh results come back as from :meth:`search`; an older stored one (up to
         ``max_stale``) comes back with ``source="stale"``; ``None`` when nothing is stored.
         """
-        text, kind, wanted, options, card, _ = self._ask(query, search_type, filters, params)
+        text, kind, wanted, options, card, _, chain = self._ask(query, search_type, filters, params)
         now = self._clock()
-        chain = levels(text, kind, wanted, options, filter_upstream=self._settings.filter_upstream)
         answer: tuple[Level, StoredResult, Source] | None = None
         for level in chain:
             hit, source, stale = await self._lookup(level.identity, now, count=False)
