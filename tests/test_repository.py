@@ -41,6 +41,30 @@ def database_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue(f"{request.param.replace('postgresql', 'postgres')}_url"))
 
 
+async def test_remembered_arguments_still_refuse_bad_input_and_keep_types_apart(
+    market: FakeMarketplace, clock: ks.ManualClock
+) -> None:
+    # A search's validated arguments are memoised: nothing may slip past the checks.
+    fetchers = {"sold": market.sold}
+    async with ks.CompsStore(
+        database_url="sqlite+aiosqlite://", mode="cache_only", fetchers=fetchers, clock=clock
+    ) as store:
+        for pages in (1, 1.0, True, "1"):
+            await store.comps.search(QUERY, params={"pages": pages})
+        assert [type(c.params["pages"]) for c in market.calls] == [int, float, bool, str]
+        assert (await store.comps.search(QUERY, params={"pages": True})).cache_hit
+        for _ in range(2):
+            with pytest.raises(ks.InvalidInputError, match="query"):
+                await store.comps.search(QUERY + "\x00")
+            with pytest.raises(ks.InvalidInputError, match="params"):
+                await store.comps.search(QUERY, params={"pages": [1]})
+            with pytest.raises(ks.InvalidInputError, match="search_type"):
+                await store.comps.search(QUERY, search_type="sould")
+        answer = await store.comps.search(f"  {QUERY} ", filters=ks.SearchFilters(raw_only=True))
+        assert answer.query == QUERY and answer.filters.raw_only
+        assert len(market.calls) == 5  # the plain query was not searched before
+
+
 @pytest.fixture(params=["memory", "redis"])
 def hot_tier(request: pytest.FixtureRequest) -> str:
     return str(request.param)

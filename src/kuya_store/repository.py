@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -86,7 +86,29 @@ class _Asked(NamedTuple):
     options: Params
     card: str
     identity: ResultIdentity
-    chain: list[Level]
+    chain: Sequence[Level]
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _asked_key(
+    query: object, search_type: object, filters: object, params: object
+) -> Hashable | None:
+    """A memo key for a search's arguments, or ``None`` when they are not plain values.
+
+    Types are part of the key: ``1``, ``1.0`` and ``True`` are equal but not the same params.
+    """
+    if type(query) is not str or type(search_type) not in (str, SearchType):
+        return None
+    if filters is not None and type(filters) is not SearchFilters:
+        return None
+    options: tuple[tuple[object, type, object], ...] = ()
+    if params is not None:
+        if type(params) is not dict or not all(type(v) in _SCALARS for v in params.values()):
+            return None
+        options = tuple((k, type(v), v) for k, v in params.items())
+    return (query, type(search_type), search_type, filters, options)
 
 
 class CompsRepository:
@@ -141,6 +163,7 @@ class CompsRepository:
         self._fences: TTLCache[str, datetime] = TTLCache(
             maxsize=100_000, ttl=settings.max_stale.total_seconds(), timer=self._timer
         )
+        self._asked: LRUCache[Hashable, _Asked] = LRUCache(maxsize=4096)
         self._valued: LRUCache[
             tuple[str, datetime, SearchFilters, tuple[str, ...]], PriceSnapshot
         ] = LRUCache(maxsize=4096)
@@ -158,7 +181,21 @@ class CompsRepository:
         return self._clock().timestamp()
 
     def _ask(self, query: object, search_type: object, filters: object, params: object) -> _Asked:
-        """Validate what a search asks for, and name the stored result that answers it."""
+        """Validate what a search asks for, and name the stored result that answers it.
+
+        Memoised for the plain values a web route passes, since the same searches recur.
+        """
+        key = _asked_key(query, search_type, filters, params)
+        asked = self._asked.get(key) if key is not None else None
+        if asked is None:
+            asked = self._validate(query, search_type, filters, params)
+            if key is not None:
+                self._asked[key] = asked
+        return asked
+
+    def _validate(
+        self, query: object, search_type: object, filters: object, params: object
+    ) -> _Asked:
         text = validate_query(query)
         kind = validate_search_type(search_type)
         wanted = validate_filters(filters)
@@ -167,7 +204,7 @@ class CompsRepository:
         # but never shares a stored result with "Ohtani" or "Ohtani auto".
         chain = levels(text, kind, wanted, options, filter_upstream=self._settings.filter_upstream)
         identity = next(level.identity for level in chain if level.name == "exact")
-        return _Asked(text, kind, wanted, options, identity.card_identifier, identity, chain)
+        return _Asked(text, kind, wanted, options, identity.card_identifier, identity, tuple(chain))
 
     def register_fetcher(self, search_type: SearchType | str, fetcher: Fetcher) -> None:
         """Set the fetcher that answers misses of one search type."""
@@ -297,7 +334,7 @@ class CompsRepository:
         )
 
     async def _answer_stored(
-        self, chain: list[Level], now: datetime, refresh: bool
+        self, chain: Sequence[Level], now: datetime, refresh: bool
     ) -> tuple[Level | None, StoredResult | None, Source | None, list[StoredResult | None]]:
         """The first level with a fresh result that answers; else what each level holds."""
         known: list[StoredResult | None] = []
@@ -311,7 +348,7 @@ class CompsRepository:
     async def _answer_upstream(
         self,
         asked: _Asked,
-        chain: list[Level],
+        chain: Sequence[Level],
         known: list[StoredResult | None],
         fetcher: Fetcher,
         user: int | None,
