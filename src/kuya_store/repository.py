@@ -419,6 +419,8 @@ class CompsRepository:
 
     def _fenced(self, identity: ResultIdentity, fetched_at: datetime) -> bool:
         """Whether data fetched at ``fetched_at`` predates an invalidation of its card."""
+        if not self._fences:
+            return False  # nothing invalidated lately: the common case, without a clock read
         fence = self._fences.get(identity.card_key)
         return fence is not None and fetched_at <= fence
 
