@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import StatementError
 
-from kuya_store.db.engine import create_engine
+from kuya_store.db.engine import _ping, create_engine
 from kuya_store.db.tables import metadata
 from kuya_store.settings import StoreSettings
 
@@ -109,7 +109,8 @@ def test_postgres_engine_uses_a_checked_pool_and_statement_cache(postgres_url: s
         StoreSettings(database_url=postgres_url, pool_size=7, statement_cache_size=321)
     )
     pool = engine.sync_engine.pool
-    assert pool._pre_ping is True  # type: ignore[attr-defined]
+    # Each checkout checks the connection (one round trip), as pool_pre_ping would.
+    assert sa.event.contains(engine.sync_engine, "checkout", _ping)
     assert pool.size() == 7  # type: ignore[attr-defined]
     import asyncio
 

@@ -21,7 +21,7 @@ from kuya_store.analytics_views import (
     views_present,
     watermark,
 )
-from kuya_store.db.engine import DatabaseFeature
+from kuya_store.db.engine import DatabaseFeature, driver_connection, single_statement
 from kuya_store.db.tables import metadata
 from kuya_store.db.types import Money
 from kuya_store.errors import InvalidInputError, NotFoundError
@@ -77,6 +77,21 @@ def _history(
     return stmt.order_by(_snapshots.c.snapshot_date)
 
 
+def _driver_history(card: str, start: date | None, end: date | None) -> tuple[str, list[Any]]:
+    """``_history`` of every snapshot column as SQL for the driver: one text per bound set,
+    so PostgreSQL still prunes the months a bound rules out."""
+    where, args = ["card_identifier = $1"], list[Any]([card])
+    for bound, op in ((start, ">="), (end, "<=")):
+        if bound is not None:
+            args.append(bound)
+            where.append(f"snapshot_date {op} ${len(args)}")
+    sql = (
+        f"SELECT {', '.join(_SNAPSHOT_FIELDS)} FROM price_snapshots "
+        f"WHERE {' AND '.join(where)} ORDER BY snapshot_date"
+    )
+    return sql, args
+
+
 def _stored(model: type[_M], fields: tuple[str, ...], rows: Iterable[Sequence[Any]]) -> list[_M]:
     """Models of rows whose columns are ``fields`` in order, without validating them again.
 
@@ -89,10 +104,13 @@ def _stored(model: type[_M], fields: tuple[str, ...], rows: Iterable[Sequence[An
         built = [model.model_construct(**dict(zip(fields, row, strict=True))) for row in rows]
         return cast("list[_M]", built)
     out = []
+    # One set for every row: pydantic only reads it (a frozen model's fields never change,
+    # and ``model_copy`` copies it).
+    every = set(fields)
     for row in rows:
         item = model.__new__(model)
         _set(item, "__dict__", dict(zip(fields, row, strict=True)))
-        _set(item, "__pydantic_fields_set__", set(fields))
+        _set(item, "__pydantic_fields_set__", every)
         _set(item, "__pydantic_extra__", None)
         _set(item, "__pydantic_private__", None)
         out.append(item)
@@ -250,6 +268,12 @@ class Analytics(DatabaseFeature):
             raise InvalidInputError("start", "must not be after end")
 
         async def read(conn: AsyncConnection) -> list[PriceSnapshot]:
+            conn = await single_statement(conn)
+            driver = await driver_connection(conn)
+            if driver is not None:
+                # The driver's own rows: typed by PostgreSQL, JSON decoded by its codec.
+                sql, args = _driver_history(card_identifier, first, last)
+                return _stored(PriceSnapshot, _SNAPSHOT_FIELDS, await driver.fetch(sql, *args))
             pg = conn.dialect.name == "postgresql"
             columns = _PG_SNAPSHOT_COLUMNS if pg else _SNAPSHOT_COLUMNS
             statement = _history(columns, card_identifier, first, last)
@@ -265,6 +289,7 @@ class Analytics(DatabaseFeature):
         card_identifier = normalize_card(card)
 
         async def read(conn: AsyncConnection) -> list[TrendPoint]:
+            conn = await single_statement(conn)
             pg = conn.dialect.name == "postgresql"
             statement = _history(
                 _PG_POINT_COLUMNS if pg else _POINT_COLUMNS,

@@ -1,0 +1,115 @@
+"""Reads of one statement on PostgreSQL: autocommit, the driver's rows, a one-trip pool check."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import date
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+import kuya_store as ks
+from kuya_store.db.engine import decode_json
+
+ROWS = """
+INSERT INTO price_snapshots (card_identifier, snapshot_date, fmv_low, market_value,
+                             sample_size, volume_confidence, parallel_analysis, grading_analysis)
+VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb)
+"""
+
+
+def _dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _load(url: str) -> None:
+    await ks.migrations.upgrade_async(url)
+    conn = await asyncpg.connect(_dsn(url))
+    try:
+        analyses = [
+            {"base": {"count": 30, "median": "12.50"}, "ünïcode ⚾": [1, 2.5, None, True]},
+            {"huge": 2**70, "negative": -(2**80), "deep": {"a": {"b": {"c": []}}}},
+            None,
+        ]
+        for day in range(1, 31):
+            analysis = analyses[day % 3]
+            await conn.execute(
+                ROWS,
+                "ohtani",
+                date(2026, 11, day),
+                None if day % 4 == 0 else f"{day}.05",
+                f"{day * 3}.99",
+                day,
+                "high" if day % 2 else None,
+                json.dumps(analysis) if analysis is not None else None,
+                json.dumps({"PSA 10": {"count": day}}),
+            )
+        await conn.execute(ROWS, "other", date(2026, 11, 5), "1.00", "2.00", 1, None, None, None)
+    finally:
+        await conn.close()
+
+
+async def _history(url: str, start: date | None, end: date | None) -> list[ks.PriceSnapshot]:
+    async with ks.CompsStore(database_url=url) as store:
+        return await store.analytics.price_history("Ohtani", start, end)
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [(None, None), (date(2026, 11, 10), None), (None, date(2026, 11, 3)), (date(2026, 11, 7),) * 2],
+)
+async def test_the_driver_s_rows_equal_sqlalchemy_s(
+    postgres_url: str, pgbouncer_url: str, start: date | None, end: date | None
+) -> None:
+    # Through PgBouncer a read keeps its transaction and SQLAlchemy's result layer: the
+    # same rows read both ways must give the same snapshots, to the type.
+    await _load(postgres_url)
+    direct = await _history(postgres_url, start, end)
+    pooled = await _history(f"{pgbouncer_url}?pgbouncer=true", start, end)
+    assert direct == pooled and direct
+    for one, two in zip(direct, pooled, strict=True):
+        assert one.model_dump() == two.model_dump()
+        assert [type(v) for v in one.model_dump().values()] == [
+            type(v) for v in two.model_dump().values()
+        ]
+    days = [s.snapshot_date for s in direct]
+    assert days == sorted(days)
+    assert all((start or days[0]) <= d <= (end or days[-1]) for d in days)
+    huge = [s for s in direct if s.parallel_analysis and "huge" in s.parallel_analysis]
+    assert huge and huge[0].parallel_analysis == {
+        "huge": 2**70,
+        "negative": -(2**80),
+        "deep": {"a": {"b": {"c": []}}},
+    }
+
+
+async def test_pooled_connections_killed_by_the_server_are_replaced_unseen(
+    postgres_url: str,
+) -> None:
+    await _load(postgres_url)
+    async with ks.CompsStore(database_url=postgres_url, pool_size=3) as store:
+        await asyncio.gather(*(store.analytics.price_history("ohtani") for _ in range(3)))
+        before = await store.analytics.price_history("ohtani")
+        admin = await asyncpg.connect(_dsn(postgres_url))
+        try:
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'kuya-store' AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await admin.close()
+        assert killed >= 1
+        for _ in range(5):  # every pooled connection is dead: none may reach the caller
+            assert await store.analytics.price_history("ohtani") == before
+            trend = await store.analytics.price_trend("ohtani", days=3650)
+            assert trend.direction != "unknown"
+
+
+def test_json_beyond_sixty_four_bits_still_decodes() -> None:
+    text = json.dumps({"n": 2**70, "f": 1.5, "s": "x"})
+    assert decode_json(text) == {"n": 2**70, "f": 1.5, "s": "x"}
+    assert decode_json(b'{"a": [1, 2]}') == {"a": [1, 2]}
+    with pytest.raises(ValueError):
+        decode_json("{not json")
