@@ -1,4 +1,4 @@
-"""Quality gates: ``nox -s lint typecheck tests docs`` (what ``scripts/test.sh`` and CI run)."""
+"""Quality gates: ``nox -s lint typecheck tests docs bench-smoke`` (``scripts/test.sh``, CI)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_venv = "yes"
-nox.options.sessions = ["lint", "typecheck", "tests", "docs"]
+nox.options.sessions = ["lint", "typecheck", "tests", "docs", "bench-smoke"]
 
 PYTHON = "3.11"
 SOURCES = [
@@ -59,6 +59,16 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Benchmarks against raw drivers and peer libraries (not part of CI)."""
+    """Benchmarks against raw drivers and peer libraries: ``nox -s bench -- [--only NAME]``."""
     session.install("-e", ".[dev]", "cashews>=7")
     session.run("python", "-m", "bench", *session.posargs)
+
+
+@nox.session(python=PYTHON, name="bench-smoke")
+def bench_smoke(session: nox.Session) -> None:
+    """Every benchmark in its short form (CI): each section must run to its end.
+
+    No figure is checked: timings on a shared machine say nothing, the full run does.
+    """
+    session.install("-e", ".[dev]", "cashews>=7")
+    session.run("python", "-m", "bench", "--quick")
