@@ -49,8 +49,8 @@ LUA = Path(__file__).with_name("wrk_mix.lua")
 WORKERS = 4
 # uvicorn's own asyncio loop for both apps: under uvloop the store's near-cache coherence
 # connection fails (its protocol asserts an ``asyncio.Transport``, which uvloop's TCP
-# transport is not), so the comparison would measure that failure. KUYA_BENCH_HTTP_LOOP=uvloop
-# measures it again.
+# transport is not), so the store would not run as configured: its near-cache falls back to
+# a plain TTL. KUYA_BENCH_HTTP_LOOP=uvloop measures it that way.
 LOOP = os.environ.get("KUYA_BENCH_HTTP_LOOP", "asyncio")
 CONNECTIONS = 64
 THREADS = 2
