@@ -59,7 +59,11 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Benchmarks against raw drivers and peer libraries: ``nox -s bench -- [--only NAME]``."""
+    """Benchmarks against raw drivers and peer libraries: ``nox -s bench -- [--only NAME]``.
+
+    The HTTP load benchmark serves the apps with uvicorn (in ``dev``) and drives them with
+    Debian's ``wrk``, which it installs with apt when missing and running as root.
+    """
     session.install("-e", ".[dev]", "cashews>=7")
     session.run("python", "-m", "bench", *session.posargs)
 

@@ -22,6 +22,7 @@ from bench import (
     ha,
     history,
     hot_path,
+    http_load,
     memory,
     near_cache,
     persist,
@@ -57,6 +58,7 @@ BENCHMARKS = {
     "valuation": Benchmark(valuation.run, needs_servers=False),
     "scale": Benchmark(scale.run),
     "replicas": Benchmark(replicas.run),
+    "http": Benchmark(http_load.run),
 }
 
 
