@@ -170,6 +170,30 @@ async def test_a_change_in_one_store_drops_the_copy_of_another(
         assert (await two.comps.search(QUERY)).source == "memory"
 
 
+def test_coherence_runs_on_uvloop(redis_url: str, key_prefix: str) -> None:
+    # ``uvicorn --loop uvloop`` (its default with uvicorn[standard]) runs the app on uvloop,
+    # whose transports are not ``asyncio.Transport``: the listener must start there too.
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> None:
+        market = FakeMarketplace(listings=5)
+        async with (
+            _store(redis_url, key_prefix, market) as one,
+            _store(redis_url, key_prefix, market) as two,
+        ):
+            await _until(lambda: _coherent(one) and _coherent(two))
+            await one.comps.search(QUERY)
+            await two.comps.search(QUERY)
+            assert (await two.comps.search(QUERY)).source == "memory"
+            await one.comps.invalidate(QUERY, "sold")
+            near = two._near
+            assert near is not None
+            await _until(lambda: len(near) == 0)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
+
+
 async def test_a_dropped_invalidation_connection_flushes_the_near_cache(
     redis_url: str, key_prefix: str, redis_client: Any
 ) -> None:
