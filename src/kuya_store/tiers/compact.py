@@ -18,7 +18,6 @@ form. ``bench/report/memory.md`` gives the measurements behind these choices.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
 from typing import Any, NoReturn, TypeVar
 
 from pydantic import BaseModel
@@ -66,7 +65,10 @@ class _SharedNames(set[str]):
 _field_names: dict[frozenset[str], _SharedNames] = {}
 
 
-def _shared_names(names: Iterable[str]) -> set[str]:
+def _shared_names(model: BaseModel) -> set[str]:
+    names = model.__pydantic_fields_set__
+    if type(names) is _SharedNames:
+        return names  # held already
     key = frozenset(names)
     shared = _field_names.get(key)
     if shared is None:
@@ -79,9 +81,10 @@ def _shared_names(names: Iterable[str]) -> set[str]:
 def _rebuilt(model: _M, values: dict[str, Any]) -> _M:
     """``model`` with ``values`` as its fields and the shared set of its given names."""
     # What ``model_construct`` does, without its per-field defaults pass: every field is given.
-    copy = type(model).__new__(type(model))
+    cls = type(model)
+    copy = object.__new__(cls)
     _set_attribute(copy, "__dict__", values)
-    _set_attribute(copy, "__pydantic_fields_set__", _shared_names(model.model_fields_set))
+    _set_attribute(copy, "__pydantic_fields_set__", _shared_names(model))
     _set_attribute(copy, "__pydantic_extra__", model.__pydantic_extra__)
     _set_attribute(copy, "__pydantic_private__", model.__pydantic_private__)
     return copy
