@@ -188,3 +188,13 @@ async def test_the_memory_tier_and_the_near_cache_hold_compacted_results() -> No
         assert one == _result("a") and two == _result("b")
         assert one is not None and two is not None
         assert one.listings[0].model_fields_set is two.listings[1].model_fields_set
+
+
+def test_the_memo_of_shared_texts_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compacting, "_texts", {})
+    monkeypatch.setattr(compacting, "_MAX_TEXTS", 3)
+    listings = [_listing("wemby", i, extra={"seller": f"seller{i}"}) for i in range(10)]
+    original = _result("wemby", listings)
+    held = compact(original)
+    assert held == original and len(compacting._texts) <= 3
+    assert [x.extra["seller"] for x in held.listings] == [f"seller{i}" for i in range(10)]

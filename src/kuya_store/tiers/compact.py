@@ -4,7 +4,7 @@ pydantic keeps a ``set`` of the field names given, per model instance: for a lis
 that set (728 bytes) outweighs the listing's own strings and numbers. A result entering
 an in-process tier is rebuilt with one shared, read-only set per combination of names,
 and with the short strings that repeat from listing to listing (listing types,
-conditions, the keys and short values of display data) shared too. Values are never
+conditions, short values of display data) shared too, through a bounded memo. Values are never
 changed, so a compacted result equals the original and dumps the same.
 
 What is deliberately not shared: dictionaries (``extra``, ``params``, analyses), even
@@ -34,6 +34,8 @@ _M = TypeVar("_M", bound=BaseModel)
 _SHORT = 32
 # Combinations of given field names seen; past this many, new ones are not shared.
 _MAX_COMBINATIONS = 512
+# Distinct short texts remembered for sharing; the memo starts over when it is full.
+_MAX_TEXTS = 16_384
 
 _set_attribute = object.__setattr__
 
@@ -90,8 +92,22 @@ def _rebuilt(model: _M, values: dict[str, Any]) -> _M:
     return copy
 
 
+_texts: dict[str, str] = {}
+
+
+def _text(text: str) -> str:
+    # Not ``sys.intern``: these come from the marketplace, without end, and on some
+    # Python versions an interned string is never freed. This memo is bounded.
+    held = _texts.get(text)
+    if held is None:
+        if len(_texts) >= _MAX_TEXTS:
+            _texts.clear()
+        held = _texts.setdefault(text, text)
+    return held
+
+
 def _short(value: Any) -> Any:
-    return sys.intern(value) if type(value) is str and len(value) <= _SHORT else value
+    return _text(value) if type(value) is str and len(value) <= _SHORT else value
 
 
 def _display(extra: dict[str, Any]) -> dict[str, Any]:
@@ -108,7 +124,7 @@ def _listing(listing: Listing) -> Listing:
     for name in ("listing_type", "condition"):
         text = values.get(name)
         if text is not None:
-            values[name] = sys.intern(text)
+            values[name] = _text(text)
     extra = values.get("extra")
     if extra is not None:
         # Its own copy even when empty: what the caller does to its listing stays there.
@@ -122,8 +138,7 @@ def compact(result: StoredResult) -> StoredResult:
     values["listings"] = [_listing(listing) for listing in result.listings]
     if result.card_identifier == result.query:
         values["card_identifier"] = result.query
-    if result.params:
-        values["params"] = {sys.intern(key): _short(v) for key, v in result.params.items()}
+    values["params"] = {_text(key): _short(v) for key, v in result.params.items()}
     for name in ("snapshot", "stats"):
         part = values.get(name)
         if part is not None:
