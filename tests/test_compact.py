@@ -198,3 +198,13 @@ def test_the_memo_of_shared_texts_stays_bounded(monkeypatch: pytest.MonkeyPatch)
     held = compact(original)
     assert held == original and len(compacting._texts) <= 3
     assert [x.extra["seller"] for x in held.listings] == [f"seller{i}" for i in range(10)]
+
+
+def test_a_result_built_without_validation_compacts_too() -> None:
+    # What a faster decode may hand over: models made with ``model_construct``.
+    original = _result("wemby")
+    listings = [ks.Listing.model_construct(**x.model_dump()) for x in original.listings]
+    built = StoredResult.model_construct(**{**dict(original), "listings": listings})
+    held = compact(built)
+    assert held == original and held.model_dump_json() == original.model_dump_json()
+    assert held.listings[0].model_fields_set is compact(original).listings[0].model_fields_set

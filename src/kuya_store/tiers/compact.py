@@ -87,8 +87,9 @@ def _rebuilt(model: _M, values: dict[str, Any]) -> _M:
     copy = object.__new__(cls)
     _set_attribute(copy, "__dict__", values)
     _set_attribute(copy, "__pydantic_fields_set__", _shared_names(model))
-    _set_attribute(copy, "__pydantic_extra__", model.__pydantic_extra__)
-    _set_attribute(copy, "__pydantic_private__", model.__pydantic_private__)
+    # A model built without validation may leave these unset.
+    _set_attribute(copy, "__pydantic_extra__", getattr(model, "__pydantic_extra__", None))
+    _set_attribute(copy, "__pydantic_private__", getattr(model, "__pydantic_private__", None))
     return copy
 
 
