@@ -18,6 +18,7 @@ from cachetools import TLRUCache, TTLCache
 from kuya_store.clock import Clock, utcnow
 from kuya_store.keys import ResultIdentity
 from kuya_store.stored import StoredResult
+from kuya_store.tiers.compact import compact
 from kuya_store.tiers.sizing import approximate_size
 
 __all__ = ["MemoryTier"]
@@ -61,9 +62,11 @@ class _Entries(TLRUCache[ResultIdentity, _Entry, datetime]):
 class MemoryTier:
     """Holds at most ``max_entries`` results and about ``max_bytes``; the least recently used goes.
 
-    Values are the frozen models themselves, so a hit costs no decoding. Sizes are the
-    estimate of :func:`~kuya_store.tiers.sizing.approximate_size`; a result larger than
-    the whole bound is not kept at all.
+    Values are the frozen models themselves, so a hit costs no decoding; each is stored
+    as its :func:`~kuya_store.tiers.compact.compact` copy, which shares what repeats
+    between results. Sizes are the estimate of
+    :func:`~kuya_store.tiers.sizing.approximate_size`; a result larger than the whole
+    bound is not kept at all.
     """
 
     def __init__(
@@ -109,6 +112,7 @@ class MemoryTier:
         fence = self._fences.get(identity.card_key)
         if fence is not None and result.fetched_at <= fence:
             return False  # fetched before the card was invalidated
+        result = compact(result)
         try:
             self._entries[identity] = _Entry(self._clock() + ttl, result, approximate_size(result))
         except ValueError:
