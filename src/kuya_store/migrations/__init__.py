@@ -11,12 +11,8 @@ import asyncio
 import concurrent.futures
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -39,11 +35,19 @@ VERSION_TABLE = "kuya_store_alembic_version"
 ADVISORY_LOCK_KEY = 0x6B757961  # "kuya"
 """PostgreSQL advisory lock held while migrating, so concurrent upgrades run one at a time."""
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic is imported where a migration runs, not with the package: it is most of what
+# importing kuya_store would cost, and a worker that never migrates never needs it.
+
 _SCRIPT_LOCATION = Path(__file__).resolve().parent
 _T = TypeVar("_T")
 
 
 def _config(database_url: str | None = None, connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(_SCRIPT_LOCATION))
     # Kept out of the ini options: configparser would choke on '%' in a password.
@@ -76,6 +80,8 @@ def _blocking(work: Callable[[], _T]) -> _T:
 
 def head() -> str:
     """The newest revision shipped with this version of kuya-store."""
+    from alembic.script import ScriptDirectory
+
     revision = ScriptDirectory.from_config(_config()).get_current_head()
     assert revision is not None
     return revision
@@ -84,12 +90,16 @@ def head() -> str:
 def upgrade(database_url: str, revision: str = "head") -> None:
     """Migrate the database up to ``revision`` (default: the newest)."""
     config = _config(_normalise(database_url))
+    from alembic import command
+
     _blocking(lambda: command.upgrade(config, revision))
 
 
 def downgrade(database_url: str, revision: str) -> None:
     """Migrate the database down to ``revision`` (``"base"`` drops every kuya-store table)."""
     config = _config(_normalise(database_url))
+    from alembic import command
+
     _blocking(lambda: command.downgrade(config, revision))
 
 
@@ -99,6 +109,8 @@ def current(database_url: str) -> str | None:
 
 
 def _current(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
     return context.get_current_revision()
 
@@ -129,6 +141,8 @@ async def current_async(target: str | AsyncEngine) -> str | None:
 async def upgrade_async(target: str | AsyncEngine, revision: str = "head") -> None:
     """Async twin of :func:`upgrade`; accepts a URL or an existing ``AsyncEngine``."""
 
+    from alembic import command
+
     async def work(connection: AsyncConnection) -> None:
         await connection.run_sync(lambda sync: command.upgrade(_config(connection=sync), revision))
 
@@ -137,6 +151,8 @@ async def upgrade_async(target: str | AsyncEngine, revision: str = "head") -> No
 
 async def downgrade_async(target: str | AsyncEngine, revision: str) -> None:
     """Async twin of :func:`downgrade`; accepts a URL or an existing ``AsyncEngine``."""
+
+    from alembic import command
 
     async def work(connection: AsyncConnection) -> None:
         await connection.run_sync(
