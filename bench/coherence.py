@@ -321,16 +321,16 @@ def _measure(redis_url: str, duration: float, ttl: float, count: int) -> tuple[A
 
 async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
     quick = scale < 1
-    duration, ttl = (4.0, 0.5) if quick else (30.0, 5.0)
+    duration, ttl = (2.0, 0.5) if quick else (30.0, 5.0)
     print(
         f"\n## coherent near-caches: {PROCESSES} processes x {RATE:.0f} searches/s for "
         f"{duration:.0f} s after as long a warm-up, Zipf s={ZIPF} over {CARDS:,} cards, "
         f"{REFRESH_SHARE:.1%} refreshes; the TTL rule keeps entries {ttl:g} s"
     )
-    count = 50 if quick else 500
+    count = 20 if quick else 500
     rates, delays = await asyncio.to_thread(_measure, redis_url, duration, ttl, count)
     ratio = rates["coherent"] / rates["ttl"] if rates["ttl"] else float("inf")
-    minutes = 0.2 if quick else 5.0
+    minutes = 0.1 if quick else 5.0
     print(
         f"\n## the same load over {minutes:g} minutes after as long a warm-up, on a simulated "
         f"clock ({PROCESSES} stores in one process; the TTL rule keeps entries 5 s)"

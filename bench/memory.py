@@ -228,7 +228,7 @@ async def _hit_costs(n: int) -> dict[str, list[float]]:
 
 
 async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
-    n = max(10_000, int(ENTRIES * scale))
+    n = ENTRIES if scale >= 1 else 3_000  # a smoke run only checks that it runs
     print("\n## memory: the byte estimate of a result against tracemalloc")
     errors = await _estimate_errors()
     for shape, held, error in errors:
