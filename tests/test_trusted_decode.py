@@ -7,7 +7,12 @@ a tampered or cut value) is validated in full, as every value was before the sea
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -138,6 +143,43 @@ async def test_a_value_one_store_writes_is_read_by_another_on_trust(make_store: 
     await reader.comps.search(QUERY, refresh=True)
     assert (await third.comps.search(QUERY)).source == "redis"
     assert third.metrics()["redis"]["trusted_decodes"] == 1
+
+
+_WRITER = textwrap.dedent(
+    """
+    import asyncio, sys
+    import kuya_store as ks
+    from kuya_store.demo import FakeMarketplace
+
+    async def main():
+        async with ks.CompsStore(
+            database_url="sqlite+aiosqlite://", mode="cache_only", redis_url=sys.argv[1],
+            key_prefix=sys.argv[2], near_cache_size=0, hot_tier_secret=sys.argv[3],
+            fetchers={"sold": FakeMarketplace(listings=20).sold},
+        ) as store:
+            assert (await store.comps.search(sys.argv[4])).source == "api"
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_another_process_with_the_secret_is_trusted(
+    make_store: MakeStore, redis_url: str, key_prefix: str
+) -> None:
+    """Another interpreter (its own hash seed, its own schema build) derives the same key."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(ks.__file__).parents[1]),
+        "PYTHONHASHSEED": "random",
+    }
+    args = [sys.executable, "-c", _WRITER, redis_url, key_prefix, SECRET, QUERY]
+    done = await asyncio.to_thread(subprocess.run, args, env=env, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    reader = make_store(hot_tier_secret=SECRET)
+    await reader.start()
+    assert (await reader.comps.search(QUERY)).source == "redis"
+    assert reader.metrics()["redis"]["trusted_decodes"] == 1
 
 
 async def test_a_store_with_another_secret_validates_in_full(make_store: MakeStore) -> None:
@@ -272,6 +314,13 @@ def test_a_release_before_the_seal_reads_a_sealed_value_as_before() -> None:
     # The reader of that release: validate, unknown members ignored, check the version.
     old_reader = StoredResult.model_validate_json(sealed)
     assert old_reader == _result() and old_reader.v == 1
+
+
+def test_only_a_json_object_is_sealed() -> None:
+    seal = ValueSeal(SECRET.encode())
+    for payload in (b"[1, 2]", b"{}", b""):
+        with pytest.raises(ValueError, match="JSON object"):
+            seal.seal(KEY, payload)
 
 
 def test_a_sealed_value_of_another_version_is_a_clean_miss() -> None:

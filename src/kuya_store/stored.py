@@ -118,8 +118,8 @@ _SUFFIX = len(_HEAD) + _HEX + len(_TAIL)
 def _layout() -> bytes:
     """What the seal's key is bound to: the value version and the models' full schema.
 
-    Processes whose models differ (another release) never take each other's values on
-    trust; they validate them, as any other value.
+    Processes whose models differ (another release, or a pydantic that describes them
+    otherwise) never take each other's values on trust; they validate them, as any other.
     """
     schema = json.dumps(StoredResult.model_json_schema(), sort_keys=True)
     return f"kuya-store hot-tier value {KEY_VERSION}\x00{schema}".encode()
@@ -152,6 +152,8 @@ class ValueSeal:
 
     def seal(self, key: str, payload: bytes) -> bytes:
         """``payload`` (a JSON object) with its tag for ``key`` as its last member."""
+        if not payload.endswith(b"}") or len(payload) < 3:
+            raise ValueError("only a non-empty JSON object can be sealed")
         body = payload[:-1]
         return body + _HEAD + self._tag(key, body) + _TAIL
 
