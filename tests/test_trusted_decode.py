@@ -549,3 +549,24 @@ async def test_a_bad_secret_in_the_environment_stops_the_store(
     monkeypatch.setenv("KUYA_HOT_TIER_SECRET", "short")
     with pytest.raises(ks.InvalidInputError, match="hot_tier_secret"):
         ks.CompsStore(database_url="sqlite+aiosqlite://")
+
+
+# -- the memo of decoded values ---------------------------------------------------------------
+
+
+async def test_a_value_read_once_is_not_kept_one_read_twice_is(
+    tiers: Callable[..., RedisTier],
+) -> None:
+    """A rotation over more cards than the memo holds would only churn it (and free results)."""
+    writer, reader = tiers(), tiers()
+    identities = [ResultIdentity.of(f"card{n}", ks.SearchType.SOLD, {}) for n in range(20)]
+    for identity in identities:
+        await writer.set(identity, _result(), timedelta(minutes=5))
+    for identity in identities:
+        assert await reader.get(identity) == _result()
+    assert len(reader._decoded) == 0
+    assert await reader.get(identities[0]) == _result()  # read again: kept from now on
+    assert list(reader._decoded) == [identities[0].redis_key(reader._prefix)]
+    decodes = _counts(reader)
+    assert await reader.get(identities[0]) == _result()
+    assert _counts(reader) == decodes  # answered from the memo, not decoded again
