@@ -10,6 +10,7 @@ from pydantic import (
     ByteSize,
     Field,
     ImportString,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -54,6 +55,8 @@ def redact_url(url: str | None) -> str | None:
         # Unparseable: show the scheme only, since anything after it could be a secret.
         return url.split(":", 1)[0] + ":<unparseable>"
 
+
+_SECRET_MIN_LENGTH = 32  # 128 bits of hex at least; secrets.token_hex(32) gives 64
 
 _YES = frozenset({"1", "true", "yes", "on"})
 _NO = frozenset({"0", "false", "no", "off"})
@@ -186,6 +189,10 @@ class StoreSettings(BaseSettings):
     redis_pool_timeout: timedelta = timedelta(seconds=1)
     breaker_failure_threshold: int = Field(3, ge=1)
     breaker_reset_after: timedelta = timedelta(seconds=5)
+    hot_tier_secret: SecretStr | None = Field(None, repr=False)
+    """Seals the values written to Redis, so every process holding it reads the others'
+    values back without validating them again; ``None``: each process trusts only its own
+    writes (``KUYA_HOT_TIER_SECRET``, at least 32 characters; docs/tiers.md)."""
 
     # Fetcher calls.
     fetch_timeout: timedelta = timedelta(seconds=30)
@@ -331,6 +338,29 @@ class StoreSettings(BaseSettings):
         if any(not url.startswith("postgresql") for url in urls):
             raise ValueError("must be PostgreSQL URLs: SQLite has no replicas")
         return urls
+
+    @field_validator("hot_tier_secret", mode="before")
+    @classmethod
+    def _check_hot_tier_secret(cls, value: Any) -> Any:
+        # The reasons never quote the value: it is a secret, even when it is a bad one.
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise ValueError("must be a string")
+        if len(value) < _SECRET_MIN_LENGTH:
+            raise ValueError(
+                f"must be at least {_SECRET_MIN_LENGTH} characters "
+                "(python -c 'import secrets; print(secrets.token_hex(32))' makes one)"
+            )
+        if value != value.strip():
+            raise ValueError("must not begin or end with whitespace")
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ValueError("must be valid Unicode text") from None
+        return value
 
     @field_validator("redis_url", mode="before")
     @classmethod

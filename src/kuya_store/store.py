@@ -432,6 +432,8 @@ class CompsStore:
                 "skipped": c.get("redis_skipped", 0),
                 "breaker_opens": c.get("redis_breaker_opens", 0),
                 "fences_unreplicated": c.get("fences_unreplicated", 0),
+                "trusted_decodes": c.get("hot_decodes_trusted", 0),
+                "validated_decodes": c.get("hot_decodes_validated", 0),
             },
             "coherence": {
                 "connects": c.get("coherence_connects", 0),

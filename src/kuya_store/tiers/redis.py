@@ -1,9 +1,13 @@
 """The Redis hot tier: JSON values under versioned keys, behind a circuit breaker.
 
 Redis content is untrusted: a value that does not decode or validate is a miss (and is
-overwritten by the next fetch). A Redis that does not answer is a miss too; after
-``breaker_failure_threshold`` failures in a row the tier stops asking until
-``breaker_reset_after`` has passed, so requests do not each pay the timeout.
+overwritten by the next fetch). Only a value sealed by a store holding the same
+``hot_tier_secret`` (or by this very process, without one) is read back without
+validating it again (:func:`kuya_store.stored.unseal`).
+
+A Redis that does not answer is a miss too; after ``breaker_failure_threshold`` failures
+in a row the tier stops asking until ``breaker_reset_after`` has passed, so requests do
+not each pay the timeout.
 
 Newest data wins: each value has a stamp (its ``fetched_at``) beside it, and a write of
 older data than the stamp, or than the card's last invalidation, is refused by the same
@@ -33,7 +37,7 @@ from kuya_store.keys import ResultIdentity
 from kuya_store.logs import get_logger
 from kuya_store.metrics import Metrics
 from kuya_store.settings import StoreSettings
-from kuya_store.stored import CorruptEntryError, StoredResult, decode, encode
+from kuya_store.stored import CorruptEntryError, StoredResult, ValueSeal, encode, unseal
 from kuya_store.tiers import TierUnavailableError
 from kuya_store.tiers.redis_clients import RedisDeployment
 
@@ -189,9 +193,16 @@ class RedisTier:
         self._prefix = settings.key_prefix
         self._metrics = metrics
         self._settings = settings
+        secret = settings.hot_tier_secret
+        self._seal = (
+            ValueSeal(secret.get_secret_value().encode())
+            if secret is not None
+            else ValueSeal.ephemeral()
+        )
         # The last value read or written per key, with its exact bytes: a hot key read again
         # with identical bytes is the same validated result, so it is not decoded again.
         self._decoded: OrderedDict[str, tuple[bytes, StoredResult]] = OrderedDict()
+        self._read_once: OrderedDict[str, bool] = OrderedDict()
         self._index_ttl_ms = int(max(settings.sold_ttl, settings.active_ttl).total_seconds() * 1000)
         # An invalidation must outlive every result it fences off, in every tier above the
         # database and in the write buffer; a day is ample for both.
@@ -285,15 +296,24 @@ class RedisTier:
             self._decoded.move_to_end(key)
             return known[1]
         try:
-            result = decode(raw)
+            result, trusted = unseal(raw, key, self._seal)
         except CorruptEntryError:
             self._decoded.pop(key, None)
             self._metrics.incr("corrupt_entries")
             return None
-        self._remember(key, raw, result)
+        self._metrics.incr("hot_decodes_trusted" if trusted else "hot_decodes_validated")
+        self._remember(key, raw, result, read=True)
         return result
 
-    def _remember(self, key: str, raw: bytes, result: StoredResult) -> None:
+    def _remember(self, key: str, raw: bytes, result: StoredResult, *, read: bool = False) -> None:
+        # A read is kept from its key's second read on: a key read once in a long while (a
+        # rotation over more cards than are kept) would only push a hot one out, and
+        # freeing what it holds later costs about as much as building it.
+        if read and key not in self._decoded and self._read_once.pop(key, None) is None:
+            self._read_once[key] = True
+            if len(self._read_once) > _DECODED_ENTRIES:
+                self._read_once.popitem(last=False)
+            return
         self._decoded[key] = (raw, result)
         self._decoded.move_to_end(key)
         if len(self._decoded) > _DECODED_ENTRIES:
@@ -311,7 +331,7 @@ class RedisTier:
             identity.redis_index_key(self._prefix),
             identity.redis_fence_key(self._prefix),
         ]
-        payload = encode(result)
+        payload = self._seal.seal(key, encode(result))
         args: list[bytes | int] = [payload, _ms(result.fetched_at), ttl_ms, self._index_ttl_ms]
         ok, written = await self._call(lambda: _SET_NEWEST_SCRIPT(self.client, keys, args), key)
         if not ok or written is None:
