@@ -163,6 +163,7 @@ class CompsRepository:
         self._fences: TTLCache[str, datetime] = TTLCache(
             maxsize=100_000, ttl=settings.max_stale.total_seconds(), timer=self._timer
         )
+        self._any_fence = False
         self._asked: LRUCache[Hashable, _Asked] = LRUCache(maxsize=4096)
         self._valued: LRUCache[
             tuple[str, datetime, SearchFilters, tuple[str, ...]], PriceSnapshot
@@ -419,8 +420,8 @@ class CompsRepository:
 
     def _fenced(self, identity: ResultIdentity, fetched_at: datetime) -> bool:
         """Whether data fetched at ``fetched_at`` predates an invalidation of its card."""
-        if not self._fences:
-            return False  # nothing invalidated lately: the common case, without a clock read
+        if not self._any_fence:
+            return False  # nothing invalidated yet: the common case, without a clock read
         fence = self._fences.get(identity.card_key)
         return fence is not None and fetched_at <= fence
 
@@ -537,6 +538,7 @@ class CompsRepository:
         held = self._fences.get(card_key)
         if held is None or at > held:
             self._fences[card_key] = at
+            self._any_fence = True
             card = self._queued_cards.get(card_key)
             if card is not None and self._writer is not None:
                 # Fetches of it still in this worker's buffer are kept as history only.
@@ -639,6 +641,7 @@ class CompsRepository:
         identity = ResultIdentity.of_query(text, kind, {})  # every variant shares its card_key
         at = self._clock()
         self._fences[identity.card_key] = at
+        self._any_fence = True
         if self._near is not None:
             await self._near.invalidate(identity, at)
         hot_ok = True
