@@ -38,7 +38,7 @@ from kuya_store.logs import get_logger
 from kuya_store.metrics import Metrics
 from kuya_store.persistence import FetchRecord, SearchRecord
 from kuya_store.settings import StoreSettings
-from kuya_store.tiers.redis import _Script
+from kuya_store.tiers.redis_scripts import Script
 
 __all__ = ["Entry", "Journal", "JournalUnavailableError", "decode_record", "encode_record"]
 
@@ -94,9 +94,9 @@ redis.pcall("xgroup", "CREATE", KEYS[1], ARGV[1], "0", "MKSTREAM")
 redis.call("set", KEYS[2], ARGV[2])
 return ARGV[2]
 """
-_APPEND_SCRIPT = _Script(_APPEND)
-_ENSURE_SCRIPT = _Script(_ENSURE)
-_READ_SCRIPT = _Script(_READ)
+_APPEND_SCRIPT = Script(_APPEND)
+_ENSURE_SCRIPT = Script(_ENSURE)
+_READ_SCRIPT = Script(_READ)
 
 
 class JournalUnavailableError(Exception):
