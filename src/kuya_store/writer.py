@@ -4,9 +4,9 @@ A search never waits on the database. Records queue in a bounded buffer; one tas
 drains it, batching consecutive search-log rows into one statement and writing each
 fetched result in its own transaction.
 
-- The database is unreachable (:func:`is_transient`): the batch stays at the head of the
-  queue and is retried with jittered backoff, so the outage's writes are replayed in
-  order once it is back.
+- The database is unreachable (:func:`kuya_store.write_faults.is_transient`): the batch
+  stays at the head of the queue and is retried with jittered backoff, so the outage's
+  writes are replayed in order once it is back.
 - The database refuses a batch for what is in it (a constraint, bad data): the batch is
   bisected, each half in a fresh transaction, until the offending record stands alone;
   every other record lands. A row whose only fault is an unknown ``user_id`` is kept
@@ -35,8 +35,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -50,6 +48,7 @@ from kuya_store.metrics import Metrics
 from kuya_store.models import SearchType
 from kuya_store.observing import watch_write
 from kuya_store.persistence import Database, FetchRecord, SearchRecord
+from kuya_store.write_faults import is_transient, may_be_unknown_user, reason, without_user
 
 if TYPE_CHECKING:
     from kuya_store.tiers.journal import Entry, Journal
@@ -59,15 +58,6 @@ __all__ = ["WriteBehind", "is_transient"]
 _log = get_logger("kuya_store.writer")
 Record = SearchRecord | FetchRecord
 
-# SQLSTATEs where the server, not the record, is at fault: connection (08), authorization
-# (28), rollback such as deadlock or serialization (40), resources (53), shutdown (57),
-# system (58); a missing database, grant or table (the schema is not migrated yet, which
-# SQLite reports as a retried OperationalError too); a lock not available; a prepared
-# statement the server connection does not have, or already has (a pooler such as PgBouncer
-# in transaction mode moved the connection: the record is not at fault).
-_TRANSIENT_CLASSES = frozenset({"08", "28", "40", "53", "57", "58"})
-_TRANSIENT_STATES = frozenset({"3D000", "42501", "42P01", "55006", "55P03", "26000", "42P05"})
-_TRANSIENT_NAMES = ("Connection", "CannotConnect", "Shutdown", "InvalidCachedStatement")
 # How long close() waits for a cancelled in-flight write to unwind.
 _CANCEL_GRACE = 1.0
 # How often flush() asks Redis whether the stream is written through its entries.
@@ -84,35 +74,6 @@ class _Queued:
     entry: str | None = None
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Whether a failed write may succeed later unchanged: the database is at fault, not the data.
-
-    Transient: connection trouble, a locked SQLite file, a server shutting down, a deadlock,
-    an exhausted pool, a schema not migrated yet. Anything else (a constraint violation,
-    data the column cannot hold) is the record's fault and retrying cannot fix it.
-    """
-    if isinstance(exc, OSError | TimeoutError | PoolTimeoutError | DisconnectionError):
-        return True
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated or isinstance(exc, OperationalError):
-            return True
-        state = getattr(exc.orig, "sqlstate", None)
-        if isinstance(state, str) and len(state) == 5:
-            return (
-                state[:2] in _TRANSIENT_CLASSES
-                or state in _TRANSIENT_STATES
-                or (exc.orig is not None and _transient_name(exc.orig))
-            )
-        causes = (exc.orig, getattr(exc.orig, "__cause__", None))
-        return any(_transient_name(cause) for cause in causes if cause is not None)
-    return _transient_name(exc)
-
-
-def _transient_name(exc: BaseException) -> bool:
-    name = type(exc).__name__
-    return any(word in name for word in _TRANSIENT_NAMES)
-
-
 async def _wait(event: asyncio.Event, seconds: float) -> None:
     """Wait for ``event`` at most ``seconds``.
 
@@ -122,31 +83,6 @@ async def _wait(event: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
             await event.wait()
-
-
-def _may_be_unknown_user(record: Record, exc: Exception) -> bool:
-    """Whether the refusal may be the ``users`` foreign key (the only one a search row has)."""
-    search = record.search if isinstance(record, FetchRecord) else record
-    if search.user_id is None or not isinstance(exc, IntegrityError):
-        return False
-    state = getattr(exc.orig, "sqlstate", None)
-    sqlite_name = getattr(exc.orig, "sqlite_errorname", None)
-    if state is not None:
-        return bool(state == "23503")
-    return sqlite_name is None or sqlite_name == "SQLITE_CONSTRAINT_FOREIGNKEY"
-
-
-def _without_user(record: Record) -> Record:
-    if isinstance(record, FetchRecord):
-        return dataclasses.replace(record, search=dataclasses.replace(record.search, user_id=None))
-    return dataclasses.replace(record, user_id=None)
-
-
-def _reason(exc: BaseException) -> str:
-    """The database's own words, first line only: never the statement or its parameters."""
-    source = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    text = str(source).strip().splitlines()
-    return f"{type(source).__name__}: {text[0][:300] if text else ''}"
 
 
 def _describe(record: Record) -> str:
@@ -730,8 +666,8 @@ class WriteBehind:
 
     async def _write_alone(self, record: Record, error: Exception) -> None:
         """The head record, refused on its own: kept without an unknown user, else rejected."""
-        if _may_be_unknown_user(record, error):
-            anonymous = _without_user(record)
+        if may_be_unknown_user(record, error):
+            anonymous = without_user(record)
             try:
                 if isinstance(anonymous, FetchRecord):
                     await self._persist_fetch(anonymous)
@@ -746,7 +682,7 @@ class WriteBehind:
                 _log.warning(
                     "%s kept without its user: %s",
                     _describe(record),
-                    _reason(error),
+                    reason(error),
                     extra=_about(record),
                 )
                 self._written(1)
@@ -756,7 +692,7 @@ class WriteBehind:
             _log.error(
                 "database rejected %s; its search stays in the log: %s",
                 _describe(record),
-                _reason(error),
+                reason(error),
                 extra=_about(record),
             )
             # The search still happened: log it as a plain row that answers no later read.
@@ -765,7 +701,7 @@ class WriteBehind:
         _log.error(
             "database rejected %s, dropped: %s",
             _describe(record),
-            _reason(error),
+            reason(error),
             extra=_about(record),
         )
         self._settle(1)
