@@ -22,6 +22,7 @@ from bench import (
     ha,
     history,
     hot_path,
+    journal,
     memory,
     near_cache,
     persist,
@@ -57,6 +58,7 @@ BENCHMARKS = {
     "valuation": Benchmark(valuation.run, needs_servers=False),
     "scale": Benchmark(scale.run),
     "replicas": Benchmark(replicas.run),
+    "journal": Benchmark(journal.run),
 }
 
 

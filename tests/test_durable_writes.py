@@ -121,6 +121,7 @@ async def test_sigkilled_worker_is_recovered_exactly_once_by_the_others(
             "listings": LISTINGS,
             "queries": queries,
             "store": SLOW_WRITER,
+            "hold": True,
         }
     )
     assert report["answered"] == 30 and report["fetched"] == 20

@@ -22,6 +22,14 @@ then holds what the consumer read from the stream, and each entry is acknowledge
 its record is committed (or refused for good). A record the journal could not take is
 buffered here as without one (``journal.fallbacks``). What ``close()`` leaves unwritten
 stays on the stream for another worker, so it is not dropped.
+
+Records reach the stream by group commit: one task sends what is queued as one batch, a
+single round trip, and what the searches queue meanwhile goes as the next batch once it is
+back. A lone search waits one round trip, no timer; concurrent searches share theirs. Each
+is woken when the batch holding its records is back, not by later ones, and what befalls
+the batch (taken, or buffered here when Redis fails it) befalls each of them alike; one that
+gives up waiting leaves the batch and its records alone. The reader gathers the same way:
+woken by an append, it lets the next moments' appends join before one read takes them all.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import heapq
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -64,6 +74,9 @@ _CANCEL_GRACE = 1.0
 _SETTLED_POLL = 0.02
 _STATS_EVERY = 1.0
 _ACK_BATCH = 1000
+# How long the journal's reader, woken by an append, waits for more to gather (at most
+# write_flush_interval): a read per search would double the journal's round trips.
+_READ_GATHER = 0.05
 
 
 @dataclasses.dataclass(slots=True)
@@ -113,6 +126,8 @@ class WriteBehind:
         journal: the Redis Stream records go to first; ``None`` writes from memory only.
         claim_every: seconds between looks for entries other workers left idle.
         durable_wait: the longest ``durable()`` waits for Redis to take a record.
+        journal_batch: the most records one round trip to the journal takes; 1 costs a
+            round trip per record (how it compares is measured by ``bench/journal.py``).
     """
 
     def __init__(
@@ -128,6 +143,7 @@ class WriteBehind:
         journal: Journal | None = None,
         claim_every: float = 5.0,
         durable_wait: float = 5.0,
+        journal_batch: int = 500,
     ) -> None:
         self._database = database
         self._metrics = metrics
@@ -155,11 +171,15 @@ class WriteBehind:
         self._journal = journal
         self._claim_every = claim_every
         self._durable_wait = durable_wait
+        self._journal_batch = max(journal_batch, 1)
         self._outbox: deque[Record] = deque()
         self._outbox_accepted = 0
         self._outbox_done = 0
         self._outbox_wakeup = asyncio.Event()
         self._journaled = asyncio.Event()
+        # Searches waiting in durable(): (records journaled it waits for, tie-break, wakeup).
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._tickets = itertools.count()
         self._consume_wakeup = asyncio.Event()
         self._appended: tuple[int, str] | None = None
         self._to_ack: list[str] = []
@@ -244,19 +264,32 @@ class WriteBehind:
     async def durable(self) -> None:
         """Wait until every record submitted so far is on the journal, or buffered here.
 
+        Woken when the batch holding the last of them is back, not by later batches.
         Bounded by ``durable_wait``: a Redis that hangs past it leaves the records queued
-        for the journal, where they go on, or fall back to this buffer.
+        for the journal, where they go on, or fall back to this buffer. Cancelled, the
+        records go on just the same.
         """
         target = self._outbox_accepted
         if self._outbox_done >= target:
             return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (target, next(self._tickets), waiter))
         try:
             async with asyncio.timeout(self._durable_wait):
-                while self._outbox_done < target:
-                    self._journaled.clear()
-                    await self._journaled.wait()
+                await waiter
         except TimeoutError:
             self._metrics.incr("journal_slow")
+        finally:
+            waiter.cancel()  # a no-op once woken; else its heap entry is skipped later
+
+    def _journaled_through(self, count: int) -> None:
+        """``count`` more records are on the journal or buffered here: wake their waiters."""
+        self._outbox_done += count
+        self._journaled.set()
+        while self._waiters and self._waiters[0][0] <= self._outbox_done:
+            _, _, waiter = heapq.heappop(self._waiters)
+            if not waiter.done():
+                waiter.set_result(None)
 
     def detach(self, card_identifier: str, search_type: SearchType) -> int:
         """Keep this card's buffered fetches as history only (after ``invalidate``).
@@ -378,7 +411,7 @@ class WriteBehind:
         for record in self._outbox:
             self._buffer_anyway(record)
         self._outbox.clear()
-        self._outbox_done += unjournaled
+        self._journaled_through(unjournaled)
         on_journal = sum(item.entry is not None for item in self._queue)
         if on_journal:
             self._metrics.incr("journal_left", on_journal)
@@ -452,7 +485,9 @@ class WriteBehind:
                 self._outbox_wakeup.clear()
                 await self._outbox_wakeup.wait()
                 continue
-            batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), 500))]
+            # Group commit: everything queued while the last batch was in flight goes now.
+            size = min(len(self._outbox), self._journal_batch)
+            batch = [self._outbox.popleft() for _ in range(size)]
             try:
                 ids = await journal.append(batch)
             except JournalUnavailableError as exc:
@@ -472,8 +507,7 @@ class WriteBehind:
                     self._recent.popleft()  # still on the stream: only the spare copy goes
                 self._consume_wakeup.set()
             finally:
-                self._outbox_done += len(batch)
-                self._journaled.set()
+                self._journaled_through(len(batch))
 
     async def _consume_run(self) -> None:
         """Read the group's entries into this buffer; acknowledge those written."""
@@ -484,6 +518,8 @@ class WriteBehind:
         next_claim = next_stats = 0.0
         while not self._stopped:
             got: list[Entry] = []
+            # Cleared before reading: an append made meanwhile is read on the next turn.
+            self._consume_wakeup.clear()
             try:
                 await self._send_acks()
                 now = time.monotonic()
@@ -504,12 +540,15 @@ class WriteBehind:
                 await asyncio.sleep(self._pause if journal.breaker.state == "open" else 0.05)
                 continue
             self._rebuffer_lost()
-            if self._take(got):
-                continue
-            self._consume_wakeup.clear()
+            if self._take(got) and len(got) >= room:
+                continue  # a full read: more may be waiting
             if self._to_ack:
                 continue
             await _wait(self._consume_wakeup, self._interval)
+            if self._consume_wakeup.is_set() and not self._urgent:
+                # Woken by an append: let the appends of the next moments gather, so one
+                # read takes them all instead of a read per search (flush() cuts it short).
+                await _wait(self._hurry, min(_READ_GATHER, self._interval))
 
     def _forget_settled(self) -> None:
         from kuya_store.tiers.journal import is_settled
