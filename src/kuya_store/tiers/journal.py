@@ -30,6 +30,7 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
 from kuya_store.breaker import CircuitBreaker
@@ -215,6 +216,9 @@ class Journal:
 
     def __init__(self, client: Any, settings: StoreSettings, metrics: Metrics) -> None:
         self._client = client
+        # A Cluster pipeline refuses scripts: there each run is a call of its own, on the
+        # one node the hash tag names.
+        self._pipelined = not isinstance(client, RedisCluster)
         self._metrics = metrics
         base = f"{settings.key_prefix}:v{KEY_VERSION}:journal:{{journal}}"
         self.stream = base
@@ -281,10 +285,11 @@ class Journal:
         self._group_ready = True
 
     async def append(self, records: Sequence[Record]) -> list[str]:
-        """Put records on the stream in one round trip; returns the entry ids, in order.
+        """Put a batch of records on the stream; returns the entry ids, in order.
 
-        The batch goes as one pipeline of script runs (each run appends many records), so
-        every search waiting on it shares the round trip.
+        One script run appends many records, so every search waiting on the batch shares
+        its round trip; a large batch is several runs, pipelined (one after another on a
+        Cluster, whose pipelines refuse scripts).
 
         Raises:
             JournalUnavailableError: Redis did not take them; some may still have landed,
@@ -303,7 +308,7 @@ class Journal:
             self._metrics.incr("journal_round_trips")
             return list(await pipe.execute(raise_on_error=False))
 
-        async def run() -> list[str]:
+        async def pipelined() -> list[Any]:
             answers = await send(list(range(len(runs))), whole=False)
             # A node new to the script (a first start, a restart, a failover) ran none of
             # the runs it refused: only those are sent again, whole.
@@ -314,6 +319,20 @@ class Journal:
             for answer in answers:
                 if isinstance(answer, Exception):
                     raise answer
+            return answers
+
+        async def one_by_one() -> list[Any]:
+            answers = []
+            for records_run in runs:
+                self._metrics.incr("journal_round_trips")
+                answers.append(
+                    await _APPEND_SCRIPT(self._client, keys, [self._max_length, *records_run])
+                )
+            return answers
+
+        async def run() -> list[str]:
+            many = self._pipelined and len(runs) > 1
+            answers = await (pipelined() if many else one_by_one())
             return [_text(entry) for answer in answers for entry in answer]
 
         return list(await self._guarded(run))
