@@ -365,7 +365,7 @@ async def test_redis_killed_mid_batch_sends_each_waiter_to_the_buffer(
             assert await store.flush(timeout=30)
     # What a failed XADD always meant: the search answers, its record kept in the buffer.
     assert [type(o) for o in outcomes] == [ks.CompsResult] * 40
-    assert waited < 4, f"the waiters took {waited:.1f} s to hear of the failure"
+    assert waited < 10, f"the waiters took {waited:.1f} s to hear of the failure"
     assert journal["fallbacks"] >= 40 and journal["slow"] == 0
     counts = await _counts(migrated_url)
     assert counts["searches"] == counts["keys"] == 41

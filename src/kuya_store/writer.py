@@ -75,7 +75,7 @@ _SETTLED_POLL = 0.02
 _STATS_EVERY = 1.0
 _ACK_BATCH = 1000
 # How long the journal's reader, woken by an append, waits for more to gather (at most
-# write_flush_interval): a read per search would double the journal's round trips.
+# write_flush_interval): a read per append would cost a lone search a second round trip.
 _READ_GATHER = 0.05
 
 
