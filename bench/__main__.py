@@ -23,6 +23,7 @@ from bench import (
     history,
     hot_path,
     http_load,
+    journal,
     memory,
     near_cache,
     persist,
@@ -58,6 +59,7 @@ BENCHMARKS = {
     "valuation": Benchmark(valuation.run, needs_servers=False),
     "scale": Benchmark(scale.run),
     "replicas": Benchmark(replicas.run),
+    "journal": Benchmark(journal.run),
     "http": Benchmark(http_load.run),
 }
 

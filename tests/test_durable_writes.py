@@ -14,11 +14,13 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from redis import asyncio as aioredis
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import kuya_store as ks
@@ -121,6 +123,7 @@ async def test_sigkilled_worker_is_recovered_exactly_once_by_the_others(
             "listings": LISTINGS,
             "queries": queries,
             "store": SLOW_WRITER,
+            "hold": True,
         }
     )
     assert report["answered"] == 30 and report["fetched"] == 20
@@ -233,6 +236,211 @@ async def test_redis_restart_mid_stream_loses_nothing(migrated_url: str, key_pre
         assert counts["links"] == len(calls) * LISTINGS
         assert metrics["fallbacks"] > 0
         assert metrics["rebuffered"] > 0
+
+
+# -- group commit --------------------------------------------------------------------------
+
+HOT = "2023 Topps Chrome Victor Wembanyama #1"
+
+
+async def _until(predicate: Any, within: float = 10.0) -> None:
+    """Poll ``predicate`` until it holds; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.002)
+
+
+def _batch_in_flight(store: ks.CompsStore) -> bool:
+    """Every record queued for the journal was taken into a batch that is not back yet."""
+    writer: Any = store._writer
+    return not writer._outbox and writer._outbox_done < writer._outbox_accepted
+
+
+async def _appends_during(url: str, stream: str, work: Any) -> tuple[Any, int]:
+    """Run ``work``; count the script calls that append to ``stream`` Redis received meanwhile.
+
+    Read from ``MONITOR``: an append is a script call whose keys are the stream and its
+    sequence counter, however many records it carries.
+    """
+    watcher = aioredis.Redis.from_url(url)
+    marker = uuid.uuid4().hex
+    appends = 0
+    try:
+        async with watcher.monitor() as monitor:
+
+            async def watch() -> None:
+                nonlocal appends
+                async for seen in monitor.listen():
+                    command = seen["command"]
+                    if marker in command:
+                        return
+                    if command.startswith(("EVALSHA ", "EVAL ")) and (
+                        f" {stream} {stream}:seq " in command
+                    ):
+                        appends += 1
+
+            watching = asyncio.create_task(watch())
+            await asyncio.sleep(0.1)  # the monitor is listening
+            outcome = await work()
+            await watcher.echo(marker)
+            async with asyncio.timeout(30):
+                await watching
+    finally:
+        await watcher.aclose()
+    return outcome, appends
+
+
+async def _stream_sequences(client: Any, prefix: str) -> list[int]:
+    return [int(fields[b"s"]) for _, fields in await client.xrange(_stream(prefix))]
+
+
+async def test_concurrent_searches_share_round_trips_and_each_record_lands_once(
+    migrated_url: str, key_prefix: str
+) -> None:
+    calls: list[str] = []
+    with RedisServer() as redis:  # its own server: what it receives is this test's
+        client = aioredis.Redis.from_url(redis.url)
+        try:
+            async with ks.CompsStore(
+                database_url=migrated_url,
+                redis_url=redis.url,
+                key_prefix=key_prefix,
+                fetchers={"sold": _market(calls)},
+            ) as store:
+                await store.comps.search(HOT)
+                assert await store.flush()
+                before = store.metrics()["journal"]
+
+                async def burst() -> list[ks.CompsResult]:
+                    return await asyncio.gather(*(store.comps.search(HOT) for _ in range(200)))
+
+                results, appends = await _appends_during(redis.url, _stream(key_prefix), burst)
+                after = store.metrics()["journal"]
+                assert await store.flush(timeout=30)
+            sequences = await _stream_sequences(client, key_prefix)
+        finally:
+            await client.aclose()
+    assert all(r.cache_hit for r in results) and len(calls) == 1
+    round_trips = after["round_trips"] - before["round_trips"]
+    assert after["appended"] - before["appended"] == 200 and after["fallbacks"] == 0
+    # A script call (and a round trip) per search before; now the searches that finish
+    # together share a round trip, and one call carries many records.
+    assert round_trips <= 40, round_trips
+    assert appends <= 60, appends
+    # Each record on the stream once, numbered without a gap, and in the database once.
+    assert sorted(sequences) == list(range(1, 202))
+    counts = await _counts(migrated_url)
+    assert counts["searches"] == counts["keys"] == 201
+
+
+async def test_redis_killed_mid_batch_sends_each_waiter_to_the_buffer(
+    migrated_url: str, key_prefix: str
+) -> None:
+    calls: list[str] = []
+    with RedisServer() as redis:
+        store = ks.CompsStore(
+            database_url=migrated_url,
+            redis_url=redis.url,
+            key_prefix=key_prefix,
+            # The batch fails because Redis dies, not because a socket timed out first.
+            redis_socket_timeout=5,
+            single_flight_lock_ttl=20,
+            fetchers={"sold": _market(calls)},
+        )
+        async with store:
+            await store.comps.search(HOT)
+            assert await store.flush()
+            admin = aioredis.Redis.from_url(redis.url)
+            await admin.execute_command("CLIENT", "PAUSE", 20_000, "WRITE")  # holds the batch
+            await admin.aclose()
+            searches = [asyncio.create_task(store.comps.search(HOT)) for _ in range(40)]
+            await _until(lambda: _batch_in_flight(store))
+            redis.kill()
+            started = time.monotonic()
+            outcomes = await asyncio.gather(*searches, return_exceptions=True)
+            waited = time.monotonic() - started
+            journal = store.metrics()["journal"]
+            redis.restart()
+            assert await store.flush(timeout=30)
+    # What a failed XADD always meant: the search answers, its record kept in the buffer.
+    assert [type(o) for o in outcomes] == [ks.CompsResult] * 40
+    assert waited < 10, f"the waiters took {waited:.1f} s to hear of the failure"
+    assert journal["fallbacks"] >= 40 and journal["slow"] == 0
+    counts = await _counts(migrated_url)
+    assert counts["searches"] == counts["keys"] == 41
+
+
+async def test_a_cancelled_waiter_leaves_the_batch_and_every_record(
+    migrated_url: str, key_prefix: str
+) -> None:
+    calls: list[str] = []
+    with RedisServer() as redis:
+        client = aioredis.Redis.from_url(redis.url)
+        store = ks.CompsStore(
+            database_url=migrated_url,
+            redis_url=redis.url,
+            key_prefix=key_prefix,
+            redis_socket_timeout=5,
+            single_flight_lock_ttl=20,
+            fetchers={"sold": _market(calls)},
+        )
+        try:
+            async with store:
+                await store.comps.search(HOT)
+                assert await store.flush()
+                await client.execute_command("CLIENT", "PAUSE", 20_000, "WRITE")
+                writer: Any = store._writer
+                base = writer._outbox_accepted
+                searches = [asyncio.create_task(store.comps.search(HOT)) for _ in range(20)]
+                # Every search answered and waits for the journal, a batch held in flight.
+                await _until(lambda: writer._outbox_accepted == base + 20)
+                await _until(lambda: writer._outbox_done < writer._outbox_accepted)
+                for task in searches[:5]:
+                    task.cancel()
+                await asyncio.sleep(0.05)  # the cancellations are delivered while it waits
+                await client.execute_command("CLIENT", "UNPAUSE")
+                outcomes = await asyncio.gather(*searches, return_exceptions=True)
+                assert await store.flush(timeout=30)
+                journal = store.metrics()["journal"]
+            sequences = await _stream_sequences(client, key_prefix)
+        finally:
+            await client.aclose()
+    assert all(isinstance(o, asyncio.CancelledError) for o in outcomes[:5])
+    assert all(isinstance(o, ks.CompsResult) for o in outcomes[5:])
+    # The batch went on: every record of it on the stream once, none buffered instead,
+    # and the cancelled searches' rows too (a search cancelled after answering is logged).
+    assert journal["fallbacks"] == 0 and journal["appended"] == 21
+    assert sorted(sequences) == list(range(1, 22))
+    counts = await _counts(migrated_url)
+    assert counts["searches"] == counts["keys"] == 21
+
+
+async def test_group_commit_on_a_cluster_keeps_every_record_once(
+    redis_cluster_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'kuya.db'}"
+    await ks.migrations.upgrade_async(url)
+    calls: list[str] = []
+    async with ks.CompsStore(
+        database_url=url,
+        redis_url=redis_cluster_url,
+        key_prefix=key_prefix,
+        fetchers={"sold": _market(calls)},
+    ) as store:
+        for card in CARDS[:4]:  # each card on its own slot, the journal on its hash tag's
+            await store.comps.search(card)
+        assert await store.flush()
+        before = store.metrics()["journal"]
+        await asyncio.gather(*(store.comps.search(CARDS[i % 4]) for i in range(100)))
+        assert await store.flush(timeout=30)
+        after = store.metrics()["journal"]
+    assert after["appended"] - before["appended"] == 100
+    assert after["fallbacks"] == 0 and after["errors"] == 0
+    assert after["round_trips"] - before["round_trips"] <= 40
+    counts = await _counts(url)
+    assert counts["searches"] == counts["keys"] == 104
+    assert counts["fetches"] == len(calls) == 4
 
 
 # -- the bound -----------------------------------------------------------------------------

@@ -136,6 +136,13 @@ async def answer_then_hang(args: dict[str, Any]) -> dict[str, Any]:
         fetched += not result.cache_hit
     if args.get("flush"):
         await store.flush()
+    if args.get("hold"):
+        # Reported once this worker's buffer holds every record it put on the journal, so
+        # a kill leaves them pending with it (read, unwritten), for the others to claim.
+        for _ in range(500):
+            if store._writer is not None and store._writer.pending >= answered:
+                break
+            await asyncio.sleep(0.02)
     metrics = store.metrics()
     report = {"answered": answered, "fetched": fetched, "journal": metrics["journal"]}
     print(json.dumps(report), flush=True)

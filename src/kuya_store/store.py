@@ -392,6 +392,7 @@ class CompsStore:
             "enabled": journal is not None,
             "consumer": journal.consumer if journal is not None else None,
             "appended": c.get("journal_appended", 0),
+            "round_trips": c.get("journal_round_trips", 0),
             "fallbacks": c.get("journal_fallbacks", 0),
             "acked": c.get("journal_acked", 0),
             "claimed": c.get("journal_claimed", 0),

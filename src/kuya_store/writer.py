@@ -4,9 +4,9 @@ A search never waits on the database. Records queue in a bounded buffer; one tas
 drains it, batching consecutive search-log rows into one statement and writing each
 fetched result in its own transaction.
 
-- The database is unreachable (:func:`is_transient`): the batch stays at the head of the
-  queue and is retried with jittered backoff, so the outage's writes are replayed in
-  order once it is back.
+- The database is unreachable (:func:`kuya_store.write_faults.is_transient`): the batch
+  stays at the head of the queue and is retried with jittered backoff, so the outage's
+  writes are replayed in order once it is back.
 - The database refuses a batch for what is in it (a constraint, bad data): the batch is
   bisected, each half in a fresh transaction, until the offending record stands alone;
   every other record lands. A row whose only fault is an unknown ``user_id`` is kept
@@ -22,6 +22,14 @@ then holds what the consumer read from the stream, and each entry is acknowledge
 its record is committed (or refused for good). A record the journal could not take is
 buffered here as without one (``journal.fallbacks``). What ``close()`` leaves unwritten
 stays on the stream for another worker, so it is not dropped.
+
+Records reach the stream by group commit: one task sends what is queued as one batch, a
+single round trip, and what the searches queue meanwhile goes as the next batch once it is
+back. A lone search waits one round trip, no timer; concurrent searches share theirs. Each
+is woken when the batch holding its records is back, not by later ones, and what befalls
+the batch (taken, or buffered here when Redis fails it) befalls each of them alike; one that
+gives up waiting leaves the batch and its records alone. The reader gathers the same way:
+woken by an append, it lets the next moments' appends join before one read takes them all.
 """
 
 from __future__ import annotations
@@ -30,13 +38,13 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import heapq
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -50,6 +58,7 @@ from kuya_store.metrics import Metrics
 from kuya_store.models import SearchType
 from kuya_store.observing import watch_write
 from kuya_store.persistence import Database, FetchRecord, SearchRecord
+from kuya_store.write_faults import is_transient, may_be_unknown_user, reason, without_user
 
 if TYPE_CHECKING:
     from kuya_store.tiers.journal import Entry, Journal
@@ -59,21 +68,15 @@ __all__ = ["WriteBehind", "is_transient"]
 _log = get_logger("kuya_store.writer")
 Record = SearchRecord | FetchRecord
 
-# SQLSTATEs where the server, not the record, is at fault: connection (08), authorization
-# (28), rollback such as deadlock or serialization (40), resources (53), shutdown (57),
-# system (58); a missing database, grant or table (the schema is not migrated yet, which
-# SQLite reports as a retried OperationalError too); a lock not available; a prepared
-# statement the server connection does not have, or already has (a pooler such as PgBouncer
-# in transaction mode moved the connection: the record is not at fault).
-_TRANSIENT_CLASSES = frozenset({"08", "28", "40", "53", "57", "58"})
-_TRANSIENT_STATES = frozenset({"3D000", "42501", "42P01", "55006", "55P03", "26000", "42P05"})
-_TRANSIENT_NAMES = ("Connection", "CannotConnect", "Shutdown", "InvalidCachedStatement")
 # How long close() waits for a cancelled in-flight write to unwind.
 _CANCEL_GRACE = 1.0
 # How often flush() asks Redis whether the stream is written through its entries.
 _SETTLED_POLL = 0.02
 _STATS_EVERY = 1.0
 _ACK_BATCH = 1000
+# How long the journal's reader, woken by an append, waits for more to gather (at most
+# write_flush_interval): a read per append would cost a lone search a second round trip.
+_READ_GATHER = 0.05
 
 
 @dataclasses.dataclass(slots=True)
@@ -82,35 +85,6 @@ class _Queued:
 
     record: Record
     entry: str | None = None
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether a failed write may succeed later unchanged: the database is at fault, not the data.
-
-    Transient: connection trouble, a locked SQLite file, a server shutting down, a deadlock,
-    an exhausted pool, a schema not migrated yet. Anything else (a constraint violation,
-    data the column cannot hold) is the record's fault and retrying cannot fix it.
-    """
-    if isinstance(exc, OSError | TimeoutError | PoolTimeoutError | DisconnectionError):
-        return True
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated or isinstance(exc, OperationalError):
-            return True
-        state = getattr(exc.orig, "sqlstate", None)
-        if isinstance(state, str) and len(state) == 5:
-            return (
-                state[:2] in _TRANSIENT_CLASSES
-                or state in _TRANSIENT_STATES
-                or (exc.orig is not None and _transient_name(exc.orig))
-            )
-        causes = (exc.orig, getattr(exc.orig, "__cause__", None))
-        return any(_transient_name(cause) for cause in causes if cause is not None)
-    return _transient_name(exc)
-
-
-def _transient_name(exc: BaseException) -> bool:
-    name = type(exc).__name__
-    return any(word in name for word in _TRANSIENT_NAMES)
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:
@@ -122,31 +96,6 @@ async def _wait(event: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
             await event.wait()
-
-
-def _may_be_unknown_user(record: Record, exc: Exception) -> bool:
-    """Whether the refusal may be the ``users`` foreign key (the only one a search row has)."""
-    search = record.search if isinstance(record, FetchRecord) else record
-    if search.user_id is None or not isinstance(exc, IntegrityError):
-        return False
-    state = getattr(exc.orig, "sqlstate", None)
-    sqlite_name = getattr(exc.orig, "sqlite_errorname", None)
-    if state is not None:
-        return bool(state == "23503")
-    return sqlite_name is None or sqlite_name == "SQLITE_CONSTRAINT_FOREIGNKEY"
-
-
-def _without_user(record: Record) -> Record:
-    if isinstance(record, FetchRecord):
-        return dataclasses.replace(record, search=dataclasses.replace(record.search, user_id=None))
-    return dataclasses.replace(record, user_id=None)
-
-
-def _reason(exc: BaseException) -> str:
-    """The database's own words, first line only: never the statement or its parameters."""
-    source = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    text = str(source).strip().splitlines()
-    return f"{type(source).__name__}: {text[0][:300] if text else ''}"
 
 
 def _describe(record: Record) -> str:
@@ -177,6 +126,8 @@ class WriteBehind:
         journal: the Redis Stream records go to first; ``None`` writes from memory only.
         claim_every: seconds between looks for entries other workers left idle.
         durable_wait: the longest ``durable()`` waits for Redis to take a record.
+        journal_batch: the most records one round trip to the journal takes; 1 costs a
+            round trip per record (how it compares is measured by ``bench/journal.py``).
     """
 
     def __init__(
@@ -192,6 +143,7 @@ class WriteBehind:
         journal: Journal | None = None,
         claim_every: float = 5.0,
         durable_wait: float = 5.0,
+        journal_batch: int = 500,
     ) -> None:
         self._database = database
         self._metrics = metrics
@@ -219,11 +171,15 @@ class WriteBehind:
         self._journal = journal
         self._claim_every = claim_every
         self._durable_wait = durable_wait
+        self._journal_batch = max(journal_batch, 1)
         self._outbox: deque[Record] = deque()
         self._outbox_accepted = 0
         self._outbox_done = 0
         self._outbox_wakeup = asyncio.Event()
         self._journaled = asyncio.Event()
+        # Searches waiting in durable(): (records journaled it waits for, tie-break, wakeup).
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._tickets = itertools.count()
         self._consume_wakeup = asyncio.Event()
         self._appended: tuple[int, str] | None = None
         self._to_ack: list[str] = []
@@ -308,19 +264,32 @@ class WriteBehind:
     async def durable(self) -> None:
         """Wait until every record submitted so far is on the journal, or buffered here.
 
+        Woken when the batch holding the last of them is back, not by later batches.
         Bounded by ``durable_wait``: a Redis that hangs past it leaves the records queued
-        for the journal, where they go on, or fall back to this buffer.
+        for the journal, where they go on, or fall back to this buffer. Cancelled, the
+        records go on just the same.
         """
         target = self._outbox_accepted
         if self._outbox_done >= target:
             return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (target, next(self._tickets), waiter))
         try:
             async with asyncio.timeout(self._durable_wait):
-                while self._outbox_done < target:
-                    self._journaled.clear()
-                    await self._journaled.wait()
+                await waiter
         except TimeoutError:
             self._metrics.incr("journal_slow")
+        finally:
+            waiter.cancel()  # a no-op once woken; else its heap entry is skipped later
+
+    def _journaled_through(self, count: int) -> None:
+        """``count`` more records are on the journal or buffered here: wake their waiters."""
+        self._outbox_done += count
+        self._journaled.set()
+        while self._waiters and self._waiters[0][0] <= self._outbox_done:
+            _, _, waiter = heapq.heappop(self._waiters)
+            if not waiter.done():
+                waiter.set_result(None)
 
     def detach(self, card_identifier: str, search_type: SearchType) -> int:
         """Keep this card's buffered fetches as history only (after ``invalidate``).
@@ -442,7 +411,7 @@ class WriteBehind:
         for record in self._outbox:
             self._buffer_anyway(record)
         self._outbox.clear()
-        self._outbox_done += unjournaled
+        self._journaled_through(unjournaled)
         on_journal = sum(item.entry is not None for item in self._queue)
         if on_journal:
             self._metrics.incr("journal_left", on_journal)
@@ -516,7 +485,9 @@ class WriteBehind:
                 self._outbox_wakeup.clear()
                 await self._outbox_wakeup.wait()
                 continue
-            batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), 500))]
+            # Group commit: everything queued while the last batch was in flight goes now.
+            size = min(len(self._outbox), self._journal_batch)
+            batch = [self._outbox.popleft() for _ in range(size)]
             try:
                 ids = await journal.append(batch)
             except JournalUnavailableError as exc:
@@ -536,8 +507,7 @@ class WriteBehind:
                     self._recent.popleft()  # still on the stream: only the spare copy goes
                 self._consume_wakeup.set()
             finally:
-                self._outbox_done += len(batch)
-                self._journaled.set()
+                self._journaled_through(len(batch))
 
     async def _consume_run(self) -> None:
         """Read the group's entries into this buffer; acknowledge those written."""
@@ -548,6 +518,8 @@ class WriteBehind:
         next_claim = next_stats = 0.0
         while not self._stopped:
             got: list[Entry] = []
+            # Cleared before reading: an append made meanwhile is read on the next turn.
+            self._consume_wakeup.clear()
             try:
                 await self._send_acks()
                 now = time.monotonic()
@@ -568,12 +540,15 @@ class WriteBehind:
                 await asyncio.sleep(self._pause if journal.breaker.state == "open" else 0.05)
                 continue
             self._rebuffer_lost()
-            if self._take(got):
-                continue
-            self._consume_wakeup.clear()
+            if self._take(got) and len(got) >= room:
+                continue  # a full read: more may be waiting
             if self._to_ack:
                 continue
             await _wait(self._consume_wakeup, self._interval)
+            if self._consume_wakeup.is_set() and not self._urgent:
+                # Woken by an append: let the appends of the next moments gather, so one
+                # read takes them all instead of a read per search (flush() cuts it short).
+                await _wait(self._hurry, min(_READ_GATHER, self._interval))
 
     def _forget_settled(self) -> None:
         from kuya_store.tiers.journal import is_settled
@@ -730,8 +705,8 @@ class WriteBehind:
 
     async def _write_alone(self, record: Record, error: Exception) -> None:
         """The head record, refused on its own: kept without an unknown user, else rejected."""
-        if _may_be_unknown_user(record, error):
-            anonymous = _without_user(record)
+        if may_be_unknown_user(record, error):
+            anonymous = without_user(record)
             try:
                 if isinstance(anonymous, FetchRecord):
                     await self._persist_fetch(anonymous)
@@ -746,7 +721,7 @@ class WriteBehind:
                 _log.warning(
                     "%s kept without its user: %s",
                     _describe(record),
-                    _reason(error),
+                    reason(error),
                     extra=_about(record),
                 )
                 self._written(1)
@@ -756,7 +731,7 @@ class WriteBehind:
             _log.error(
                 "database rejected %s; its search stays in the log: %s",
                 _describe(record),
-                _reason(error),
+                reason(error),
                 extra=_about(record),
             )
             # The search still happened: log it as a plain row that answers no later read.
@@ -765,7 +740,7 @@ class WriteBehind:
         _log.error(
             "database rejected %s, dropped: %s",
             _describe(record),
-            _reason(error),
+            reason(error),
             extra=_about(record),
         )
         self._settle(1)

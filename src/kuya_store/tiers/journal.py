@@ -30,6 +30,7 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
 from kuya_store.breaker import CircuitBreaker
@@ -38,9 +39,16 @@ from kuya_store.logs import get_logger
 from kuya_store.metrics import Metrics
 from kuya_store.persistence import FetchRecord, SearchRecord
 from kuya_store.settings import StoreSettings
-from kuya_store.tiers.redis import _Script
+from kuya_store.tiers.redis_scripts import Script
 
-__all__ = ["Entry", "Journal", "JournalUnavailableError", "decode_record", "encode_record"]
+__all__ = [
+    "Entry",
+    "Journal",
+    "JournalUnavailableError",
+    "decode_record",
+    "encode_record",
+    "script_runs",
+]
 
 _log = get_logger("kuya_store.journal")
 Record = SearchRecord | FetchRecord
@@ -48,11 +56,16 @@ _GROUP = "writers"
 _SEARCH = TypeAdapter(SearchRecord)
 _FETCH = TypeAdapter(FetchRecord)
 
-# KEYS: stream, sequence counter. ARGV: max length, payload. The sequence number and the
-# entry are made together, so the numbers in the stream have no gaps but what was trimmed.
+# KEYS: stream, sequence counter. ARGV: max length, payloads. Each entry's sequence number
+# and the entry are made together, so the numbers in the stream have no gaps but what was
+# trimmed; one run takes a whole batch, in order, so it costs Redis one command.
 _APPEND = """
-local seq = redis.call("incr", KEYS[2])
-return redis.call("xadd", KEYS[1], "MAXLEN", "~", ARGV[1], "*", "s", seq, "r", ARGV[2])
+local ids = {}
+for i = 2, #ARGV do
+    local seq = redis.call("incr", KEYS[2])
+    ids[i - 1] = redis.call("xadd", KEYS[1], "MAXLEN", "~", ARGV[1], "*", "s", seq, "r", ARGV[i])
+end
+return ids
 """
 # KEYS: stream, last sequence number delivered, trimmed counter. ARGV: group, consumer,
 # count. Delivers new entries and counts the numbers skipped: entries trimmed unread.
@@ -94,9 +107,13 @@ redis.pcall("xgroup", "CREATE", KEYS[1], ARGV[1], "0", "MKSTREAM")
 redis.call("set", KEYS[2], ARGV[2])
 return ARGV[2]
 """
-_APPEND_SCRIPT = _Script(_APPEND)
-_ENSURE_SCRIPT = _Script(_ENSURE)
-_READ_SCRIPT = _Script(_READ)
+_APPEND_SCRIPT = Script(_APPEND)
+_ENSURE_SCRIPT = Script(_ENSURE)
+_READ_SCRIPT = Script(_READ)
+# One script run holds Redis for as long as it takes: a batch is split so no run holds it
+# long, while the pipeline of runs still costs one round trip.
+_RUN_RECORDS = 100
+_RUN_BYTES = 1 << 20
 
 
 class JournalUnavailableError(Exception):
@@ -113,11 +130,13 @@ class Entry:
 
 def encode_record(record: Record) -> bytes:
     """JSON bytes of a record (money as strings, moments as ISO 8601); never pickle."""
+    # Serialised in pydantic's core (several times faster than dumping to Python objects
+    # and then to JSON): a batch is encoded while the searches in it wait.
     if isinstance(record, FetchRecord):
-        kind, body = "fetch", _FETCH.dump_python(record, mode="json")
+        kind, body = b"fetch", _FETCH.dump_json(record)
     else:
-        kind, body = "search", _SEARCH.dump_python(record, mode="json")
-    return json.dumps({"v": KEY_VERSION, "kind": kind, "record": body}).encode()
+        kind, body = b"search", _SEARCH.dump_json(record)
+    return b'{"v":%d,"kind":"%s","record":%s}' % (KEY_VERSION, kind, body)
 
 
 def decode_record(raw: bytes | str) -> Record | None:
@@ -146,6 +165,25 @@ def is_settled(entry: str, settled: tuple[tuple[int, int], tuple[int, int] | Non
     delivered, oldest = settled
     at = stream_id(entry)
     return at <= delivered and (oldest is None or at < oldest)
+
+
+def script_runs(payloads: Sequence[bytes], records: int, size: int) -> list[list[bytes]]:
+    """A batch split into script runs of at most ``records`` payloads and ``size`` bytes.
+
+    A payload larger than ``size`` runs alone; the order is kept.
+    """
+    runs: list[list[bytes]] = []
+    run: list[bytes] = []
+    held = 0
+    for payload in payloads:
+        if run and (len(run) >= records or held + len(payload) > size):
+            runs.append(run)
+            run, held = [], 0
+        run.append(payload)
+        held += len(payload)
+    if run:
+        runs.append(run)
+    return runs
 
 
 def stream_id(raw: str | None) -> tuple[int, int]:
@@ -178,6 +216,9 @@ class Journal:
 
     def __init__(self, client: Any, settings: StoreSettings, metrics: Metrics) -> None:
         self._client = client
+        # A Cluster pipeline refuses scripts: there each run is a call of its own, on the
+        # one node the hash tag names.
+        self._pipelined = not isinstance(client, RedisCluster)
         self._metrics = metrics
         base = f"{settings.key_prefix}:v{KEY_VERSION}:journal:{{journal}}"
         self.stream = base
@@ -244,30 +285,55 @@ class Journal:
         self._group_ready = True
 
     async def append(self, records: Sequence[Record]) -> list[str]:
-        """``XADD`` each record in one round trip; returns the entry ids, in order.
+        """Put a batch of records on the stream; returns the entry ids, in order.
+
+        One script run appends many records, so every search waiting on the batch shares
+        its round trip; a large batch is several runs, pipelined (one after another on a
+        Cluster, whose pipelines refuse scripts).
 
         Raises:
             JournalUnavailableError: Redis did not take them; some may still have landed,
                 which the ``record_key`` makes harmless.
         """
+        if not records:
+            return []
         await self.ensure_group()
-        payloads = [encode_record(record) for record in records]
+        runs = script_runs([encode_record(r) for r in records], _RUN_RECORDS, _RUN_BYTES)
+        keys = [self.stream, self._sequence]
 
-        async def send() -> list[Any]:
+        async def send(chosen: list[int], whole: bool) -> list[Any]:
             pipe = self._client.pipeline(transaction=False)
-            keys = [self.stream, self._sequence]
-            for payload in payloads:
-                pipe.evalsha(_APPEND_SCRIPT.sha, 2, *keys, self._max_length, payload)
-            return list(await pipe.execute())
+            for index in chosen:
+                _APPEND_SCRIPT.queue(pipe, keys, [self._max_length, *runs[index]], whole=whole)
+            self._metrics.incr("journal_round_trips")
+            return list(await pipe.execute(raise_on_error=False))
+
+        async def pipelined() -> list[Any]:
+            answers = await send(list(range(len(runs))), whole=False)
+            # A node new to the script (a first start, a restart, a failover) ran none of
+            # the runs it refused: only those are sent again, whole.
+            missing = [i for i, a in enumerate(answers) if isinstance(a, NoScriptError)]
+            if missing:
+                for index, answer in zip(missing, await send(missing, whole=True), strict=True):
+                    answers[index] = answer
+            for answer in answers:
+                if isinstance(answer, Exception):
+                    raise answer
+            return answers
+
+        async def one_by_one() -> list[Any]:
+            answers = []
+            for records_run in runs:
+                self._metrics.incr("journal_round_trips")
+                answers.append(
+                    await _APPEND_SCRIPT(self._client, keys, [self._max_length, *records_run])
+                )
+            return answers
 
         async def run() -> list[str]:
-            try:
-                answers = await send()
-            except NoScriptError:
-                # New to this server (a first start, or a restart): sent whole once.
-                await self._client.script_load(_APPEND_SCRIPT.text)
-                answers = await send()
-            return [_text(answer) for answer in answers]
+            many = self._pipelined and len(runs) > 1
+            answers = await (pipelined() if many else one_by_one())
+            return [_text(entry) for answer in answers for entry in answer]
 
         return list(await self._guarded(run))
 

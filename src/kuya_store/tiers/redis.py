@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import secrets
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from kuya_store.breaker import CircuitBreaker
 from kuya_store.keys import ResultIdentity
@@ -40,6 +39,7 @@ from kuya_store.settings import StoreSettings
 from kuya_store.stored import CorruptEntryError, StoredResult, ValueSeal, encode, unseal
 from kuya_store.tiers import TierUnavailableError
 from kuya_store.tiers.redis_clients import RedisDeployment
+from kuya_store.tiers.redis_scripts import Script as _Script
 
 if TYPE_CHECKING:
     from kuya_store.tiers.coherence import InvalidationListener
@@ -141,24 +141,6 @@ for i = 1, n do
 end
 return dropped
 """
-
-
-class _Script:
-    """A Lua script run by its digest, sent in full only to a node that lacks it.
-
-    Unlike redis-py's ``register_script``, a missing script is not loaded on every
-    Cluster primary first, so a node that is down cannot fail a script on another.
-    """
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.sha = hashlib.sha1(text.encode()).hexdigest()
-
-    async def __call__(self, client: Any, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await client.eval(self.text, len(keys), *keys, *args)
 
 
 _ACQUIRE_SCRIPT = _Script(_ACQUIRE)

@@ -1,0 +1,107 @@
+"""The write journal's pure parts: how a batch is split into script runs, and its encoding."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from pydantic import TypeAdapter
+
+import kuya_store as ks
+from kuya_store.keys import KEY_VERSION
+from kuya_store.persistence import FetchRecord, SearchRecord
+from kuya_store.stored import StoredResult
+from kuya_store.tiers.journal import decode_record, encode_record, script_runs
+
+AT = datetime(2026, 12, 1, 12, 30, 15, 123456, tzinfo=UTC)
+
+
+def _search(query: str = "Wembanyama é #1") -> SearchRecord:
+    return SearchRecord(
+        query=query,
+        card_identifier="wembanyama 1",
+        search_type=ks.SearchType.SOLD,
+        filters={"raw_only": True},
+        params={"pages": 2, "sort_by": "date_desc", "min": 1.5},
+        created_at=AT,
+        execution_time_ms=12,
+        cache_hit=False,
+        result_key="k" * 64,
+        fetch_stats={"pages": 1},
+        user_id=3,
+    )
+
+
+def _fetch() -> FetchRecord:
+    result = StoredResult(
+        query="Wembanyama #1",
+        card_identifier="wembanyama 1",
+        search_type=ks.SearchType.SOLD,
+        params={"pages": 2},
+        listings=[
+            ks.Listing(item_id=str(i), title=f"Wemby #{i}", price=Decimal("10.10"), sold=True)
+            for i in range(3)
+        ],
+        fetched_at=AT,
+    )
+    return FetchRecord(search=_search(), result=result, listing_ttl=AT)
+
+
+# -- script runs ----------------------------------------------------------------------------
+
+
+def _sizes(runs: list[list[bytes]]) -> list[int]:
+    return [len(run) for run in runs]
+
+
+def test_a_batch_is_split_by_count_and_kept_in_order() -> None:
+    payloads = [str(i).encode() for i in range(250)]
+    runs = script_runs(payloads, 100, 1 << 20)
+    assert _sizes(runs) == [100, 100, 50]
+    assert [p for run in runs for p in run] == payloads
+
+
+def test_a_batch_is_split_by_bytes_and_a_large_record_runs_alone() -> None:
+    small, large = b"x" * 100, b"y" * 5000
+    runs = script_runs([small] * 5 + [large] + [small] * 3, 100, 450)
+    assert _sizes(runs) == [4, 1, 1, 3]
+    assert runs[2] == [large]
+    assert all(sum(map(len, run)) <= 450 for run in runs if len(run) > 1)
+
+
+@pytest.mark.parametrize("count", [0, 1, 2])
+def test_small_batches_are_one_run(count: int) -> None:
+    runs = script_runs([b"r"] * count, 100, 1 << 20)
+    assert _sizes(runs) == ([count] if count else [])
+
+
+# -- the encoding ---------------------------------------------------------------------------
+
+
+def _as_before(record: SearchRecord | FetchRecord) -> bytes:
+    """An entry as earlier versions wrote it (json.dumps of the dumped record)."""
+    kind = "fetch" if isinstance(record, FetchRecord) else "search"
+    adapter: TypeAdapter[object] = TypeAdapter(type(record))
+    body = adapter.dump_python(record, mode="json")
+    return json.dumps({"v": KEY_VERSION, "kind": kind, "record": body}).encode()
+
+
+@pytest.mark.parametrize("make", [_search, _fetch])
+def test_entries_read_the_same_by_every_version(make: object) -> None:
+    record = make()  # type: ignore[operator]
+    new, old = encode_record(record), _as_before(record)
+    assert json.loads(new) == json.loads(old)  # an older worker reads a new entry
+    assert decode_record(new) == record
+    assert decode_record(old) == record  # entries already on the stream still decode
+
+
+def test_money_stays_text_and_moments_keep_their_zone() -> None:
+    body = json.loads(encode_record(_fetch()))["record"]
+    assert body["result"]["listings"][0]["price"] == "10.10"
+    assert body["search"]["created_at"] == "2026-12-01T12:30:15.123456Z"
+    back = decode_record(encode_record(_fetch()))
+    assert isinstance(back, FetchRecord)
+    assert back.result.listings[0].price == Decimal("10.10")
+    assert back.search.created_at.tzinfo is not None
