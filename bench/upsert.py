@@ -13,7 +13,10 @@ last one). So persist_fetch is measured twice, on the same listings: as active f
 Then the bulk statements PostgreSQL offers, on raw asyncpg, each writing the listings
 (with the newest-wins ``CASE``) and the links in one transaction per fetch: kuya-store's
 one ``unnest`` statement (compiled from ``db/bulk.py``), and ``COPY`` into a temporary
-table (``ON COMMIT DROP``) followed by the same ``INSERT .. SELECT .. ON CONFLICT``.
+table (``ON COMMIT DROP``) followed by the same ``INSERT .. SELECT .. ON CONFLICT``. And
+last, ``persist_fetch`` itself with either (active fetches of 60, 200 and 1,000 listings),
+since their fixed costs differ: ``COPY`` pays two more round trips and a temporary table
+per transaction, ``unnest`` a little more client encoding per row.
 """
 
 from __future__ import annotations
@@ -201,11 +204,12 @@ class _Raw(_Contender):
 class _Kuya(_Contender):
     """``Database.persist_fetch``, as the store's write-behind task calls it."""
 
-    def __init__(self, kind: ks.SearchType) -> None:
+    def __init__(self, kind: ks.SearchType, database: type[Database] = Database) -> None:
         self._kind = kind
+        self._class = database
 
     async def start(self, url: str, records: list[FetchRecord]) -> None:
-        self._database = Database(ks.StoreSettings(database_url=url), Metrics())
+        self._database = self._class(ks.StoreSettings(database_url=url), Metrics())
         sold = self._kind is ks.SearchType.SOLD
         self._records = records if sold else [_active(r) for r in records]
         assert await self._database.ping()
@@ -222,6 +226,14 @@ class _Kuya(_Contender):
         finally:
             await self._database.close()
         return counts
+
+
+class _CopyDatabase(Database):
+    """``persist_fetch`` with the road not taken: ``COPY`` to a temporary table on PostgreSQL."""
+
+    async def _write_listings(self, conn: Any, record: FetchRecord, search_id: int) -> None:
+        raw = (await conn.get_raw_connection()).driver_connection
+        await _copy_write(raw, record, search_id)
 
 
 def _dsn(url: str) -> str:
@@ -242,14 +254,15 @@ def _contenders() -> dict[str, Callable[[], _Contender]]:
     }
 
 
-async def _one_run(pg_url: str, records: list[FetchRecord]) -> dict[str, float]:
+async def _one_run(
+    pg_url: str, records: list[FetchRecord], makers: dict[str, Callable[[], _Contender]]
+) -> dict[str, float]:
     """Every contender in a fresh database of its own, taking turns fetch by fetch.
 
     Turns, not one contender after another: on a shared machine a noisy moment then
     slows every contender's same fetch, not one contender's whole run.
     """
     admin = await asyncpg.connect(_dsn(pg_url))
-    makers = _contenders()
     names = {name: f"bench_upsert_{uuid.uuid4().hex[:8]}" for name in makers}
     base = pg_url.rsplit("/", 1)[0]
     running: dict[str, _Contender] = {}
@@ -289,12 +302,13 @@ async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
     total = fetches * size
     print(f"\n## bulk upsert on PostgreSQL ({fetches} fetches x {size:,} listings, best of 2)")
     records = [_record(f, _listings(f, size)) for f in range(fetches)]
-    runs = [await _one_run(pg_url, records) for _ in range(2)]
+    runs = [await _one_run(pg_url, records, _contenders()) for _ in range(2)]
     rates = {name: total / min(r[name] for r in runs) for name in runs[0]}
     baseline = rates[BASELINE]
     for name, rate in rates.items():
         print(f"{name:<56} {rate:10,.0f} listings/s  {rate / baseline:5.2f}x")
     print("(every row but the baseline also writes the links and keeps the newest-wins CASE)")
+    await _by_fetch_size(pg_url, scale)
     targets = []
     for kind in ("active", "sold"):
         ratio = rates[f"kuya-store persist_fetch, {kind} fetches"] / baseline
@@ -307,3 +321,21 @@ async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
             )
         )
     return targets
+
+
+async def _by_fetch_size(pg_url: str, scale: float) -> None:
+    """``unnest`` against ``COPY`` inside ``persist_fetch`` (active fetches), by fetch size."""
+    print("\npersist_fetch (active fetches), unnest against COPY, by listings per fetch:")
+    makers: dict[str, Callable[[], _Contender]] = {
+        "unnest": lambda: _Kuya(ks.SearchType.ACTIVE),
+        "copy": lambda: _Kuya(ks.SearchType.ACTIVE, _CopyDatabase),
+    }
+    for size, fetches in ((60, 100), (200, 60), (1000, 20)):
+        fetches = max(4, int(fetches * scale))
+        records = [_record(f, _listings(f, size)) for f in range(fetches)]
+        runs = [await _one_run(pg_url, records, makers) for _ in range(2)]
+        unnest, copy = (size * fetches / min(r[name] for r in runs) for name in makers)
+        print(
+            f"{size:>5} listings: unnest {unnest:8,.0f}/s  COPY {copy:8,.0f}/s  "
+            f"COPY/unnest {copy / unnest:4.2f}x"
+        )
