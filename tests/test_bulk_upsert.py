@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 
@@ -413,3 +414,12 @@ async def test_sold_fetches_value_the_day_from_the_rows_written(
     rows = await _rows(migrated_url, "SELECT sample_size, max_price FROM price_snapshots")
     assert len(rows) == 1 and rows[0]["sample_size"] == 6
     assert Decimal(rows[0]["max_price"]) in (Decimal("50.00"), Decimal(5000))
+
+
+def test_arrays_of_other_item_types_never_share_a_cached_statement() -> None:
+    from kuya_store.db.bulk import _DriverArray
+    from kuya_store.db.types import Money
+
+    texts, money = _DriverArray(sa.String(50)), _DriverArray(Money())
+    assert texts._static_cache_key != money._static_cache_key
+    assert texts._static_cache_key == _DriverArray(sa.String(50))._static_cache_key

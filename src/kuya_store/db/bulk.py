@@ -21,8 +21,10 @@ on the same rows, ``bench/report/bulk-upsert.md`` has the figures):
 - ``COPY`` into a temporary table (``ON COMMIT DROP``) plus the same ``INSERT .. SELECT``
   costs two more round trips and a catalog entry made and dropped by every transaction,
   for a client encoding a little cheaper than arrays (9 against 12 ms of CPU per 1,000
-  listings). Through ``persist_fetch`` it was 4% faster at 1,000 listings a fetch but
-  12% slower at 200 and 20% slower at 60, the sizes real fetches have: ``unnest`` it is.
+  listings). Inside ``persist_fetch`` it was 13-18% slower at 60 listings a fetch, even
+  (-11% to +12%) at 200 and 3-13% faster at 1,000: real fetches have tens to a few
+  hundred listings, and the catalog churn of a temporary table per fetch is a cost a
+  busy primary pays in autovacuum of ``pg_class``/``pg_attribute`` too. ``unnest`` it is.
 - Arrays are plain bind parameters: the statement goes through SQLAlchemy's asyncpg
   dialect (its events, timings and tracing) and through PgBouncer in transaction mode,
   and the links need no listing ids sent back to the client (the ``RETURNING`` rows feed
@@ -174,6 +176,7 @@ class _DriverArray(TypeDecorator[list[Any]]):
 
     def __init__(self, item_type: TypeEngine[Any]) -> None:
         super().__init__(item_type)
+        self.item_type = item_type  # part of the statement cache's key: the cast differs
 
     def bind_processor(self, dialect: Dialect) -> None:
         return None
