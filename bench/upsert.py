@@ -231,9 +231,14 @@ class _Kuya(_Contender):
 class _CopyDatabase(Database):
     """``persist_fetch`` with the road not taken: ``COPY`` to a temporary table on PostgreSQL."""
 
-    async def _write_listings(self, conn: Any, record: FetchRecord, search_id: int) -> None:
-        raw = (await conn.get_raw_connection()).driver_connection
-        await _copy_write(raw, record, search_id)
+    async def _write_fetch(self, conn: Any, record: FetchRecord) -> int | None:
+        search_id: int | None = (
+            await conn.execute(self._log_stmt.values(record.search.row()))
+        ).scalar_one_or_none()
+        if search_id is not None and record.result.listings:
+            raw = (await conn.get_raw_connection()).driver_connection
+            await _copy_write(raw, record, search_id)
+        return search_id
 
 
 def _dsn(url: str) -> str:

@@ -19,6 +19,7 @@ from sqlalchemy import event
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 
 import kuya_store as ks
+from kuya_store import persistence
 from kuya_store.db.bulk import (
     LISTING_COLUMNS,
     LISTING_UPDATE_COLUMNS,
@@ -346,9 +347,30 @@ async def test_postgresql_writes_listings_and_links_in_one_statement(postgres_ur
         await db.persist_fetch(_record(listings, kind=ks.SearchType.ACTIVE))
     finally:
         await db.close()
-    touching = [s for s in statements if "listing_cache" in s or "search_results" in s]
-    assert len(touching) == 1, touching
+    tables = ("searches", "listing_cache", "search_results")
+    touching = [s for s in statements if any(table in s for table in tables)]
+    assert len(touching) == 1, touching  # the search row, listings and links together
     assert len(await _links(postgres_url)) == 3000
+
+
+def test_the_search_row_statement_names_every_column_a_record_fills() -> None:
+    record = _record([])
+    assert set(record.search.row()) == set(persistence._SEARCH_COLUMNS)
+
+
+async def test_a_replayed_fetch_writes_nothing_again(database: Database, migrated_url: str) -> None:
+    first = _record([_listing("R1"), _listing("R2")])
+    assert await database.persist_fetch(first) is not None
+    # The same record (same record_key) replayed with other listings, as a journal would.
+    replay = FetchRecord(
+        search=first.search,
+        result=first.result.model_copy(update={"listings": [_listing("R1", price="99.00")]}),
+        listing_ttl=first.listing_ttl,
+    )
+    assert await database.persist_fetch(replay) is None
+    assert await database.get_listing("R1") == _listing("R1")
+    assert await _links(migrated_url) == [(0, "R1"), (1, "R2")]
+    assert await _rows(migrated_url, "SELECT count(*) AS n FROM searches") == [{"n": 1}]
 
 
 def _unstorable(title: str) -> ks.Listing:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -33,7 +33,7 @@ from kuya_store.db.bulk import (
     listing_arrays,
     listing_rows,
     newest_wins,
-    postgres_upsert_with_links,
+    postgres_persist_fetch,
 )
 from kuya_store.db.engine import create_engine, is_outage
 from kuya_store.db.replicas import ReplicaSet
@@ -95,6 +95,7 @@ class SearchRecord:
     """Names this record wherever it is replayed from: the row is written once."""
 
     def row(self) -> dict[str, Any]:
+        """The row's values by column (every field but ``trace``)."""
         return {
             "query": self.query,
             "search_type": self.search_type.value,
@@ -112,6 +113,10 @@ class SearchRecord:
             "complete": self.complete,
             "record_key": self.record_key,
         }
+
+
+# The columns SearchRecord.row() fills.
+_SEARCH_COLUMNS = tuple(f.name for f in fields(SearchRecord) if f.name != "trace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +174,9 @@ class Database:
         self._upsert_listings_stmt = listings.on_conflict_do_update(
             index_elements=[_listings.c.item_id], set_=newest_wins(listings, _listings)
         ).returning(_listings.c.id, _listings.c.item_id, sort_by_parameter_order=True)
-        self._write_listings_stmt = postgres_upsert_with_links(_listings, _links)
+        self._persist_fetch_stmt = postgres_persist_fetch(
+            _searches, _listings, _links, _SEARCH_COLUMNS
+        )
         # A record replayed (from the journal, or after a commit whose answer was lost)
         # meets the unique key and is skipped: RETURNING names only the rows written.
         self._log_stmt = (
@@ -260,13 +267,9 @@ class Database:
         ``None`` when the record was written before (a replay): nothing is written again.
         """
         async with self.engine.begin() as conn:
-            search_id: int | None = (
-                await conn.execute(self._log_stmt.values(record.search.row()))
-            ).scalar_one_or_none()
+            search_id = await self._write_fetch(conn, record)
             if search_id is None:
                 return None
-            if record.result.listings:
-                await self._write_listings(conn, record, search_id)
             if record.search.search_type is SearchType.SOLD:
                 await self._revalue_day(
                     conn, record.search.card_identifier, record.search.created_at
@@ -307,25 +310,32 @@ class Database:
         )
         await self._upsert_snapshot(conn, snapshot, newest.id, newest.created_at)
 
-    async def _write_listings(
-        self, conn: AsyncConnection, record: FetchRecord, search_id: int
-    ) -> None:
-        """Upsert the fetch's listings and link each position to its row (``db/bulk.py``)."""
+    async def _write_fetch(self, conn: AsyncConnection, record: FetchRecord) -> int | None:
+        """The fetch's search row, listings and links; ``None`` for a replay (nothing written).
+
+        On PostgreSQL one statement (``db/bulk.py``); on SQLite the search row, then the
+        listings executed with many parameter sets, then the links.
+        """
         moment, ttl = record.search.created_at, record.listing_ttl
         listings = record.result.listings
         if self.dialect == "postgresql":
-            arrays = listing_arrays(listings)
-            await conn.execute(
-                self._write_listings_stmt,
-                {**arrays, "moment": moment, "ttl": ttl, "search_id": search_id},
+            parameters = {f"search_{name}": value for name, value in record.search.row().items()}
+            parameters.update(listing_arrays(listings), moment=moment, ttl=ttl)
+            written = await conn.execute(self._persist_fetch_stmt, parameters)
+            return written.scalar_one_or_none()  # type: ignore[no-any-return]
+        search_id: int | None = (
+            await conn.execute(self._log_stmt.values(record.search.row()))
+        ).scalar_one_or_none()
+        if search_id is None or not listings:
+            return search_id
+        # "insertmanyvalues" turns this into multi-row INSERTs, paged under the driver's
+        # bind-parameter limit.
+        ids = {
+            item_id: listing_id
+            for listing_id, item_id in await conn.execute(
+                self._upsert_listings_stmt, listing_rows(listings, moment, ttl, search_id)
             )
-            return
-        # One statement executed with many parameter sets: SQLAlchemy's "insertmanyvalues"
-        # turns it into multi-row INSERTs, paged under the driver's bind-parameter limit.
-        written = await conn.execute(
-            self._upsert_listings_stmt, listing_rows(listings, moment, ttl, search_id)
-        )
-        ids = {item_id: listing_id for listing_id, item_id in written}
+        }
         await conn.execute(
             sa.insert(_links),
             [
@@ -333,6 +343,7 @@ class Database:
                 for i, x in enumerate(listings)
             ],
         )
+        return search_id
 
     async def _upsert_snapshot(
         self,

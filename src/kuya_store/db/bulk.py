@@ -1,16 +1,26 @@
 """The listing upsert of a fetched result, and on PostgreSQL the one statement that writes it.
 
-On PostgreSQL a fetch's listings and its ``search_results`` links go in one statement whose
-parameters are arrays, one per column::
+On PostgreSQL a fetch's ``searches`` row, its listings and its ``search_results`` links go
+in one statement whose listing parameters are arrays, one per column::
 
-    WITH written AS (
-        INSERT INTO listing_cache (...) SELECT ... FROM unnest($1::varchar(50)[], ...)
-            WITH ORDINALITY AS incoming (...) ORDER BY incoming.ord
+    WITH search AS (
+        INSERT INTO searches (...) VALUES (...)
+        ON CONFLICT (record_key, created_at) DO NOTHING RETURNING id),
+    written AS (
+        INSERT INTO listing_cache (...) SELECT ..., search.id
+            FROM unnest($1::varchar(50)[], ...) WITH ORDINALITY AS incoming (...)
+            JOIN search ON true ORDER BY incoming.ord
         ON CONFLICT (item_id) DO UPDATE SET title = CASE WHEN <newer> THEN ... END, ...
-        RETURNING id, item_id)
-    INSERT INTO search_results (search_id, position, listing_id)
-    SELECT $n, p.n - 1, written.id FROM unnest($m::varchar[]) WITH ORDINALITY AS p ...
-        JOIN written ON written.item_id = p.item_id
+        RETURNING id, item_id),
+    linked AS (
+        INSERT INTO search_results (search_id, position, listing_id)
+        SELECT search.id, positions.n - 1, written.id
+            FROM unnest($m::varchar[]) WITH ORDINALITY AS positions (item_id, n)
+            JOIN written ON written.item_id = positions.item_id JOIN search ON true)
+    SELECT id FROM search
+
+A replayed record meets the unique ``record_key``: ``search`` is empty, so nothing else is
+written and no id comes back.
 
 Why this statement and not the others PostgreSQL offers (``bench/upsert.py`` measures them
 on the same rows, ``bench/report/bulk-upsert.md`` has the figures):
@@ -27,8 +37,9 @@ on the same rows, ``bench/report/bulk-upsert.md`` has the figures):
   busy primary pays in autovacuum of ``pg_class``/``pg_attribute`` too. ``unnest`` it is.
 - Arrays are plain bind parameters: the statement goes through SQLAlchemy's asyncpg
   dialect (its events, timings and tracing) and through PgBouncer in transaction mode,
-  and the links need no listing ids sent back to the client (the ``RETURNING`` rows feed
-  the second ``INSERT``).
+  and the links need no ids sent back to the client (the ``RETURNING`` rows feed the
+  next ``INSERT``): one round trip for the three tables, where a fetch of tens of
+  listings spends as much on round trips as on rows.
 
 SQLite has no arrays and no ``COPY``: it keeps the same upsert executed with many
 parameter sets (SQLAlchemy's "insertmanyvalues").
@@ -191,6 +202,49 @@ def postgres_upsert_with_links(listings: sa.Table, links: sa.Table) -> Insert:
     its column's type: a value the column cannot hold fails the statement, as in any
     insert.
     """
+    search_id = sa.bindparam("search_id", type_=listings.c.search_id.type)
+    written, linked = _listings_and_links(listings, search_id, None)
+    return (
+        sa.insert(links)
+        .from_select(["search_id", "position", "listing_id"], linked)
+        .add_cte(written)
+    )
+
+
+def postgres_persist_fetch(
+    searches: sa.Table, listings: sa.Table, links: sa.Table, search_columns: Sequence[str]
+) -> sa.Select[Any]:
+    """The fetch's ``searches`` row, listings and links in one statement; selects the new id.
+
+    The search row is inserted as the search log inserts it (a replayed record meets the
+    unique ``record_key`` and is skipped); the listings and links are joined to that insert,
+    so a replay writes nothing and selects no row. Parameters: those of
+    :func:`postgres_upsert_with_links` but ``search_id``, and ``search_<column>`` for each
+    of ``search_columns``.
+    """
+    insert = postgresql.insert(searches).values(
+        {
+            name: sa.bindparam(f"search_{name}", type_=searches.c[name].type)
+            for name in search_columns
+        }
+    )
+    search = (
+        insert.on_conflict_do_nothing(index_elements=[searches.c.record_key, searches.c.created_at])
+        .returning(searches.c.id)
+        .cte("search")
+    )
+    written, linked = _listings_and_links(listings, search.c.id, search)
+    links_written = (
+        sa.insert(links).from_select(["search_id", "position", "listing_id"], linked).cte("linked")
+    )
+    # Data-modifying CTEs run to completion whether or not the query reads them.
+    return sa.select(search.c.id).add_cte(written, links_written)
+
+
+def _listings_and_links(
+    listings: sa.Table, search_id: sa.ColumnElement[Any], search: sa.CTE | None
+) -> tuple[sa.CTE, sa.Select[Any]]:
+    """The listing upsert over the arrays (a CTE), and the select of the links to insert."""
     incoming = (
         sa.func.unnest(
             *(
@@ -205,14 +259,16 @@ def postgres_upsert_with_links(listings: sa.Table, links: sa.Table) -> Insert:
         .render_derived(name="incoming")
     )
     moment = sa.bindparam("moment", type_=listings.c.last_updated.type)
-    search_id = sa.bindparam("search_id", type_=listings.c.search_id.type)
     rows = sa.select(
         *(incoming.c[name] for name in LISTING_COLUMNS),
         moment,
         moment,
         sa.bindparam("ttl", type_=listings.c.ttl.type),
         search_id,
-    ).order_by(incoming.c.ord)  # the item_id order of the arrays: the lock order
+    )
+    if search is not None:  # no search row written (a replay): no listing rows either
+        rows = rows.select_from(incoming.join(search, sa.true()))
+    rows = rows.order_by(incoming.c.ord)  # the item_id order of the arrays: the lock order
     insert = postgresql.insert(listings).from_select([*LISTING_COLUMNS, *_FETCH_COLUMNS], rows)
     written = (
         insert.on_conflict_do_update(
@@ -226,11 +282,8 @@ def postgres_upsert_with_links(listings: sa.Table, links: sa.Table) -> Insert:
         .table_valued("item_id", with_ordinality="n")
         .render_derived(name="positions")
     )
-    linked = sa.select(search_id, positions.c.n - sa.literal_column("1"), written.c.id).select_from(
-        positions.join(written, written.c.item_id == positions.c.item_id)
-    )
-    return (
-        sa.insert(links)
-        .from_select(["search_id", "position", "listing_id"], linked)
-        .add_cte(written)
-    )
+    joined = positions.join(written, written.c.item_id == positions.c.item_id)
+    if search is not None:
+        joined = joined.join(search, sa.true())
+    linked = sa.select(search_id, positions.c.n - sa.literal_column("1"), written.c.id)
+    return written, linked.select_from(joined)
