@@ -29,12 +29,13 @@ on the same rows, ``bench/report/bulk-upsert.md`` has the figures):
   row and has the server bind and run the statement once per row (or per page); an
   array per column is one parameter each, encoded by asyncpg in binary, one execution.
 - ``COPY`` into a temporary table (``ON COMMIT DROP``) plus the same ``INSERT .. SELECT``
-  costs two more round trips and a catalog entry made and dropped by every transaction,
-  for a client encoding a little cheaper than arrays (9 against 12 ms of CPU per 1,000
-  listings). Inside ``persist_fetch`` it was 13-18% slower at 60 listings a fetch, even
-  (-11% to +12%) at 200 and 3-13% faster at 1,000: real fetches have tens to a few
-  hundred listings, and the catalog churn of a temporary table per fetch is a cost a
-  busy primary pays in autovacuum of ``pg_class``/``pg_attribute`` too. ``unnest`` it is.
+  costs more round trips (the table, the ``COPY``, the insert, the search row's own) and
+  a catalog entry made and dropped by every transaction, for a client encoding a little
+  cheaper than arrays (9 against 12 ms of CPU per 1,000 listings). Inside
+  ``persist_fetch`` it was 12-34% slower at 60 and 200 listings a fetch and even at
+  1,000: real fetches have tens to a few hundred listings, and the catalog churn of a
+  temporary table per fetch is a cost a busy primary pays in autovacuum of
+  ``pg_class``/``pg_attribute`` too. ``unnest`` it is.
 - Arrays are plain bind parameters: the statement goes through SQLAlchemy's asyncpg
   dialect (its events, timings and tracing) and through PgBouncer in transaction mode,
   and the links need no ids sent back to the client (the ``RETURNING`` rows feed the
