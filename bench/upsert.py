@@ -1,26 +1,46 @@
 """Bulk upsert throughput: ``Database.persist_fetch`` against raw asyncpg ``executemany``.
 
-Both write the same fetches (1,000 listings each, half of them seen by the fetch before)
-into ``listing_cache`` of a freshly migrated schema, one transaction per fetch, with
-``INSERT .. ON CONFLICT (item_id) DO UPDATE``. kuya-store's transaction also writes the
-fetch's ``searches`` row and its 1,000 ``search_results`` links; the baseline writes only
-the listings, so the comparison is tilted towards the baseline.
+Every contender writes the same fetches (1,000 listings each, half of them seen by the
+fetch before) into ``listing_cache`` of a freshly migrated schema, one transaction per
+fetch. The baseline is raw asyncpg ``executemany`` of ``INSERT .. ON CONFLICT (item_id)
+DO UPDATE`` of the same columns, listings only. kuya-store's transaction also writes the
+fetch's ``searches`` row and its 1,000 ``search_results`` links, keeps the newest-wins
+``CASE`` on every column, and for a sold fetch re-values the card's day from every sale
+its fetches saw that day (all fetches are of one card on one day: 10,500 sales by the
+last one). So persist_fetch is measured twice, on the same listings: as active fetches
+(the writes alone) and as sold fetches (the writes and the day's valuation).
+
+Then the bulk statements PostgreSQL offers, on raw asyncpg, each writing the listings
+(with the newest-wins ``CASE``) and the links in one transaction per fetch: kuya-store's
+one ``unnest`` statement (compiled from ``db/bulk.py``), and ``COPY`` into a temporary
+table (``ON COMMIT DROP``) followed by the same ``INSERT .. SELECT .. ON CONFLICT``. And
+last, ``persist_fetch`` itself with either (active fetches of 60, 200 and 1,000 listings),
+since their fixed costs differ: ``COPY`` pays two more round trips and a temporary table
+per transaction, ``unnest`` a little more client encoding per row.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
+from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 
 import kuya_store as ks
 from bench.records import fetch_record
 from bench.stats import Target
+from kuya_store.db.bulk import LISTING_COLUMNS, listing_arrays, postgres_upsert_with_links
+from kuya_store.db.tables import metadata
 from kuya_store.metrics import Metrics
 from kuya_store.persistence import LISTING_UPDATE_COLUMNS, Database, FetchRecord
 
+TARGET = 1.0
 # The same columns as kuya-store writes, so both sides do the same work per row.
 UPDATED = LISTING_UPDATE_COLUMNS
 COLUMNS = ("item_id", "first_seen", *UPDATED)
@@ -31,6 +51,25 @@ UPSERT = (
     f"{', '.join(f'{c} = EXCLUDED.{c}' for c in UPDATED)}"
 )
 START = datetime(2026, 11, 1, tzinfo=UTC)
+_NEWER = "EXCLUDED.last_updated >= listing_cache.last_updated"
+_SET = ", ".join(
+    f"{c} = CASE WHEN {_NEWER} THEN EXCLUDED.{c} ELSE listing_cache.{c} END" for c in UPDATED
+)
+_INCOMING = (
+    "CREATE TEMP TABLE incoming (item_id varchar(50), title text, price numeric(10, 2), "
+    "listing_type varchar(20), condition varchar(50), sold boolean, "
+    "sold_date timestamptz, bids integer, watchers integer) ON COMMIT DROP"
+)
+_FROM_COPY = (
+    f"WITH written AS (INSERT INTO listing_cache ({', '.join(LISTING_COLUMNS)}, "
+    "first_seen, last_updated, ttl, search_id) "
+    f"SELECT {', '.join(LISTING_COLUMNS)}, $1, $1, $2, $3 FROM incoming "
+    f'ORDER BY item_id COLLATE "C" ON CONFLICT (item_id) DO UPDATE SET {_SET} '
+    "RETURNING id, item_id) "
+    "INSERT INTO search_results (search_id, position, listing_id) "
+    "SELECT $3, p.n - 1, written.id FROM unnest($4::varchar[]) WITH ORDINALITY AS p(item_id, n) "
+    "JOIN written ON written.item_id = p.item_id"
+)
 
 
 def _listings(fetch: int, size: int) -> list[ks.Listing]:
@@ -55,6 +94,16 @@ def _record(fetch: int, listings: list[ks.Listing]) -> FetchRecord:
     return fetch_record(fetch, listings, START + timedelta(hours=fetch))
 
 
+def _active(record: FetchRecord) -> FetchRecord:
+    """The same fetch as an active search: persisted alike, without a day to re-value."""
+    kind = ks.SearchType.ACTIVE
+    return dataclasses.replace(
+        record,
+        search=dataclasses.replace(record.search, search_type=kind),
+        result=record.result.model_copy(update={"search_type": kind}),
+    )
+
+
 def _rows(record: FetchRecord, search_id: int) -> list[tuple[object, ...]]:
     moment = record.search.created_at
     rows = []
@@ -70,41 +119,182 @@ def _rows(record: FetchRecord, search_id: int) -> list[tuple[object, ...]]:
     return rows
 
 
-async def _fresh_schema(database: Database) -> None:
-    await ks.migrations.downgrade_async(database.engine, "base")
-    await ks.migrations.upgrade_async(database.engine)
+# One fetch's write on a raw connection: (connection, record, its search id).
+_Write = Callable[[asyncpg.Connection, FetchRecord, int], Awaitable[None]]
 
 
-async def _asyncpg(dsn: str, database: Database, records: list[FetchRecord]) -> float:
-    await _fresh_schema(database)
-    conn = await asyncpg.connect(dsn)
+def _unnest_write() -> _Write:
+    """kuya-store's own statement, compiled once, executed on the raw driver."""
+    statement = postgres_upsert_with_links(
+        metadata.tables["listing_cache"], metadata.tables["search_results"]
+    )
+    compiled = statement.compile(dialect=asyncpg_dialect.dialect())
+    sql, order = str(compiled), list(compiled.positiontup or ())
+
+    async def write(conn: asyncpg.Connection, record: FetchRecord, search_id: int) -> None:
+        values: dict[str, Any] = {
+            **listing_arrays(record.result.listings),
+            "moment": record.search.created_at,
+            "ttl": record.listing_ttl,
+            "search_id": search_id,
+        }
+        await conn.execute(sql, *(values[name] for name in order))
+
+    return write
+
+
+async def _copy_write(conn: asyncpg.Connection, record: FetchRecord, search_id: int) -> None:
+    arrays = listing_arrays(record.result.listings)
+    await conn.execute(_INCOMING)
+    columns = [arrays[name] for name in LISTING_COLUMNS]
+    await conn.copy_records_to_table("incoming", records=list(zip(*columns, strict=True)))
+    moment = record.search.created_at
+    await conn.execute(_FROM_COPY, moment, record.listing_ttl, search_id, arrays["link_items"])
+
+
+class _Contender:
+    """One way of writing the fetches, into a database of its own."""
+
+    async def start(self, url: str, records: list[FetchRecord]) -> None:
+        raise NotImplementedError
+
+    async def write(self, index: int, record: FetchRecord) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> tuple[int, int]:
+        """Listings and links stored, checked once the run is over."""
+        raise NotImplementedError
+
+
+class _Raw(_Contender):
+    """A raw asyncpg connection; one ``searches`` row per fetch made before the clock."""
+
+    def __init__(self, write: _Write | None = None) -> None:
+        self._write = write
+        self._ids: list[int] = []
+
+    async def start(self, url: str, records: list[FetchRecord]) -> None:
+        self._conn = await asyncpg.connect(_dsn(url))
+        for _ in records:
+            self._ids.append(
+                await self._conn.fetchval(
+                    "INSERT INTO searches (query, search_type) VALUES ('wemby', 'sold') "
+                    "RETURNING id"
+                )
+            )
+        # The baseline's parameter tuples are built before the clock starts.
+        self._rows = [_rows(r, self._ids[0]) for r in records] if self._write is None else []
+
+    async def write(self, index: int, record: FetchRecord) -> None:
+        async with self._conn.transaction():
+            if self._write is None:
+                await self._conn.executemany(UPSERT, self._rows[index])
+            else:
+                await self._write(self._conn, record, self._ids[index])
+
+    async def stop(self) -> tuple[int, int]:
+        try:
+            listings = await self._conn.fetchval("SELECT count(*) FROM listing_cache")
+            links = await self._conn.fetchval("SELECT count(*) FROM search_results")
+        finally:
+            await self._conn.close()
+        return int(listings), int(links)
+
+
+class _Kuya(_Contender):
+    """``Database.persist_fetch``, as the store's write-behind task calls it."""
+
+    def __init__(self, kind: ks.SearchType, database: type[Database] = Database) -> None:
+        self._kind = kind
+        self._class = database
+
+    async def start(self, url: str, records: list[FetchRecord]) -> None:
+        self._database = self._class(ks.StoreSettings(database_url=url), Metrics())
+        sold = self._kind is ks.SearchType.SOLD
+        self._records = records if sold else [_active(r) for r in records]
+        assert await self._database.ping()
+
+    async def write(self, index: int, record: FetchRecord) -> None:
+        await self._database.persist_fetch(self._records[index])
+
+    async def stop(self) -> tuple[int, int]:
+        try:
+            async with self._database.engine.connect() as conn:
+                listings = await conn.exec_driver_sql("SELECT count(*) FROM listing_cache")
+                links = await conn.exec_driver_sql("SELECT count(*) FROM search_results")
+                counts = int(listings.scalar_one()), int(links.scalar_one())
+        finally:
+            await self._database.close()
+        return counts
+
+
+class _CopyDatabase(Database):
+    """``persist_fetch`` with the road not taken: ``COPY`` to a temporary table on PostgreSQL."""
+
+    async def _write_fetch(self, conn: Any, record: FetchRecord) -> int | None:
+        search_id: int | None = (
+            await conn.execute(self._log_stmt.values(record.search.row()))
+        ).scalar_one_or_none()
+        if search_id is not None and record.result.listings:
+            raw = (await conn.get_raw_connection()).driver_connection
+            await _copy_write(raw, record, search_id)
+        return search_id
+
+
+def _dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+BASELINE = "asyncpg executemany ON CONFLICT (baseline)"
+
+
+def _contenders() -> dict[str, Callable[[], _Contender]]:
+    unnest = _unnest_write()
+    return {
+        BASELINE: _Raw,
+        "kuya-store persist_fetch, active fetches": lambda: _Kuya(ks.SearchType.ACTIVE),
+        "kuya-store persist_fetch, sold fetches": lambda: _Kuya(ks.SearchType.SOLD),
+        "asyncpg: unnest arrays, one statement (kuya-store's)": lambda: _Raw(unnest),
+        "asyncpg: COPY to a temp table + INSERT .. SELECT": lambda: _Raw(_copy_write),
+    }
+
+
+async def _one_run(
+    pg_url: str, records: list[FetchRecord], makers: dict[str, Callable[[], _Contender]]
+) -> dict[str, float]:
+    """Every contender in a fresh database of its own, taking turns fetch by fetch.
+
+    Turns, not one contender after another: on a shared machine a noisy moment then
+    slows every contender's same fetch, not one contender's whole run.
+    """
+    admin = await asyncpg.connect(_dsn(pg_url))
+    names = {name: f"bench_upsert_{uuid.uuid4().hex[:8]}" for name in makers}
+    base = pg_url.rsplit("/", 1)[0]
+    running: dict[str, _Contender] = {}
+    elapsed = dict.fromkeys(makers, 0.0)
     try:
-        search_id = await conn.fetchval(
-            "INSERT INTO searches (query, search_type) VALUES ('wemby', 'sold') RETURNING id"
-        )
-        batches = [_rows(r, search_id) for r in records]  # built before the clock starts
-        started = time.perf_counter()
-        for rows in batches:
-            async with conn.transaction():
-                await conn.executemany(UPSERT, rows)
-        elapsed = time.perf_counter() - started
-        stored = await conn.fetchval("SELECT count(*) FROM listing_cache")
+        for name, make in makers.items():
+            await admin.execute(f'CREATE DATABASE "{names[name]}"')
+            url = f"{base}/{names[name]}"
+            await ks.migrations.upgrade_async(url)
+            running[name] = make()
+            await running[name].start(url, records)
+        for index, record in enumerate(records):
+            for name, contender in running.items():
+                started = time.perf_counter()
+                await contender.write(index, record)
+                elapsed[name] += time.perf_counter() - started
+        distinct, positions = _distinct(records), sum(len(r.result.listings) for r in records)
+        for name in list(running):
+            listings, links = await running.pop(name).stop()
+            assert listings == distinct, (name, listings)
+            assert links == (0 if name == BASELINE else positions), (name, links)
     finally:
-        await conn.close()
-    assert stored == _distinct(records), stored
-    return elapsed
-
-
-async def _kuya(database: Database, records: list[FetchRecord]) -> float:
-    await _fresh_schema(database)
-    assert await database.ping()
-    started = time.perf_counter()
-    for record in records:
-        await database.persist_fetch(record)
-    elapsed = time.perf_counter() - started
-    async with database.engine.connect() as conn:
-        stored = (await conn.exec_driver_sql("SELECT count(*) FROM listing_cache")).scalar_one()
-    assert stored == _distinct(records), stored
+        for contender in running.values():
+            await contender.stop()
+        for name in names.values():
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
     return elapsed
 
 
@@ -117,19 +307,40 @@ async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
     total = fetches * size
     print(f"\n## bulk upsert on PostgreSQL ({fetches} fetches x {size:,} listings, best of 2)")
     records = [_record(f, _listings(f, size)) for f in range(fetches)]
-    dsn = pg_url.replace("postgresql+asyncpg://", "postgresql://", 1)
-    database = Database(ks.StoreSettings(database_url=pg_url), Metrics())
-    try:
-        raw_times, ours_times = [], []
-        for _ in range(2):  # alternate, so neither side always runs on a warmer server
-            raw_times.append(await _asyncpg(dsn, database, records))
-            ours_times.append(await _kuya(database, records))
-        await ks.migrations.downgrade_async(database.engine, "base")
-    finally:
-        await database.close()
-    raw_rate = total / min(raw_times)
-    ours_rate = total / min(ours_times)
-    print(f"{'asyncpg executemany ON CONFLICT (baseline)':<52} {raw_rate:12,.0f} listings/s")
-    print(f"{'kuya-store persist_fetch':<52} {ours_rate:12,.0f} listings/s")
-    print(f"ratio: kuya-store/asyncpg = {ours_rate / raw_rate:.2f}x the throughput")
-    return []
+    runs = [await _one_run(pg_url, records, _contenders()) for _ in range(2)]
+    rates = {name: total / min(r[name] for r in runs) for name in runs[0]}
+    baseline = rates[BASELINE]
+    for name, rate in rates.items():
+        print(f"{name:<56} {rate:10,.0f} listings/s  {rate / baseline:5.2f}x")
+    print("(every row but the baseline also writes the links and keeps the newest-wins CASE)")
+    await _by_fetch_size(pg_url, scale)
+    targets = []
+    for kind in ("active", "sold"):
+        ratio = rates[f"kuya-store persist_fetch, {kind} fetches"] / baseline
+        targets.append(
+            Target(
+                f"persist_fetch ({kind} fetches) vs asyncpg executemany, same rows",
+                f">= {TARGET:.1f}x the throughput",
+                f"{ratio:.2f}x",
+                ratio >= TARGET,
+            )
+        )
+    return targets
+
+
+async def _by_fetch_size(pg_url: str, scale: float) -> None:
+    """``unnest`` against ``COPY`` inside ``persist_fetch`` (active fetches), by fetch size."""
+    print("\npersist_fetch (active fetches), unnest against COPY, by listings per fetch:")
+    makers: dict[str, Callable[[], _Contender]] = {
+        "unnest": lambda: _Kuya(ks.SearchType.ACTIVE),
+        "copy": lambda: _Kuya(ks.SearchType.ACTIVE, _CopyDatabase),
+    }
+    for size, fetches in ((60, 100), (200, 60), (1000, 20)):
+        fetches = max(4, int(fetches * scale))
+        records = [_record(f, _listings(f, size)) for f in range(fetches)]
+        runs = [await _one_run(pg_url, records, makers) for _ in range(2)]
+        unnest, copy = (size * fetches / min(r[name] for r in runs) for name in makers)
+        print(
+            f"{size:>5} listings: unnest {unnest:8,.0f}/s  COPY {copy:8,.0f}/s  "
+            f"COPY/unnest {copy / unnest:4.2f}x"
+        )

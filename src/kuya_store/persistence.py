@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -27,6 +27,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from kuya_store.db.bulk import (
+    LISTING_COLUMNS,
+    LISTING_UPDATE_COLUMNS,
+    listing_arrays,
+    listing_rows,
+    newest_wins,
+    postgres_persist_fetch,
+)
 from kuya_store.db.engine import create_engine, is_outage
 from kuya_store.db.replicas import ReplicaSet
 from kuya_store.db.tables import (
@@ -57,20 +65,6 @@ _listings = metadata.tables[ListingRow.__tablename__]
 _links = metadata.tables[SearchResultRow.__tablename__]
 _snapshots = metadata.tables[PriceSnapshotRow.__tablename__]
 
-# What a re-fetched listing overwrites; ``first_seen`` (and the row's id) stay.
-LISTING_UPDATE_COLUMNS = (
-    "title",
-    "price",
-    "listing_type",
-    "condition",
-    "sold",
-    "sold_date",
-    "bids",
-    "watchers",
-    "last_updated",
-    "ttl",
-    "search_id",
-)
 _T = TypeVar("_T")
 _SNAPSHOT_COLUMNS = tuple(
     name for name in PriceSnapshot.model_fields if name not in ("card_identifier", "snapshot_date")
@@ -101,6 +95,7 @@ class SearchRecord:
     """Names this record wherever it is replayed from: the row is written once."""
 
     def row(self) -> dict[str, Any]:
+        """The row's values by column (every field but ``trace``)."""
         return {
             "query": self.query,
             "search_type": self.search_type.value,
@@ -118,6 +113,10 @@ class SearchRecord:
             "complete": self.complete,
             "record_key": self.record_key,
         }
+
+
+# The columns SearchRecord.row() fills.
+_SEARCH_COLUMNS = tuple(f.name for f in fields(SearchRecord) if f.name != "trace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +143,8 @@ def _listing_from_row(row: Row[Any]) -> Listing:
     )
 
 
+# What the day's valuation reads of each sale: the listing's own columns.
+_SALE_COLUMNS = tuple(_listings.c[name] for name in LISTING_COLUMNS)
 _SNAPSHOT_FIELDS = tuple(PriceSnapshot.model_fields)
 
 
@@ -170,16 +171,12 @@ class Database:
             self._time_queries(engine, settings.slow_query_threshold.total_seconds() * 1000)
         # Built once: executed with fresh parameters for every fetch.
         listings = self._insert(_listings)
-        # Every conflicting row is updated (so RETURNING names it), but to its own values
-        # when it saw the listing later than this write did.
-        newer = listings.excluded.last_updated >= _listings.c.last_updated
         self._upsert_listings_stmt = listings.on_conflict_do_update(
-            index_elements=[_listings.c.item_id],
-            set_={
-                name: sa.case((newer, listings.excluded[name]), else_=_listings.c[name])
-                for name in LISTING_UPDATE_COLUMNS
-            },
+            index_elements=[_listings.c.item_id], set_=newest_wins(listings, _listings)
         ).returning(_listings.c.id, _listings.c.item_id, sort_by_parameter_order=True)
+        self._persist_fetch_stmt = postgres_persist_fetch(
+            _searches, _listings, _links, _SEARCH_COLUMNS
+        )
         # A record replayed (from the journal, or after a commit whose answer was lost)
         # meets the unique key and is skipped: RETURNING names only the rows written.
         self._log_stmt = (
@@ -270,24 +267,9 @@ class Database:
         ``None`` when the record was written before (a replay): nothing is written again.
         """
         async with self.engine.begin() as conn:
-            search_id: int | None = (
-                await conn.execute(self._log_stmt.values(record.search.row()))
-            ).scalar_one_or_none()
+            search_id = await self._write_fetch(conn, record)
             if search_id is None:
                 return None
-            listing_ids = await self._upsert_listings(conn, record, search_id)
-            if record.result.listings:
-                await conn.execute(
-                    sa.insert(_links),
-                    [
-                        {
-                            "search_id": search_id,
-                            "position": i,
-                            "listing_id": listing_ids[x.item_id],
-                        }
-                        for i, x in enumerate(record.result.listings)
-                    ],
-                )
             if record.search.search_type is SearchType.SOLD:
                 await self._revalue_day(
                     conn, record.search.card_identifier, record.search.created_at
@@ -320,7 +302,7 @@ class Database:
             .where(fetches)
         )
         rows = await conn.execute(
-            sa.select(_listings).where(_listings.c.id.in_(seen)).order_by(_listings.c.item_id)
+            sa.select(*_SALE_COLUMNS).where(_listings.c.id.in_(seen)).order_by(_listings.c.item_id)
         )
         listings = [_listing_from_row(row) for row in rows]
         snapshot = self.valuator.value(
@@ -328,38 +310,40 @@ class Database:
         )
         await self._upsert_snapshot(conn, snapshot, newest.id, newest.created_at)
 
-    async def _upsert_listings(
-        self, conn: AsyncConnection, record: FetchRecord, search_id: int
-    ) -> dict[str, int]:
-        moment = record.search.created_at
-        rows = sorted(
-            (
-                {
-                    "item_id": x.item_id,
-                    "title": x.title,
-                    "price": x.price,
-                    "listing_type": x.listing_type,
-                    "condition": x.condition,
-                    "sold": x.sold,
-                    "sold_date": x.sold_date,
-                    "bids": x.bids,
-                    "watchers": x.watchers,
-                    "first_seen": moment,
-                    "last_updated": moment,
-                    "ttl": record.listing_ttl,
-                    "search_id": search_id,
-                }
-                for x in record.result.listings
-            ),
-            key=lambda row: str(row["item_id"]),
+    async def _write_fetch(self, conn: AsyncConnection, record: FetchRecord) -> int | None:
+        """The fetch's search row, listings and links; ``None`` for a replay (nothing written).
+
+        On PostgreSQL one statement (``db/bulk.py``); on SQLite the search row, then the
+        listings executed with many parameter sets, then the links.
+        """
+        moment, ttl = record.search.created_at, record.listing_ttl
+        listings = record.result.listings
+        if self.dialect == "postgresql":
+            parameters = {f"search_{name}": value for name, value in record.search.row().items()}
+            parameters.update(listing_arrays(listings), moment=moment, ttl=ttl)
+            written = await conn.execute(self._persist_fetch_stmt, parameters)
+            return written.scalar_one_or_none()  # type: ignore[no-any-return]
+        search_id: int | None = (
+            await conn.execute(self._log_stmt.values(record.search.row()))
+        ).scalar_one_or_none()
+        if search_id is None or not listings:
+            return search_id
+        # "insertmanyvalues" turns this into multi-row INSERTs, paged under the driver's
+        # bind-parameter limit.
+        ids = {
+            item_id: listing_id
+            for listing_id, item_id in await conn.execute(
+                self._upsert_listings_stmt, listing_rows(listings, moment, ttl, search_id)
+            )
+        }
+        await conn.execute(
+            sa.insert(_links),
+            [
+                {"search_id": search_id, "position": i, "listing_id": ids[x.item_id]}
+                for i, x in enumerate(listings)
+            ],
         )
-        # One statement executed with many parameter sets: SQLAlchemy's "insertmanyvalues"
-        # turns it into multi-row INSERTs, paged under the drivers' bind-parameter limits.
-        ids: dict[str, int] = {}
-        if rows:
-            for listing_id, item_id in await conn.execute(self._upsert_listings_stmt, rows):
-                ids[item_id] = listing_id
-        return ids
+        return search_id
 
     async def _upsert_snapshot(
         self,
