@@ -23,7 +23,7 @@ A replayed record meets the unique ``record_key``: ``search`` is empty, so nothi
 written and no id comes back.
 
 Why this statement and not the others PostgreSQL offers (``bench/upsert.py`` measures them
-on the same rows, ``bench/report/bulk-upsert.md`` has the figures):
+on the same rows, ``bench/REPORT.md`` section 12.3 has the figures):
 
 - ``executemany`` (or SQLAlchemy's multi-row ``VALUES`` pages) sends 13 parameters per
   row and has the server bind and run the statement once per row (or per page); an

@@ -12,7 +12,7 @@ empty ones. The models are frozen, but a dict inside one can still be changed in
 and a shared one would carry such a change into every entry holding it. Money and
 moments are not shared either: they rarely repeat within the bound of a small memo, and
 ``Decimal("10.5") == Decimal("10.50")`` would make sharing by equality change a value's
-form. ``bench/report/memory.md`` gives the measurements behind these choices.
+form. ``bench/REPORT.md`` section 6 gives the measurements behind these choices.
 """
 
 from __future__ import annotations
