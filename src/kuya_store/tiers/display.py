@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+import orjson
 from cachetools import LRUCache
 
 from kuya_store.clock import Clock
@@ -34,6 +35,7 @@ from kuya_store.keys import ResultIdentity
 from kuya_store.metrics import Metrics
 from kuya_store.models import MAX_EXTRA_BYTES, Listing
 from kuya_store.stored import StoredResult
+from kuya_store.tiers.redis_scripts import Script
 from kuya_store.tiers.sizing import display_size
 
 if TYPE_CHECKING:
@@ -139,7 +141,19 @@ def _ms(moment: datetime) -> int:
 
 def encode_entry(extra: Extra, until: datetime) -> bytes:
     """An entry as Redis keeps it: the display data and when to forget it (epoch ms)."""
-    return json.dumps({"u": _ms(until), "x": extra}, separators=(",", ":")).encode()
+    return orjson.dumps({"u": _ms(until), "x": extra})
+
+
+_KEEP_ALL = Script(
+    """
+local ttl = ARGV[#ARGV]
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[i], 'PX', ttl)
+end
+return #KEYS
+"""
+)
+"""Sets every display entry of a fetch, each with the same time to live (last argument)."""
 
 
 def decode_entry(raw: bytes | str) -> DisplayData | None:
@@ -239,15 +253,13 @@ class RedisDisplay(_Counting):
         if ttl_ms <= 0:
             return
         prefix, client = self._prefix, self._redis.client
-        keys = {item_id: identity.redis_display_key(prefix, item_id) for item_id in kept}
-
-        async def write() -> None:
-            async with client.pipeline(transaction=False) as pipe:
-                for item_id, extra in kept.items():
-                    pipe.set(keys[item_id], encode_entry(extra, until), px=ttl_ms)
-                await pipe.execute()
-
-        ok, _ = await self._redis.guarded(write, next(iter(keys.values())))
+        keys = [identity.redis_display_key(prefix, item_id) for item_id in kept]
+        values: list[bytes | int] = [encode_entry(extra, until) for extra in kept.values()]
+        # One script call, not a pipeline of a SET per listing: the keys share the card's
+        # hash tag (one slot, also on a Cluster), and the client packs one command.
+        ok, _ = await self._redis.guarded(
+            lambda: _KEEP_ALL(client, keys, [*values, ttl_ms]), keys[0]
+        )
         if ok:
             self._metrics.incr("display_kept", len(kept))
 
