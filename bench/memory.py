@@ -227,6 +227,11 @@ async def _hit_costs(n: int) -> dict[str, list[float]]:
     )
 
 
+def _ratio(ours: float, base: float) -> str:
+    # A small smoke run may stay below an earlier peak: no growth to compare.
+    return f"{ours / base:.2f}x" if base > 0 else "n/a (no peak growth)"
+
+
 async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
     n = ENTRIES if scale >= 1 else 3_000  # a smoke run only checks that it runs
     print("\n## memory: the byte estimate of a result against tracemalloc")
@@ -244,10 +249,10 @@ async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
             f"{label:<48} {grown[kind]:7.1f} MB held, {grown[kind] * 1024 / n:5.2f} KiB per entry "
             f"(peak RSS {r['before_mb']:.1f} -> {r['after_mb']:.1f} MB)"
         )
-    ratio = grown["kuya"] / grown["dict"]
+    ratio = grown["kuya"] / grown["dict"] if grown["dict"] > 0 else float("inf")
     print(
         f"ratio: kuya-store/dict = {ratio:.2f}x the memory held "
-        f"({peaks['kuya'] / peaks['dict']:.2f}x by peak RSS growth)"
+        f"({_ratio(peaks['kuya'], peaks['dict'])} by peak RSS growth)"
     )
     hits = max(1000, int(10_000 * scale))
     print(f"\n## memory: one hit of a result of {LISTINGS} listings, in process ({hits} each)")

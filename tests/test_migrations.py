@@ -204,10 +204,3 @@ def migrations_error() -> type[Exception]:
 def test_head_is_shipped_in_the_package() -> None:
     assert migrations.head() == "0007"
     assert asyncio.iscoroutinefunction(migrations.upgrade_async)
-
-
-def test_importing_the_package_leaves_alembic_for_when_a_migration_runs() -> None:
-    # A web worker imports kuya_store at every start; Alembic was most of that cost.
-    code = "import sys, kuya_store; print('alembic' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"

@@ -35,7 +35,7 @@ from kuya_store.db.bulk import (
     newest_wins,
     postgres_persist_fetch,
 )
-from kuya_store.db.engine import create_engine, is_outage
+from kuya_store.db.engine import create_engine, is_outage, single_statement
 from kuya_store.db.replicas import ReplicaSet
 from kuya_store.db.tables import (
     ListingRow,
@@ -391,6 +391,8 @@ class Database:
     async def _newest_result(
         self, conn: AsyncConnection, identity: ResultIdentity, since: datetime
     ) -> StoredResult | None:
+        # Asked before every fetch: its two reads need no transaction (see single_statement).
+        conn = await single_statement(conn)
         head = (
             await conn.execute(
                 sa.select(

@@ -177,11 +177,13 @@ def decode_json(text: str | bytes) -> Any:
 
 
 async def single_statement(conn: AsyncConnection) -> AsyncConnection:
-    """``conn`` set up for a read of one statement, which needs no transaction around it.
+    """``conn`` set up for a read that needs no transaction around it.
 
-    On PostgreSQL it runs in autocommit: no ``BEGIN`` before it and no ``ROLLBACK`` when
-    the connection goes back to the pool, two round trips of a three-trip read saved.
-    Set before the first statement; the pool restores the isolation level on return.
+    One statement, or statements that each stand alone: at PostgreSQL's READ COMMITTED
+    each statement sees its own snapshot inside a transaction too. It then runs in
+    autocommit: no ``BEGIN`` before it and no ``ROLLBACK`` when the connection goes back
+    to the pool, two round trips saved. Set before the first statement; the pool restores
+    the isolation level on return.
     """
     if conn.dialect.name != "postgresql" or conn.info.get(_TRANSACTION_POOLER):
         # Through PgBouncer a statement's parse and execute must share a transaction, or

@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from redis.exceptions import NoScriptError
-
 __all__ = ["Script"]
 
 
@@ -26,6 +24,9 @@ class Script:
         self.sha = hashlib.sha1(text.encode()).hexdigest()
 
     async def __call__(self, client: Any, keys: list[str], args: list[Any]) -> Any:
+        # Imported here: redis is an optional extra, and this module loads with the package.
+        from redis.exceptions import NoScriptError
+
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
