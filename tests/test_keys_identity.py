@@ -148,9 +148,9 @@ def test_queries_up_to_five_thousand_characters_are_accepted() -> None:
     assert info.value.field == "query"
 
 
-def test_memoised_levels_keep_params_of_equal_value_but_another_type_apart() -> None:
+def test_levels_keep_params_of_equal_value_but_another_type_apart() -> None:
     # 1, 1.0 and True are equal and hash alike: a memo keyed on values alone would hand
-    # one of them the stored result of another.
+    # one of them the stored result of another (the store memoises a search's levels).
     wanted = ks.SearchFilters()
     keys = {
         levels("ohtani", ks.SearchType.SOLD, wanted, {"pages": v}, filter_upstream=False)[
@@ -161,7 +161,7 @@ def test_memoised_levels_keep_params_of_equal_value_but_another_type_apart() -> 
     assert len(keys) == 4
 
 
-def test_memoised_levels_are_a_fresh_list_each_time() -> None:
+def test_levels_are_a_fresh_list_each_time() -> None:
     wanted = ks.SearchFilters(raw_only=True)
     first = levels("ohtani -auto", ks.SearchType.SOLD, wanted, {}, filter_upstream=False)
     names = [level.name for level in first]

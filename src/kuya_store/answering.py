@@ -17,7 +17,6 @@ back cannot answer.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -63,9 +62,6 @@ def _local(parsed: SearchQuery) -> bool:
     return bool(parsed.excluded) and not (parsed.phrases or parsed.any_of or parsed.wildcards)
 
 
-_Options = tuple[tuple[str, type, object], ...]
-
-
 def levels(
     text: str,
     kind: SearchType,
@@ -74,26 +70,7 @@ def levels(
     *,
     filter_upstream: bool,
 ) -> list[Level]:
-    """The levels of a search, broadest first; the last one always answers.
-
-    Memoised: every search works them out, and the same searches recur.
-    """
-    # The type is part of the key: 1, 1.0 and True are equal, but not the same params.
-    options = tuple(sorted((k, type(v), v) for k, v in params.items()))
-    return list(_memo(text, kind, filters, options, filter_upstream))
-
-
-@functools.lru_cache(maxsize=4096)
-def _memo(
-    text: str, kind: SearchType, filters: SearchFilters, options: _Options, filter_upstream: bool
-) -> tuple[Level, ...]:
-    params: Params = {k: v for k, _, v in options}  # type: ignore[misc]
-    return tuple(_levels(text, kind, filters, params, filter_upstream))
-
-
-def _levels(
-    text: str, kind: SearchType, filters: SearchFilters, params: Params, filter_upstream: bool
-) -> list[Level]:
+    """The levels of a search, broadest first; the last one always answers."""
     parsed = parsed_query(text)
     upstream = filters if filter_upstream else _NO_FILTERS
     local = _NO_FILTERS if filter_upstream else filters
