@@ -22,6 +22,7 @@ from bench import (
     ha,
     history,
     hot_path,
+    http_cpu,
     http_load,
     journal,
     memory,
@@ -61,6 +62,7 @@ BENCHMARKS = {
     "replicas": Benchmark(replicas.run),
     "journal": Benchmark(journal.run),
     "http": Benchmark(http_load.run),
+    "http-cpu": Benchmark(http_cpu.run),
 }
 
 
