@@ -155,7 +155,8 @@ async def _measure(
             hit = await _cost(base, pid, servers, repeats)
         if name == "kuya-store":
             exposition = (await asyncio.to_thread(_get, f"{base}/metrics")).decode()
-            answered = ", ".join(f"{s or '?'} {n}" for s, (n, _) in search_means(exposition).items())
+            means = search_means(exposition)
+            answered = ", ".join(f"{source or '?'} {n}" for source, (n, _) in means.items())
             print(f"kuya-store searches answered by: {answered}")
     print(
         f"{name:<18} miss {miss.worker_ms:6.2f} ms worker + {miss.servers_ms:5.2f} ms servers"
