@@ -47,11 +47,9 @@ from kuya_store.testing.servers import free_port
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).with_name("wrk_mix.lua")
 WORKERS = 4
-# uvicorn's own asyncio loop for both apps: under uvloop the store's near-cache coherence
-# connection fails (its protocol asserts an ``asyncio.Transport``, which uvloop's TCP
-# transport is not), so the store would not run as configured: its near-cache falls back to
-# a plain TTL. KUYA_BENCH_HTTP_LOOP=uvloop measures it that way.
-LOOP = os.environ.get("KUYA_BENCH_HTTP_LOOP", "asyncio")
+# uvicorn's default loop for both apps: uvloop, which uvicorn[standard] installs, as a
+# deployment runs it. KUYA_BENCH_HTTP_LOOP=asyncio measures the standard library's loop.
+LOOP = os.environ.get("KUYA_BENCH_HTTP_LOOP", "auto")
 CONNECTIONS = 64
 THREADS = 2
 DISTINCT = 2_000
