@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import os
 import random
+import secrets
 import signal
 import subprocess
 import tempfile
@@ -236,6 +237,7 @@ async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
                         "KUYA_REDIS_URL": redis_url,
                         "KUYA_KEY_PREFIX": f"{prefix}-ks",
                         "KUYA_MODE": "read_through",
+                        "KUYA_HOT_TIER_SECRET": secrets.token_hex(32),
                     }
                     kuya = await _measure(
                         "kuya-store", "bench.kuya_app:create", kuya_env, servers, count, logs

@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import random
+import secrets
 import shutil
 import signal
 import subprocess
@@ -497,6 +498,9 @@ def _measure(plan: _Plan, pg_url: str, redis_url: str, prefix: str) -> tuple[lis
                 "KUYA_REDIS_URL": redis_url,
                 "KUYA_KEY_PREFIX": f"{prefix}-ks",
                 "KUYA_MODE": "read_through",
+                # One secret for the fleet, as a deployment of several workers sets it: each
+                # worker reads the others' Redis values back without validating them again.
+                "KUYA_HOT_TIER_SECRET": secrets.token_hex(32),
                 "BENCH_UPSTREAM_URL": up,
             },
             up,
