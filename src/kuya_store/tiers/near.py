@@ -125,8 +125,8 @@ class EchoLedger:
     def settle(self, name: str, written: bool) -> bool:
         """The write came back; ``True`` if its echo was let through and must now be applied.
 
-        ``written`` only when Redis answered that it wrote it: a refused write, a failed
-        one and a cancelled one leave nothing of theirs kept.
+        ``written`` only when Redis answered that it wrote it; after any other outcome
+        (refused, failed, cancelled) no echo of it is let through.
         """
         write = self._writes.get(name)
         if write is None:
