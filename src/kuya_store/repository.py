@@ -514,7 +514,8 @@ class CompsRepository:
     async def _fill(self, identity: ResultIdentity, result: StoredResult, now: datetime) -> None:
         if self._fenced(identity, result.fetched_at):
             return
-        ticket = self._near.ticket(identity) if self._near is not None else None
+        # Its own echo then leaves this write's copy in the near-cache; others' changes do not.
+        ticket = self._near.ticket(identity, own_write=True) if self._near is not None else None
         if await self._hot.set(identity, result, self._hot_ttl(result, now)):
             # Written, not refused for newer data or an invalidation: the near-cache too.
             await self._fill_near(identity, result, now, ticket)

@@ -7,6 +7,14 @@ prefixes (``kuya:v1:r:``, ``kuya:v1:g:``), by anyone. A value that changes drops
 worker's copy of it; a fence (an ``invalidate()`` anywhere) drops every variant of the
 card; ``FLUSHDB`` drops everything.
 
+Except a worker's own write: the script writing a value also sets and deletes a witness
+key (``kuya:v1:r:#<write>:{card}:...``, under the value prefix and in the card's slot),
+and Redis sends every key a script touched in one message. A value whose only witnesses
+are this worker's writes in flight is its echo, and the copy of that write stays
+(:class:`~kuya_store.tiers.near.EchoLedger`). Redis merges the changes of a key made in
+one pass of its event loop into one message; another worker's write merged with ours
+brings its own witness (or none), so it still evicts.
+
 Messages are handled in the connection's ``data_received``, as soon as the event loop
 reads them, before any task that the same loop iteration wakes: a request that reaches a
 worker after another worker's ``invalidate()`` returned finds the copy already gone.
@@ -25,11 +33,12 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, cast
 
 import hiredis
 
-from kuya_store.keys import changed_key, tracked_prefixes
+from kuya_store.keys import ResultIdentity, changed_key, tracked_prefixes
 from kuya_store.logs import get_logger
 from kuya_store.metrics import Metrics
 from kuya_store.settings import StoreSettings
@@ -145,6 +154,8 @@ class InvalidationListener:
         self._near = near
         self._metrics = metrics
         self._prefix = settings.key_prefix
+        self._values = tracked_prefixes(settings.key_prefix)[0]
+        self._witnesses = f"{self._values}#"
         self._timeout = max(
             settings.redis_connect_timeout.total_seconds(),
             4 * settings.redis_socket_timeout.total_seconds(),
@@ -200,6 +211,22 @@ class InvalidationListener:
         self._waiters.clear()
         return waiting
 
+    # -- this worker's own writes -----------------------------------------------------
+
+    def expect_echo(self, identity: ResultIdentity, key: str, fetched_at: datetime) -> str | None:
+        """The witness key to touch with a write of value ``key`` (``None``: no echo to hear)."""
+        if not self._near.coherent:
+            return None
+        name = self._near.echoes.expect(identity.card_key, identity.result_key, fetched_at)
+        if name is None:
+            return None
+        return f"{self._witnesses}{name}:{key[len(self._values) :]}"
+
+    def settle_echo(self, identity: ResultIdentity, witness: str, written: bool) -> None:
+        """The write named by ``witness`` came back, written or not (refused, failed)."""
+        name = witness[len(self._witnesses) :].partition(":")[0]
+        self._near.settled(name, identity.card_key, identity.result_key, written)
+
     # -- messages ---------------------------------------------------------------------
 
     def _heard(self, keys: list[bytes] | None) -> None:
@@ -207,12 +234,27 @@ class InvalidationListener:
             self._near.flush()
             self._release_waiters()
             return
+        witnessed: dict[str, list[str]] = {}
+        changed: list[str] = []
         for raw in keys:
             key = raw.decode(errors="replace")
+            if key.startswith(self._witnesses):
+                name, _, rest = key[len(self._witnesses) :].partition(":")
+                value = self._values + rest
+                if value not in witnessed:
+                    witnessed[value] = []
+                    changed.append(value)  # its value is in the message too, or ought to be
+                witnessed[value].append(name)
+            else:
+                changed.append(key)
+        for key in dict.fromkeys(changed):
             parts = changed_key(self._prefix, key)
             if parts is not None:
                 kind, card_key, result_key = parts
-                self._near.changed(card_key, result_key if kind == "r" else None)
+                if kind == "r" and result_key is not None:
+                    self._near.value_changed(card_key, result_key, witnessed.get(key, []))
+                else:
+                    self._near.changed(card_key, None)
                 if kind == "g" and self._on_fence is not None:
                     self._on_fence(card_key, key)
             if key in self._waiters:

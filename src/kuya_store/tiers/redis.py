@@ -96,9 +96,11 @@ if redis.call("get", KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-# KEYS: value, stamp, card index, card fence. ARGV: payload, fetched_at (ms), ttl (ms),
-# index ttl (ms). Refuses data older than the stored stamp (0) or the card's invalidation
-# (minus the fence, so the caller learns when the card was invalidated).
+# KEYS: value, stamp, card index, card fence, and a witness naming this write (optional).
+# ARGV: payload, fetched_at (ms), ttl (ms), index ttl (ms). Refuses data older than the
+# stored stamp (0) or the card's invalidation (minus the fence, so the caller learns when
+# the card was invalidated). The witness is set and deleted at once: it leaves nothing,
+# but its name reaches every near-cache in the same message as the value's.
 _SET_NEWEST = """
 local stamp = tonumber(redis.call("get", KEYS[2]) or "-1")
 local fence = tonumber(redis.call("get", KEYS[4]) or "-1")
@@ -113,6 +115,10 @@ redis.call("set", KEYS[1], ARGV[1], "px", ARGV[3])
 redis.call("set", KEYS[2], ARGV[2], "px", ARGV[3])
 redis.call("sadd", KEYS[3], KEYS[1])
 redis.call("pexpire", KEYS[3], ARGV[4])
+if KEYS[5] then
+    redis.call("set", KEYS[5], "")
+    redis.call("del", KEYS[5])
+end
 return 1
 """
 # The first half of an invalidation. KEYS: card fence, card index. ARGV: moment (ms) or
@@ -315,7 +321,19 @@ class RedisTier:
         ]
         payload = self._seal.seal(key, encode(result))
         args: list[bytes | int] = [payload, _ms(result.fetched_at), ttl_ms, self._index_ttl_ms]
-        ok, written = await self._call(lambda: _SET_NEWEST_SCRIPT(self.client, keys, args), key)
+        listener = self.listener
+        witness = (
+            listener.expect_echo(identity, key, result.fetched_at) if listener is not None else None
+        )
+        if witness is not None:
+            keys.append(witness)
+        ok, written = False, None
+        try:
+            ok, written = await self._call(lambda: _SET_NEWEST_SCRIPT(self.client, keys, args), key)
+        finally:
+            if witness is not None and listener is not None:
+                # Only a write Redis says it made may keep its copy through its echo.
+                listener.settle_echo(identity, witness, written == 1)
         if not ok or written is None:
             return True  # Redis is down: nothing refused it
         if written == 1:
