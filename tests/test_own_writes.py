@@ -17,8 +17,8 @@ import pytest
 
 import kuya_store as ks
 from kuya_store.demo import FakeMarketplace
-from kuya_store.keys import ResultIdentity
-from kuya_store.stored import StoredResult
+from kuya_store.keys import ResultIdentity, changed_key, witness_key
+from kuya_store.stored import StoredResult, decode
 from kuya_store.testing.servers import RedisServer
 from kuya_store.tiers.memory import MemoryTier
 from kuya_store.tiers.near import EchoLedger, NearCache
@@ -151,6 +151,19 @@ async def test_two_own_writes_of_one_value_keep_no_copy_through_their_echoes() -
     for result, ticket in zip(results, tickets, strict=True):
         assert await near.set(wemby, result, TTL, ticket) is False
     assert len(near.echoes) == 0 and await near.get(wemby) is None
+
+
+def test_a_witness_names_no_entry_and_an_anonymous_one_is_never_ours() -> None:
+    key = ResultIdentity.of_query(QUERY, SOLD, {}).redis_key("kuya")
+    named, anonymous = witness_key("kuya", key, "abc1"), witness_key("kuya", key)
+    assert named.endswith(key[len("kuya:v1:r:") :]) and "{" in named
+    assert changed_key("kuya", named) is None and changed_key("kuya", anonymous) is None
+    ledger = EchoLedger()
+    identity = ResultIdentity.of_query(QUERY, SOLD, {})
+    ours = ledger.expect(identity.card_key, identity.result_key, datetime.now(UTC))
+    assert ours is not None and "-" not in ours
+    anonymous_name = anonymous[len("kuya:v1:r:#") :].partition(":")[0]
+    assert ledger.heard(identity.card_key, identity.result_key, [ours, anonymous_name]) == "change"
 
 
 def test_the_ledger_stays_bounded_and_forgets_only_what_is_safe_to() -> None:
@@ -294,17 +307,19 @@ async def test_racing_writes_of_two_workers_leave_no_stale_copy(
             assert held is None or held.fetched_at == stored.fetched_at, round_
 
 
+@pytest.mark.parametrize("they_listen", [True, False], ids=["coherent", "not-listening"])
 async def test_our_write_and_theirs_merged_in_one_message_drop_our_copy(
-    redis_url: str, key_prefix: str, redis_client: Any
+    redis_url: str, key_prefix: str, redis_client: Any, they_listen: bool
 ) -> None:
     # Redis reports a key changed twice in one pass of its event loop once: a count of
     # expected echoes would take their write for ours. Paused clients run in one pass.
+    # A worker that hears no changes itself still names its write, anonymously.
     market = FakeMarketplace(listings=5)
     async with (
         _store(redis_url, key_prefix, market) as one,
-        _store(redis_url, key_prefix, market) as two,
+        _store(redis_url, key_prefix, market, near_cache_coherence=they_listen) as two,
     ):
-        await _until(lambda: _coherent(one) and _coherent(two))
+        await _until(lambda: _coherent(one) and (_coherent(two) or not they_listen))
         identity = _identity("merged")
         now = datetime.now(UTC)
         near = _near_of(one)
@@ -422,7 +437,7 @@ async def test_a_killed_and_restarted_redis_leaves_no_copy_it_did_not_hold(
 
 
 async def test_many_concurrent_fetches_leave_the_ledger_empty_and_copies_right(
-    redis_url: str, key_prefix: str
+    redis_url: str, key_prefix: str, redis_client: Any
 ) -> None:
     market = FakeMarketplace(listings=5, latency=0.005)
     async with (
@@ -451,7 +466,13 @@ async def test_many_concurrent_fetches_leave_the_ledger_empty_and_copies_right(
             for query in [*queries, QUERY]:
                 key = ResultIdentity.of_query(query, SOLD, {})
                 held = await near.get(key)
-                stored = await store._hot.get(key)
-                assert held is None or (stored is not None and held == stored), query
+                # Read apart from the stores: on a loaded machine their breakers may have
+                # opened meanwhile, and a tier skipped reads nothing. A write that timed out
+                # there leaves the fetched copy with nothing in Redis to contradict it.
+                raw = await redis_client.get(key.redis_key(key_prefix))
+                stored = decode(raw) if raw is not None else None
+                assert held is None or stored is None or held == stored, query
+                if store.metrics()["redis"]["errors"] == 0:
+                    assert held is None or stored is not None, query
             held = await near.get(identity)
             assert held is None or held.fetched_at == now

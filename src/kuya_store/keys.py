@@ -30,6 +30,7 @@ __all__ = [
     "validate_query",
     "validate_search_type",
     "validate_user_id",
+    "witness_key",
 ]
 
 KEY_VERSION = 1
@@ -256,6 +257,20 @@ class ResultIdentity:
 def tracked_prefixes(prefix: str) -> tuple[str, str]:
     """The key prefixes whose changes other workers must hear of: values and fences."""
     return f"{prefix}:v{KEY_VERSION}:r:", f"{prefix}:v{KEY_VERSION}:g:"
+
+
+# No echo ledger names a write so (their names are hex): a write nobody expects as its echo.
+_ANONYMOUS = "-"
+
+
+def witness_key(prefix: str, key: str, name: str | None = None) -> str:
+    """The key that names one write of value ``key`` in the change message reporting it.
+
+    Under the value prefix, so Redis reports it with the value, and with the value's hash
+    tag, so it lives on the value's Cluster node; ``changed_key`` names no entry by it.
+    """
+    values = tracked_prefixes(prefix)[0]
+    return f"{values}#{name or _ANONYMOUS}:{key[len(values) :]}"
 
 
 def changed_key(prefix: str, key: str) -> tuple[str, str, str | None] | None:

@@ -38,7 +38,7 @@ from typing import Any, cast
 
 import hiredis
 
-from kuya_store.keys import ResultIdentity, changed_key, tracked_prefixes
+from kuya_store.keys import ResultIdentity, changed_key, tracked_prefixes, witness_key
 from kuya_store.logs import get_logger
 from kuya_store.metrics import Metrics
 from kuya_store.settings import StoreSettings
@@ -213,14 +213,17 @@ class InvalidationListener:
 
     # -- this worker's own writes -----------------------------------------------------
 
-    def expect_echo(self, identity: ResultIdentity, key: str, fetched_at: datetime) -> str | None:
-        """The witness key to touch with a write of value ``key`` (``None``: no echo to hear)."""
-        if not self._near.coherent:
-            return None
-        name = self._near.echoes.expect(identity.card_key, identity.result_key, fetched_at)
-        if name is None:
-            return None
-        return f"{self._witnesses}{name}:{key[len(self._values) :]}"
+    def expect_echo(self, identity: ResultIdentity, key: str, fetched_at: datetime) -> str:
+        """The witness key to touch with a write of value ``key``.
+
+        A write this worker will not recognise as its echo (not listening now, or too many
+        in flight) still names itself, anonymously: a message that merges it with another
+        worker's echo then shows that worker a witness not of its own.
+        """
+        name = None
+        if self._near.coherent:
+            name = self._near.echoes.expect(identity.card_key, identity.result_key, fetched_at)
+        return witness_key(self._prefix, key, name)
 
     def settle_echo(self, identity: ResultIdentity, witness: str, written: bool) -> None:
         """The write named by ``witness`` came back, written or not (refused, failed)."""

@@ -32,7 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from kuya_store.breaker import CircuitBreaker
-from kuya_store.keys import ResultIdentity
+from kuya_store.keys import ResultIdentity, witness_key
 from kuya_store.logs import get_logger
 from kuya_store.metrics import Metrics
 from kuya_store.settings import StoreSettings
@@ -322,16 +322,18 @@ class RedisTier:
         payload = self._seal.seal(key, encode(result))
         args: list[bytes | int] = [payload, _ms(result.fetched_at), ttl_ms, self._index_ttl_ms]
         listener = self.listener
-        witness = (
-            listener.expect_echo(identity, key, result.fetched_at) if listener is not None else None
-        )
-        if witness is not None:
-            keys.append(witness)
+        # Every write names itself, even one this worker won't hear: merged with another
+        # worker's echo in one message, it shows that worker a witness not of its own.
+        if listener is not None:
+            witness = listener.expect_echo(identity, key, result.fetched_at)
+        else:
+            witness = witness_key(self._prefix, key)
+        keys.append(witness)
         ok, written = False, None
         try:
             ok, written = await self._call(lambda: _SET_NEWEST_SCRIPT(self.client, keys, args), key)
         finally:
-            if witness is not None and listener is not None:
+            if listener is not None:
                 # Only a write Redis says it made may keep its copy through its echo.
                 listener.settle_echo(identity, witness, written == 1)
         if not ok or written is None:
