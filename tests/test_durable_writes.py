@@ -384,8 +384,7 @@ async def test_entries_another_process_wrote_are_validated_whatever_they_carry(
     journal, metrics = _journal(redis_client, key_prefix)
     own = AppendedRecords(10)
     fetch, hit = _record_pair("2023 Topps Chrome Forged #1")
-    ids = await journal.append([fetch])
-    own.add(journal.generation, ids, [fetch])
+    ids = await journal.append([fetch], own)
     tampered = dataclasses.replace(hit, query="tampered")
     invalid = encode_record(hit).replace(b'"execution_time_ms":7', b'"execution_time_ms":"x"')
     # Copies of ours and forgeries, each naming this process as its writer.
@@ -411,8 +410,7 @@ async def test_an_entry_under_our_id_in_a_new_lifetime_of_the_stream_is_decoded(
         try:
             journal, metrics = _journal(client, key_prefix)
             own = AppendedRecords(10)
-            ids = await journal.append([fetch])
-            own.add(journal.generation, ids, [fetch])
+            ids = await journal.append([fetch], own)
             redis.kill()  # without persistence: the stream goes, and its epoch with it
             redis.restart()
             # Another process appends under the very id this one holds.
@@ -435,6 +433,28 @@ async def test_an_entry_under_our_id_in_a_new_lifetime_of_the_stream_is_decoded(
     assert metrics.snapshot()["counters"].get("journal_held", 0) == 0
     # Our record of the lost stream is still held, to be written from this process.
     assert own.take_lost(journal.generation) == [fetch]
+
+
+async def test_each_record_is_encoded_once_even_when_redis_asks_for_the_script_again(
+    redis_client: Any, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kuya_store.tiers import journal as journal_module
+
+    encoded: list[object] = []
+
+    def counted(record: SearchRecord | FetchRecord) -> bytes:
+        encoded.append(record)
+        return encode_record(record)
+
+    monkeypatch.setattr(journal_module, "encode_record", counted)
+    journal, _ = _journal(redis_client, key_prefix)
+    await journal.ensure_group()
+    await redis_client.script_flush()  # every run of the batch is refused, then sent whole
+    records = [_record_pair(f"once {i}")[1] for i in range(250)]
+    ids = await journal.append(records)  # three script runs, pipelined
+    assert len(ids) == len(set(ids)) == 250
+    assert len(encoded) == 250 and all(a is b for a, b in zip(encoded, records, strict=True))
+    assert await redis_client.xlen(_stream(key_prefix)) == 250
 
 
 async def test_held_records_stay_bounded_while_another_consumer_writes_them(

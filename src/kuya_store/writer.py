@@ -462,6 +462,8 @@ class WriteBehind:
                     await self._journal.forget_consumer()
         except (TimeoutError, JournalUnavailableError):
             pass
+        finally:
+            await self._journal.close()
 
     def _settle(self, count: int) -> None:
         """``count`` records left the queue (written, refused or dropped): wake flush()."""
@@ -496,7 +498,7 @@ class WriteBehind:
             size = min(len(self._outbox), self._journal_batch)
             batch = [self._outbox.popleft() for _ in range(size)]
             try:
-                ids = await journal.append(batch)
+                ids = await journal.append(batch, self._own)
             except JournalUnavailableError as exc:
                 self._metrics.incr("journal_fallbacks", len(batch))
                 _log.warning("journal unavailable (%s); %d records buffered here", exc, len(batch))
@@ -509,8 +511,6 @@ class WriteBehind:
             else:
                 self._metrics.incr("journal_appended", len(batch))
                 self._appended = (journal.generation, ids[-1])
-                assert self._own is not None
-                self._own.add(journal.generation, ids, batch)
                 self._consume_wakeup.set()
             finally:
                 self._journaled_through(len(batch))

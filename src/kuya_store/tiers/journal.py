@@ -22,6 +22,7 @@ the very record it encoded, by the id its own ``XADD`` returned (:class:`Appende
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -277,6 +278,14 @@ class Journal:
         # A Cluster pipeline refuses scripts: there each run is a call of its own, on the
         # one node the hash tag names.
         self._pipelined = not isinstance(client, RedisCluster)
+        # The appender and the reader each make one call at a time, all the time: each
+        # keeps a connection of its own rather than take one from the pool per call (about
+        # a third of a call's CPU). A Cluster client has no such connection to keep.
+        self._appender = client.client() if self._pipelined else client
+        self._reader = client.client() if self._pipelined else client
+        self._appending: asyncio.Future[None] | None = None
+        """Resolved once the append under way is back (and its records held)."""
+        self._append_wait = 3 * settings.redis_socket_timeout.total_seconds()
         self._metrics = metrics
         base = f"{settings.key_prefix}:v{KEY_VERSION}:journal:{{journal}}"
         self.stream = base
@@ -342,12 +351,17 @@ class Journal:
             self._cursor = "0-0"
         self._group_ready = True
 
-    async def append(self, records: Sequence[Record]) -> list[str]:
+    async def append(
+        self, records: Sequence[Record], own: AppendedRecords | None = None
+    ) -> list[str]:
         """Put a batch of records on the stream; returns the entry ids, in order.
 
         One script run appends many records, so every search waiting on the batch shares
         its round trip; a large batch is several runs, pipelined (one after another on a
         Cluster, whose pipelines refuse scripts).
+
+        Args:
+            own: where this process holds what it appended, by the ids Redis returned.
 
         Raises:
             JournalUnavailableError: Redis did not take them; some may still have landed,
@@ -360,7 +374,7 @@ class Journal:
         keys = [self.stream, self._sequence]
 
         async def send(chosen: list[int], whole: bool) -> list[Any]:
-            pipe = self._client.pipeline(transaction=False)
+            pipe = self._appender.pipeline(transaction=False)
             for index in chosen:
                 _APPEND_SCRIPT.queue(pipe, keys, [self._max_length, *runs[index]], whole=whole)
             self._metrics.incr("journal_round_trips")
@@ -384,7 +398,7 @@ class Journal:
             for records_run in runs:
                 self._metrics.incr("journal_round_trips")
                 answers.append(
-                    await _APPEND_SCRIPT(self._client, keys, [self._max_length, *records_run])
+                    await _APPEND_SCRIPT(self._appender, keys, [self._max_length, *records_run])
                 )
             return answers
 
@@ -393,7 +407,31 @@ class Journal:
             answers = await (pipelined() if many else one_by_one())
             return [_text(entry) for answer in answers for entry in answer]
 
-        return list(await self._guarded(run))
+        landed = asyncio.get_running_loop().create_future()
+        self._appending = landed
+        try:
+            ids = list(await self._guarded(run))
+            if own is not None:
+                own.add(self.generation, ids, records)
+        finally:
+            landed.set_result(None)
+            if self._appending is landed:
+                self._appending = None
+        return ids
+
+    async def _after_own_appends(self, raw: Any, own: AppendedRecords | None) -> None:
+        """Wait for the append under way should the entries read include ones it made.
+
+        The reader's reply can come back before the appender's, over another connection,
+        with the same entries: they are this process's own once that append is back.
+        """
+        landed = self._appending
+        if landed is None or own is None:
+            return
+        if all(own.get(self.generation, _text(item[0])) is not None for item in raw or []):
+            return
+        # Not cancelled with the reader, nor waited on past the appender's own timeout.
+        await asyncio.wait([landed], timeout=self._append_wait)
 
     async def read(self, count: int, own: AppendedRecords | None = None) -> list[Entry]:
         """New entries for this consumer (none when nothing waits).
@@ -404,7 +442,8 @@ class Journal:
         await self.ensure_group()
         keys = [self.stream, self._delivered, self._trimmed]
         args = [_GROUP, self.consumer, count]
-        raw = await self._guarded(lambda: _READ_SCRIPT(self._client, keys, args))
+        raw = await self._guarded(lambda: _READ_SCRIPT(self._reader, keys, args))
+        await self._after_own_appends(raw, own)
         return self._entries(raw, own)
 
     async def claim(
@@ -419,7 +458,7 @@ class Journal:
         await self.ensure_group()
 
         async def run() -> Any:
-            return await self._client.xautoclaim(
+            return await self._reader.xautoclaim(
                 self.stream, _GROUP, self.consumer, self._claim_idle_ms, self._cursor, count
             )
 
@@ -431,6 +470,7 @@ class Journal:
             self._metrics.incr("journal_trimmed_pending", len(gone))
             _log.error("%d journal entries were trimmed before they were written", len(gone))
             await self._guarded(lambda: self._client.incrby(self._trimmed, len(gone)))
+        await self._after_own_appends(got[1], own)
         entries = self._entries(got[1], own)
         if entries:
             self._metrics.incr("journal_claimed", len(entries))
@@ -458,7 +498,7 @@ class Journal:
         """Acknowledge entries whose records the database has (or refused for good)."""
         if not ids:
             return 0
-        return int(await self._guarded(lambda: self._client.xack(self.stream, _GROUP, *ids)))
+        return int(await self._guarded(lambda: self._reader.xack(self.stream, _GROUP, *ids)))
 
     async def settled_through(self, entry_id: str) -> bool:
         """Whether every entry up to ``entry_id`` was delivered and acknowledged."""
@@ -507,6 +547,13 @@ class Journal:
             }
 
         await self._guarded(run)
+
+    async def close(self) -> None:
+        """Give the appender's and the reader's connections back to the pool."""
+        for client in (self._appender, self._reader):
+            if client is not self._client:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
 
     async def forget_consumer(self) -> None:
         """Leave the group when this consumer holds nothing, so the group does not fill up."""
