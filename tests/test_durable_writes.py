@@ -400,6 +400,48 @@ async def test_entries_another_process_wrote_are_validated_whatever_they_carry(
     assert metrics.snapshot()["counters"]["journal_decoded"] == 3
 
 
+class _LateReplies:
+    """A client whose script replies come back late: the entries are on the stream already."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.landed = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def _late(self, call: Any, *args: Any) -> Any:
+        answer = await call(*args)
+        self.landed.set()
+        await asyncio.sleep(0.3)
+        return answer
+
+    async def evalsha(self, *args: Any) -> Any:
+        return await self._late(self._client.evalsha, *args)
+
+    async def eval(self, *args: Any) -> Any:
+        return await self._late(self._client.eval, *args)
+
+
+async def test_a_read_that_beats_its_own_append_back_still_takes_the_held_record(
+    redis_client: Any, key_prefix: str
+) -> None:
+    journal, metrics = _journal(redis_client, key_prefix)
+    await journal.ensure_group()
+    late = _LateReplies(journal._appender)
+    journal._appender = late
+    own = AppendedRecords(10)
+    _, hit = _record_pair("2023 Topps Chrome Raced #1")
+    append = asyncio.create_task(journal.append([hit], own))
+    async with asyncio.timeout(10):
+        await late.landed.wait()
+    entries = await journal.read(10, own)  # its reply is back before the append's
+    ids = await append
+    assert [e.id for e in entries] == ids
+    assert entries[0].record is hit
+    assert metrics.snapshot()["counters"].get("journal_decoded", 0) == 0
+
+
 async def test_an_entry_under_our_id_in_a_new_lifetime_of_the_stream_is_decoded(
     key_prefix: str,
 ) -> None:
