@@ -8,6 +8,7 @@ counted; without Redis the embedded default keeps its documented guarantee.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +27,19 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import kuya_store as ks
 from kuya_store.keys import KEY_VERSION
-from kuya_store.persistence import FetchRecord, SearchRecord
-from kuya_store.testing.servers import RedisServer
-from kuya_store.tiers.journal import decode_record, encode_record
+from kuya_store.metrics import Metrics
+from kuya_store.persistence import Database, FetchRecord, SearchRecord
+from kuya_store.stored import StoredResult
+from kuya_store.testing.servers import RedisServer, free_port
+from kuya_store.tiers.journal import (
+    AppendedRecords,
+    Journal,
+    JournalUnavailableError,
+    decode_record,
+    encode_record,
+)
+from kuya_store.writer import WriteBehind
+from readback import rows as _rows
 
 WORKERS = Path(__file__).with_name("workers.py")
 CARDS = [f"2023 Topps Chrome Card {i} #{i}" for i in range(20)]
@@ -160,6 +172,10 @@ async def test_sigkilled_worker_is_recovered_exactly_once_by_the_others(
         "links": 20 * LISTINGS,
     }
     assert sum(m["claimed"] for m in metrics) >= 30
+    # None of it was the survivors' own: every entry was decoded and validated.
+    assert sum(m["decoded"] for m in metrics) >= 30 and sum(m["held"] for m in metrics) == 0
+    # What the dead worker had read back was its own: the records it held, none decoded.
+    assert report["journal"]["decoded"] == 0
     assert len(calls_file.read_text().splitlines()) == 20  # nothing was bought again
     print(f"recovered {report['answered']} records in {recovered_in:.1f} s")
 
@@ -236,6 +252,305 @@ async def test_redis_restart_mid_stream_loses_nothing(migrated_url: str, key_pre
         assert counts["links"] == len(calls) * LISTINGS
         assert metrics["fallbacks"] > 0
         assert metrics["rebuffered"] > 0
+
+
+# -- entries read back by the process that appended them --------------------------------------
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def _record_pair(query: str) -> list[SearchRecord | FetchRecord]:
+    """A fetched result (listings, snapshot, params, filters, user-less) and a later hit."""
+    card = ks.normalize_card(query)
+    listings = [
+        ks.Listing(item_id=f"own-{i}", title=f"{query} #{i}", price=f"{10 + i}.05", sold=True)
+        for i in range(3)
+    ]
+    snapshot = ks.PriceSnapshot(
+        card_identifier=card, snapshot_date=NOW.date(), market_value="11.05", sample_size=3
+    )
+    search = SearchRecord(
+        query=query,
+        card_identifier=card,
+        search_type=ks.SearchType.SOLD,
+        filters={"raw_only": True, "base_only": False, "exclude_auto": False},
+        params={"pages": 2, "sort": "date_desc"},
+        created_at=NOW,
+        execution_time_ms=7,
+        cache_hit=False,
+        pages_scraped=1,
+        items_count=3,
+        result_key="a" * 64,
+        fetch_stats={"pages": 1},
+        complete=True,
+    )
+    result = StoredResult(
+        query=query,
+        card_identifier=card,
+        search_type=ks.SearchType.SOLD,
+        params={"pages": 2, "sort": "date_desc"},
+        listings=listings,
+        fetched_at=NOW,
+        snapshot=snapshot,
+    )
+    fetch = FetchRecord(search, result, NOW + timedelta(days=1), snapshot)
+    hit = dataclasses.replace(
+        search, cache_hit=True, created_at=NOW + timedelta(minutes=1), record_key=uuid.uuid4().hex
+    )
+    return [fetch, hit]
+
+
+async def _written(url: str) -> dict[str, list[dict[str, Any]]]:
+    """Every row the records left, minus what the database makes itself (ids, stamps)."""
+    searches = await _rows(url, "SELECT * FROM searches ORDER BY record_key")
+    keys = {row.pop("id"): row["record_key"] for row in searches}
+    listings = await _rows(url, "SELECT * FROM listing_cache ORDER BY item_id")
+    items = {row["id"]: row["item_id"] for row in listings}
+    links = await _rows(url, "SELECT * FROM search_results")
+    for link in links:
+        link["search_id"] = keys[link["search_id"]]
+        link["listing_id"] = items[link["listing_id"]]
+    snapshots = await _rows(url, "SELECT * FROM price_snapshots")
+    made_here = {"id", "first_seen", "last_updated", "created_at"}
+    for row in listings + snapshots:
+        row["search_id"] = keys.get(row["search_id"])
+    return {
+        "searches": searches,
+        "links": sorted(links, key=repr),
+        "listings": [{k: v for k, v in r.items() if k not in made_here} for r in listings],
+        "snapshots": [{k: v for k, v in r.items() if k not in made_here} for r in snapshots],
+    }
+
+
+async def _wipe(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            for table in ("search_results", "price_snapshots", "listing_cache", "searches"):
+                await conn.execute(sa.text(f"DELETE FROM {table}"))
+    finally:
+        await engine.dispose()
+
+
+async def _foreign_append(client: Any, prefix: str, payload: bytes, **fields: Any) -> str:
+    """An entry as another process appends it: its own sequence number, then the record."""
+    stream = _stream(prefix)
+    sequence = await client.incr(f"{stream}:seq")
+    entry = await client.xadd(stream, {"s": sequence, "r": payload, **fields})
+    return str(entry.decode())
+
+
+async def test_own_entries_are_written_from_memory_exactly_as_decoded_ones(
+    migrated_url: str, redis_url: str, key_prefix: str, redis_client: Any
+) -> None:
+    records = _record_pair("2023 Topps Chrome Held #1")
+    async with ks.CompsStore(
+        database_url=migrated_url, redis_url=redis_url, key_prefix=key_prefix
+    ) as store:
+        writer: Any = store._writer
+        for record in records:
+            assert writer.submit(record)
+        await writer.durable()
+        assert await store.flush(timeout=30)
+        own = store.metrics()["journal"]
+    assert own["appended"] == own["held"] == 2 and own["decoded"] == 0
+    from_memory = await _written(migrated_url)
+    assert len(from_memory["searches"]) == 2 and len(from_memory["links"]) == 3
+
+    # The same records as another process's entries: decoded, validated, then written.
+    await _wipe(migrated_url)
+    other = f"{key_prefix}b"
+    async with ks.CompsStore(
+        database_url=migrated_url, redis_url=redis_url, key_prefix=other
+    ) as store:
+        await store.start()
+        for record in records:
+            await _foreign_append(redis_client, other, encode_record(record))
+        await _wait_for_rows(migrated_url, 2, within=30)
+        await _until(lambda: store.metrics()["journal"]["acked"] == 2, within=30)
+        foreign = store.metrics()["journal"]
+    assert foreign["decoded"] == 2 and foreign["held"] == 0
+    assert await _written(migrated_url) == from_memory
+
+
+def _journal(client: Any, key_prefix: str) -> tuple[Journal, Metrics]:
+    metrics = Metrics()
+    return Journal(client, ks.StoreSettings(key_prefix=key_prefix), metrics), metrics
+
+
+async def test_entries_another_process_wrote_are_validated_whatever_they_carry(
+    redis_client: Any, key_prefix: str
+) -> None:
+    journal, metrics = _journal(redis_client, key_prefix)
+    own = AppendedRecords(10)
+    fetch, hit = _record_pair("2023 Topps Chrome Forged #1")
+    ids = await journal.append([fetch], own)
+    tampered = dataclasses.replace(hit, query="tampered")
+    invalid = encode_record(hit).replace(b'"execution_time_ms":7', b'"execution_time_ms":"x"')
+    # Copies of ours and forgeries, each naming this process as its writer.
+    for payload in (encode_record(fetch), encode_record(tampered), invalid):
+        await _foreign_append(redis_client, key_prefix, payload, p=journal.consumer, id=ids[0])
+    entries = await journal.read(10, own)
+    assert [e.id for e in entries][:1] == ids
+    assert entries[0].record is fetch  # our own entry: the very object that was encoded
+    assert entries[1].record == fetch and entries[1].record is not fetch  # decoded
+    assert entries[2].record == tampered
+    assert entries[3].record is None  # refused by validation: counted corrupt by the writer
+    assert metrics.snapshot()["counters"]["journal_held"] == 1
+    assert metrics.snapshot()["counters"]["journal_decoded"] == 3
+
+
+class _LateReplies:
+    """A client whose script replies come back late: the entries are on the stream already."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.landed = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def _late(self, call: Any, *args: Any) -> Any:
+        answer = await call(*args)
+        self.landed.set()
+        await asyncio.sleep(0.3)
+        return answer
+
+    async def evalsha(self, *args: Any) -> Any:
+        return await self._late(self._client.evalsha, *args)
+
+    async def eval(self, *args: Any) -> Any:
+        return await self._late(self._client.eval, *args)
+
+
+async def test_a_read_that_beats_its_own_append_back_still_takes_the_held_record(
+    redis_client: Any, key_prefix: str
+) -> None:
+    journal, metrics = _journal(redis_client, key_prefix)
+    await journal.ensure_group()
+    late = _LateReplies(journal._appender)
+    journal._appender = late
+    own = AppendedRecords(10)
+    _, hit = _record_pair("2023 Topps Chrome Raced #1")
+    append = asyncio.create_task(journal.append([hit], own))
+    async with asyncio.timeout(10):
+        await late.landed.wait()
+    entries = await journal.read(10, own)  # its reply is back before the append's
+    ids = await append
+    assert [e.id for e in entries] == ids
+    assert entries[0].record is hit
+    assert metrics.snapshot()["counters"].get("journal_decoded", 0) == 0
+
+
+async def test_an_entry_under_our_id_in_a_new_lifetime_of_the_stream_is_decoded(
+    key_prefix: str,
+) -> None:
+    fetch, _ = _record_pair("2023 Topps Chrome Restarted #1")
+    tampered = dataclasses.replace(fetch.search, query="tampered")
+    with RedisServer() as redis:
+        client = aioredis.Redis.from_url(redis.url)
+        try:
+            journal, metrics = _journal(client, key_prefix)
+            own = AppendedRecords(10)
+            ids = await journal.append([fetch], own)
+            redis.kill()  # without persistence: the stream goes, and its epoch with it
+            redis.restart()
+            # Another process appends under the very id this one holds.
+            forger = aioredis.Redis.from_url(redis.url)
+            payload = {"s": 1, "r": encode_record(tampered)}
+            await forger.xadd(_stream(key_prefix), payload, id=ids[0])  # type: ignore[arg-type]
+            await forger.aclose()
+            entries: list[Any] = []
+            for _ in range(100):
+                try:
+                    entries = await journal.read(10, own)
+                except JournalUnavailableError:
+                    await asyncio.sleep(0.05)  # reconnecting, then the group is made again
+                    continue
+                break
+        finally:
+            await client.aclose()
+    assert [e.id for e in entries] == ids
+    assert entries[0].record is not None and entries[0].record.query == "tampered"
+    assert metrics.snapshot()["counters"].get("journal_held", 0) == 0
+    # Our record of the lost stream is still held, to be written from this process.
+    assert own.take_lost(journal.generation) == [fetch]
+
+
+async def test_each_record_is_encoded_once_even_when_redis_asks_for_the_script_again(
+    redis_client: Any, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kuya_store.tiers import journal as journal_module
+
+    encoded: list[object] = []
+
+    def counted(record: SearchRecord | FetchRecord) -> bytes:
+        encoded.append(record)
+        return encode_record(record)
+
+    monkeypatch.setattr(journal_module, "encode_record", counted)
+    journal, _ = _journal(redis_client, key_prefix)
+    await journal.ensure_group()
+    await redis_client.script_flush()  # every run of the batch is refused, then sent whole
+    records = [_record_pair(f"once {i}")[1] for i in range(250)]
+    ids = await journal.append(records)  # three script runs, pipelined
+    assert len(ids) == len(set(ids)) == 250
+    assert len(encoded) == 250 and all(a is b for a, b in zip(encoded, records, strict=True))
+    assert await redis_client.xlen(_stream(key_prefix)) == 250
+
+
+async def test_held_records_stay_bounded_while_another_consumer_writes_them(
+    migrated_url: str, redis_url: str, key_prefix: str
+) -> None:
+    dead = f"postgresql+asyncpg://kuya@127.0.0.1:{free_port()}/kuya"
+    settings = ks.StoreSettings(database_url=dead, key_prefix=key_prefix)
+    metrics = Metrics()
+    client = aioredis.Redis.from_url(redis_url)
+    database = Database(settings, metrics)
+    # This process cannot write (its database is gone): it reads what its buffer takes,
+    # and the other store writes everything else it appends.
+    writer = WriteBehind(
+        database,
+        metrics,
+        capacity=200,
+        batch_size=50,
+        interval=0.01,
+        pause=0.2,
+        journal=Journal(client, settings, metrics),
+    )
+    other = ks.CompsStore(
+        database_url=migrated_url, redis_url=redis_url, key_prefix=key_prefix, journal_claim_idle=1
+    )
+    await other.start()
+    sizes: list[int] = []
+    try:
+        for batch in range(50):
+            for i in range(200):
+                record = SearchRecord(
+                    query=f"bounded {batch} {i}",
+                    card_identifier=f"bounded {batch} {i}",
+                    search_type=ks.SearchType.SOLD,
+                    filters={},
+                    params={},
+                    created_at=NOW,
+                    execution_time_ms=1,
+                    cache_hit=True,
+                )
+                assert writer.submit(record)
+            await writer.durable()
+            sizes.append(len(writer._own))
+        appended = metrics.snapshot()["counters"]["journal_appended"]
+        await writer.close(timeout=0.5)  # what it read stays on the stream for the other
+        await _wait_for_rows(migrated_url, 10_000, within=120)
+        assert await other.flush(timeout=30)
+    finally:
+        await other.close()
+        await database.close()
+        await client.aclose()
+    assert appended == 10_000
+    assert max(sizes) <= 200
+    counts = await _counts(migrated_url)
+    assert counts["searches"] == counts["keys"] == 10_000
 
 
 # -- group commit --------------------------------------------------------------------------
@@ -412,6 +727,8 @@ async def test_a_cancelled_waiter_leaves_the_batch_and_every_record(
     # The batch went on: every record of it on the stream once, none buffered instead,
     # and the cancelled searches' rows too (a search cancelled after answering is logged).
     assert journal["fallbacks"] == 0 and journal["appended"] == 21
+    # Read back by the process that appended them: written from memory, none decoded.
+    assert journal["held"] == 21 and journal["decoded"] == 0
     assert sorted(sequences) == list(range(1, 22))
     counts = await _counts(migrated_url)
     assert counts["searches"] == counts["keys"] == 21

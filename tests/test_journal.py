@@ -1,4 +1,4 @@
-"""The write journal's pure parts: how a batch is split into script runs, and its encoding."""
+"""The write journal's pure parts: script runs, the encoding, and what a process holds of its own."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import kuya_store as ks
 from kuya_store.keys import KEY_VERSION
 from kuya_store.persistence import FetchRecord, SearchRecord
 from kuya_store.stored import StoredResult
-from kuya_store.tiers.journal import decode_record, encode_record, script_runs
+from kuya_store.tiers.journal import AppendedRecords, decode_record, encode_record, script_runs
 
 AT = datetime(2026, 12, 1, 12, 30, 15, 123456, tzinfo=UTC)
 
@@ -105,3 +105,52 @@ def test_money_stays_text_and_moments_keep_their_zone() -> None:
     assert isinstance(back, FetchRecord)
     assert back.result.listings[0].price == Decimal("10.10")
     assert back.search.created_at.tzinfo is not None
+
+
+# -- what a process holds of its own appends ------------------------------------------------
+
+
+def _held(limit: int, count: int, generation: int = 1) -> tuple[AppendedRecords, list[str]]:
+    own = AppendedRecords(limit)
+    ids = [f"1000-{i}" for i in range(count)]
+    own.add(generation, ids, [_search(f"q{i}") for i in range(count)])
+    return own, ids
+
+
+def test_held_records_are_found_only_by_their_id_in_their_lifetime_of_the_stream() -> None:
+    own = AppendedRecords(10)
+    record = _search()
+    own.add(1, ["1000-0"], [record])
+    assert own.get(1, "1000-0") is record  # the very object that was encoded
+    assert own.get(1, "1000-1") is None
+    # The same id in a later lifetime (Redis lost the stream) is another entry.
+    assert own.get(2, "1000-0") is None
+
+
+def test_held_records_stay_bounded_dropping_the_oldest() -> None:
+    own, ids = _held(100, 10_000)
+    assert len(own) == 100
+    assert own.get(1, ids[0]) is None and own.get(1, ids[-1]) is not None
+
+
+def test_settled_records_are_dropped_oldest_first_up_to_the_first_unsettled() -> None:
+    own, ids = _held(100, 10)
+    # Delivered through 1000-9, the oldest pending entry 1000-4: four are written through.
+    own.forget_settled(1, ((1000, 9), (1000, 4)))
+    assert len(own) == 6 and own.get(1, ids[3]) is None and own.get(1, ids[4]) is not None
+    own.forget_settled(1, ((1000, 9), None))
+    assert len(own) == 0
+
+
+def test_settled_state_of_another_lifetime_drops_nothing() -> None:
+    own, _ = _held(100, 10, generation=1)
+    own.forget_settled(2, ((1000, 9), None))
+    own.forget_settled(1, None)  # the group's state not read yet
+    assert len(own) == 10
+
+
+def test_records_of_a_lost_lifetime_are_taken_back_in_order() -> None:
+    own, _ = _held(100, 3, generation=1)
+    own.add(2, ["5-0"], [_search("later")])
+    assert [r.query for r in own.take_lost(2)] == ["q0", "q1", "q2"]
+    assert len(own) == 1 and own.take_lost(2) == []

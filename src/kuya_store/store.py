@@ -396,6 +396,8 @@ class CompsStore:
             "fallbacks": c.get("journal_fallbacks", 0),
             "acked": c.get("journal_acked", 0),
             "claimed": c.get("journal_claimed", 0),
+            "held": c.get("journal_held", 0),
+            "decoded": c.get("journal_decoded", 0),
             "replayed": c.get("writes_replayed", 0),
             "corrupt": c.get("journal_corrupt", 0),
             "rebuffered": c.get("journal_rebuffered", 0),

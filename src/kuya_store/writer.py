@@ -19,7 +19,9 @@ fetched result in its own transaction.
 With a journal (Redis configured, ``durable_writes``), a record goes to the Redis Stream
 first (:mod:`kuya_store.tiers.journal`) and ``durable()`` waits for that; this buffer
 then holds what the consumer read from the stream, and each entry is acknowledged once
-its record is committed (or refused for good). A record the journal could not take is
+its record is committed (or refused for good). An entry this process appended itself is
+read back as the record it still holds, not decoded again; any other is decoded and
+validated as untrusted content. A record the journal could not take is
 buffered here as without one (``journal.fallbacks``). What ``close()`` leaves unwritten
 stays on the stream for another worker, so it is not dropped.
 
@@ -61,7 +63,7 @@ from kuya_store.persistence import Database, FetchRecord, SearchRecord
 from kuya_store.write_faults import is_transient, may_be_unknown_user, reason, without_user
 
 if TYPE_CHECKING:
-    from kuya_store.tiers.journal import Entry, Journal
+    from kuya_store.tiers.journal import AppendedRecords, Entry, Journal
 
 __all__ = ["WriteBehind", "is_transient"]
 
@@ -184,9 +186,14 @@ class WriteBehind:
         self._appended: tuple[int, str] | None = None
         self._to_ack: list[str] = []
         self._held: set[str] = set()  # entries buffered or awaiting their acknowledgement
-        # What this process appended and has not seen written yet: should Redis lose the
-        # stream (a restart without persistence), these are written from here instead.
-        self._recent: deque[tuple[int, str, Record]] = deque()
+        # What this process appended and has not seen written yet: read back, an entry of
+        # its own is not decoded again; should Redis lose the stream (a restart without
+        # persistence), these are written from here instead.
+        self._own: AppendedRecords | None = None
+        if journal is not None:
+            from kuya_store.tiers.journal import AppendedRecords
+
+            self._own = AppendedRecords(capacity)
         self._append_task: asyncio.Task[None] | None = None
         self._consume_task: asyncio.Task[None] | None = None
         self.fenced: Callable[[FetchRecord], bool] | None = None
@@ -455,6 +462,8 @@ class WriteBehind:
                     await self._journal.forget_consumer()
         except (TimeoutError, JournalUnavailableError):
             pass
+        finally:
+            await self._journal.close()
 
     def _settle(self, count: int) -> None:
         """``count`` records left the queue (written, refused or dropped): wake flush()."""
@@ -489,7 +498,7 @@ class WriteBehind:
             size = min(len(self._outbox), self._journal_batch)
             batch = [self._outbox.popleft() for _ in range(size)]
             try:
-                ids = await journal.append(batch)
+                ids = await journal.append(batch, self._own)
             except JournalUnavailableError as exc:
                 self._metrics.incr("journal_fallbacks", len(batch))
                 _log.warning("journal unavailable (%s); %d records buffered here", exc, len(batch))
@@ -502,9 +511,6 @@ class WriteBehind:
             else:
                 self._metrics.incr("journal_appended", len(batch))
                 self._appended = (journal.generation, ids[-1])
-                self._recent.extend(zip([journal.generation] * len(ids), ids, batch, strict=True))
-                while len(self._recent) > self._capacity:
-                    self._recent.popleft()  # still on the stream: only the spare copy goes
                 self._consume_wakeup.set()
             finally:
                 self._journaled_through(len(batch))
@@ -526,11 +532,11 @@ class WriteBehind:
                 room = min(self._capacity - len(self._queue), self._batch_size)
                 if room > 0 and now >= next_claim:
                     next_claim = now + self._claim_every
-                    got = await journal.claim(room, self._held)
+                    got = await journal.claim(room, self._held, self._own)
                     if len(got) == room:
                         next_claim = now  # more may be waiting: look again at once
                 if room - len(got) > 0:
-                    got += await journal.read(room - len(got))
+                    got += await journal.read(room - len(got), self._own)
                 if now >= next_stats:
                     next_stats = now + _STATS_EVERY
                     await journal.refresh_stats()
@@ -551,23 +557,16 @@ class WriteBehind:
                 await _wait(self._hurry, min(_READ_GATHER, self._interval))
 
     def _forget_settled(self) -> None:
-        from kuya_store.tiers.journal import is_settled
-
         assert self._journal is not None
-        settled = self._journal.settled
-        generation = self._journal.generation
-        while self._recent and self._recent[0][0] == generation:
-            if not is_settled(self._recent[0][1], settled):
-                break
-            self._recent.popleft()
+        assert self._own is not None
+        self._own.forget_settled(self._journal.generation, self._journal.settled)
 
     def _rebuffer_lost(self) -> None:
         """Records appended to a stream Redis has since lost: written from here instead."""
         assert self._journal is not None
-        generation = self._journal.generation
+        assert self._own is not None
         lost = 0
-        while self._recent and self._recent[0][0] < generation:
-            _, _, record = self._recent.popleft()
+        for record in self._own.take_lost(self._journal.generation):
             lost += self._buffer(record)
         if lost:
             self._metrics.incr("journal_rebuffered", lost)

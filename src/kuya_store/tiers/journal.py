@@ -14,17 +14,21 @@ them; those the claiming process holds in memory are not lost). The count lives 
 beside the stream, for every worker to report.
 
 Every key carries the hash tag ``{journal}``, so on a Cluster each script runs on one node.
-Redis content is untrusted: an entry that does not decode is counted and acknowledged.
+Redis content is untrusted: an entry that does not decode is counted and acknowledged. An
+entry this process appended itself is not decoded when it comes back: the process holds
+the very record it encoded, by the id its own ``XADD`` returned (:class:`AppendedRecords`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import socket
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -42,6 +46,7 @@ from kuya_store.settings import StoreSettings
 from kuya_store.tiers.redis_scripts import Script
 
 __all__ = [
+    "AppendedRecords",
     "Entry",
     "Journal",
     "JournalUnavailableError",
@@ -206,6 +211,60 @@ def _fields(raw: Any) -> dict[str, Any]:
     return {_text(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
 
 
+class AppendedRecords:
+    """What this process appended, by entry id, until the group has written it through.
+
+    An entry read back under one of these ids is this process's own: its record is the
+    object held here, the very one that was encoded, so it is not decoded and validated
+    again. The key is the id Redis's ``XADD`` returned to this process in one lifetime
+    of the stream (its generation), which nothing written by another process can
+    claim: an entry under any other id is decoded as untrusted content. Should Redis
+    lose the stream, the records of its lost lifetime are written from here instead.
+
+    Bounded: past ``limit`` the oldest goes (it is still on the stream, and decoded
+    should it come back); one the group wrote through, whoever consumed it, goes when
+    seen settled.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = max(limit, 0)
+        self._records: OrderedDict[tuple[int, str], Record] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def add(self, generation: int, ids: Sequence[str], records: Sequence[Record]) -> None:
+        """Hold the records of a batch appended in ``generation``, by their entry ids."""
+        for entry_id, record in zip(ids, records, strict=True):
+            self._records[(generation, entry_id)] = record
+        while len(self._records) > self._limit:
+            self._records.popitem(last=False)  # still on the stream: only the spare copy goes
+
+    def get(self, generation: int, entry_id: str) -> Record | None:
+        """The record this process appended under ``entry_id`` in ``generation``, if held."""
+        return self._records.get((generation, entry_id))
+
+    def forget_settled(
+        self, generation: int, settled: tuple[tuple[int, int], tuple[int, int] | None] | None
+    ) -> None:
+        """Drop, oldest first, the records the group has delivered and acknowledged."""
+        while self._records:
+            held_in, entry_id = next(iter(self._records))
+            if held_in != generation or not is_settled(entry_id, settled):
+                return
+            self._records.popitem(last=False)
+
+    def take_lost(self, generation: int) -> list[Record]:
+        """Remove and return the records appended to lifetimes of the stream before this one."""
+        lost: list[Record] = []
+        while self._records:
+            held_in, _ = next(iter(self._records))
+            if held_in >= generation:
+                break
+            lost.append(self._records.popitem(last=False)[1])
+        return lost
+
+
 def consumer_name() -> str:
     """Unique per process, readable in ``XINFO CONSUMERS``: host, pid and a random part."""
     return f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -219,6 +278,14 @@ class Journal:
         # A Cluster pipeline refuses scripts: there each run is a call of its own, on the
         # one node the hash tag names.
         self._pipelined = not isinstance(client, RedisCluster)
+        # The appender and the reader each make one call at a time, all the time: each
+        # keeps a connection of its own rather than take one from the pool per call (about
+        # a third of a call's CPU). A Cluster client has no such connection to keep.
+        self._appender = client.client() if self._pipelined else client
+        self._reader = client.client() if self._pipelined else client
+        self._appending: asyncio.Future[None] | None = None
+        """Resolved once the append under way is back (and its records held)."""
+        self._append_wait = 3 * settings.redis_socket_timeout.total_seconds()
         self._metrics = metrics
         base = f"{settings.key_prefix}:v{KEY_VERSION}:journal:{{journal}}"
         self.stream = base
@@ -284,12 +351,17 @@ class Journal:
             self._cursor = "0-0"
         self._group_ready = True
 
-    async def append(self, records: Sequence[Record]) -> list[str]:
+    async def append(
+        self, records: Sequence[Record], own: AppendedRecords | None = None
+    ) -> list[str]:
         """Put a batch of records on the stream; returns the entry ids, in order.
 
         One script run appends many records, so every search waiting on the batch shares
         its round trip; a large batch is several runs, pipelined (one after another on a
         Cluster, whose pipelines refuse scripts).
+
+        Args:
+            own: where this process holds what it appended, by the ids Redis returned.
 
         Raises:
             JournalUnavailableError: Redis did not take them; some may still have landed,
@@ -302,7 +374,7 @@ class Journal:
         keys = [self.stream, self._sequence]
 
         async def send(chosen: list[int], whole: bool) -> list[Any]:
-            pipe = self._client.pipeline(transaction=False)
+            pipe = self._appender.pipeline(transaction=False)
             for index in chosen:
                 _APPEND_SCRIPT.queue(pipe, keys, [self._max_length, *runs[index]], whole=whole)
             self._metrics.incr("journal_round_trips")
@@ -326,7 +398,7 @@ class Journal:
             for records_run in runs:
                 self._metrics.incr("journal_round_trips")
                 answers.append(
-                    await _APPEND_SCRIPT(self._client, keys, [self._max_length, *records_run])
+                    await _APPEND_SCRIPT(self._appender, keys, [self._max_length, *records_run])
                 )
             return answers
 
@@ -335,26 +407,58 @@ class Journal:
             answers = await (pipelined() if many else one_by_one())
             return [_text(entry) for answer in answers for entry in answer]
 
-        return list(await self._guarded(run))
+        landed = asyncio.get_running_loop().create_future()
+        self._appending = landed
+        try:
+            ids = list(await self._guarded(run))
+            if own is not None:
+                own.add(self.generation, ids, records)
+        finally:
+            landed.set_result(None)
+            if self._appending is landed:
+                self._appending = None
+        return ids
 
-    async def read(self, count: int) -> list[Entry]:
-        """New entries for this consumer (none when nothing waits)."""
+    async def _after_own_appends(self, raw: Any, own: AppendedRecords | None) -> None:
+        """Wait for the append under way should the entries read include ones it made.
+
+        The reader's reply can come back before the appender's, over another connection,
+        with the same entries: they are this process's own once that append is back.
+        """
+        landed = self._appending
+        if landed is None or own is None:
+            return
+        if all(own.get(self.generation, _text(item[0])) is not None for item in raw or []):
+            return
+        # Not cancelled with the reader, nor waited on past the appender's own timeout.
+        await asyncio.wait([landed], timeout=self._append_wait)
+
+    async def read(self, count: int, own: AppendedRecords | None = None) -> list[Entry]:
+        """New entries for this consumer (none when nothing waits).
+
+        Args:
+            own: what this process appended: those entries take the held record, undecoded.
+        """
         await self.ensure_group()
         keys = [self.stream, self._delivered, self._trimmed]
         args = [_GROUP, self.consumer, count]
-        raw = await self._guarded(lambda: _READ_SCRIPT(self._client, keys, args))
-        return self._entries(raw)
+        raw = await self._guarded(lambda: _READ_SCRIPT(self._reader, keys, args))
+        await self._after_own_appends(raw, own)
+        return self._entries(raw, own)
 
-    async def claim(self, count: int, held: set[str]) -> list[Entry]:
+    async def claim(
+        self, count: int, held: set[str], own: AppendedRecords | None = None
+    ) -> list[Entry]:
         """Take over entries other consumers left idle past ``journal_claim_idle``.
 
         Args:
             held: entries this process has in memory; trimmed, they are not lost.
+            own: what this process appended: those entries take the held record, undecoded.
         """
         await self.ensure_group()
 
         async def run() -> Any:
-            return await self._client.xautoclaim(
+            return await self._reader.xautoclaim(
                 self.stream, _GROUP, self.consumer, self._claim_idle_ms, self._cursor, count
             )
 
@@ -366,25 +470,35 @@ class Journal:
             self._metrics.incr("journal_trimmed_pending", len(gone))
             _log.error("%d journal entries were trimmed before they were written", len(gone))
             await self._guarded(lambda: self._client.incrby(self._trimmed, len(gone)))
-        entries = self._entries(got[1])
+        await self._after_own_appends(got[1], own)
+        entries = self._entries(got[1], own)
         if entries:
             self._metrics.incr("journal_claimed", len(entries))
         return entries
 
-    def _entries(self, raw: Any) -> list[Entry]:
+    def _entries(self, raw: Any, own: AppendedRecords | None) -> list[Entry]:
         entries = []
+        held = 0
         for item in raw or []:
-            entry_id, fields = _text(item[0]), _fields(item[1])
-            payload = fields.get("r")
-            record = decode_record(payload) if payload is not None else None
+            entry_id = _text(item[0])
+            record = own.get(self.generation, entry_id) if own is not None else None
+            if record is not None:
+                held += 1
+            else:
+                payload = _fields(item[1]).get("r")
+                record = decode_record(payload) if payload is not None else None
             entries.append(Entry(entry_id, record))
+        if held:
+            self._metrics.incr("journal_held", held)
+        if len(entries) > held:
+            self._metrics.incr("journal_decoded", len(entries) - held)
         return entries
 
     async def ack(self, ids: Sequence[str]) -> int:
         """Acknowledge entries whose records the database has (or refused for good)."""
         if not ids:
             return 0
-        return int(await self._guarded(lambda: self._client.xack(self.stream, _GROUP, *ids)))
+        return int(await self._guarded(lambda: self._reader.xack(self.stream, _GROUP, *ids)))
 
     async def settled_through(self, entry_id: str) -> bool:
         """Whether every entry up to ``entry_id`` was delivered and acknowledged."""
@@ -433,6 +547,13 @@ class Journal:
             }
 
         await self._guarded(run)
+
+    async def close(self) -> None:
+        """Give the appender's and the reader's connections back to the pool."""
+        for client in (self._appender, self._reader):
+            if client is not self._client:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
 
     async def forget_consumer(self) -> None:
         """Leave the group when this consumer holds nothing, so the group does not fill up."""
