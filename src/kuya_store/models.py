@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import operator
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -18,11 +19,13 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    ModelWrapValidatorHandler,
     PlainSerializer,
     StringConstraints,
     ValidationError,
     ValidatorFunctionWrapHandler,
     field_validator,
+    model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
@@ -229,7 +232,15 @@ class Listing(_Frozen):
     half-up to the cent, however the listing is built; a fetcher's result
     (:class:`FetchResult`) also normalises ``sold_date`` to UTC and caps ``extra`` at
     ``MAX_EXTRA_BYTES`` before anything is stored.
+
+    A listing built by validation remembers its field values (see
+    :func:`is_validated_listing`), so a fetcher's listings are checked once, not again
+    by the store.
     """
+
+    # The values validation gave the fields, and those a fetch result's checks passed:
+    # not fields, not copied by ``model_copy``, ``copy`` or pickling, not compared by ``==``.
+    __slots__ = ("_fetch_checked", "_validated")
 
     item_id: Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=_NO_NUL)]
     title: Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=_NO_NUL)]
@@ -250,6 +261,54 @@ class Listing(_Frozen):
     def metadata_only(self) -> Listing:
         """This listing without its display data: what the database may keep."""
         return self if not self.extra else self.model_copy(update={"extra": {}})
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _remember_values(cls, data: Any, handler: ModelWrapValidatorHandler[Listing]) -> Listing:
+        listing = handler(data)
+        # A model handed in is passed through unvalidated (``model_construct`` too):
+        # only a listing built here from plain data is known to be valid.
+        if not isinstance(data, BaseModel):
+            _set_slot(listing, "_validated", tuple(listing.__dict__.values()))
+        return listing
+
+
+_set_slot = object.__setattr__
+_LISTING_FIELDS = tuple(Listing.model_fields)
+_is = operator.is_
+
+
+def _seal(listing: object, slot: str) -> tuple[object, ...] | None:
+    """The values ``slot`` remembers, if they are still exactly the listing's own."""
+    if type(listing) is not Listing:  # a subclass may validate differently
+        return None
+    seal: tuple[object, ...] | None = getattr(listing, slot, None)
+    fields = listing.__dict__
+    if (
+        seal is None
+        or len(seal) != len(fields)
+        or not all(map(_is, seal, fields.values()))
+        or tuple(fields) != _LISTING_FIELDS
+    ):
+        return None
+    return seal
+
+
+def is_validated_listing(value: object) -> bool:
+    """Whether ``value`` is a :class:`Listing` that validation built, unchanged since.
+
+    Each field must still hold the very object validation gave it, so a listing made by
+    ``model_construct``, changed by ``model_copy(update=...)``, ``object.__setattr__`` or
+    its ``__dict__``, copied, unpickled, or of a subclass is not one. What is not seen: a
+    change inside the ``extra`` dict itself (the model is frozen, the dict is not).
+    """
+    return _seal(value, "_validated") is not None
+
+
+def _is_fetch_checked(listing: Listing) -> bool:
+    """Whether a fetch result's own checks already passed this validated listing."""
+    checked = _seal(listing, "_fetch_checked")
+    return checked is not None and checked is getattr(listing, "_validated", None)
 
 
 class PriceSnapshot(_Frozen):
@@ -316,10 +375,19 @@ class FetchResult(_Frozen):
     def _normalise(cls, listings: list[Listing]) -> list[Listing]:
         out = []
         for index, listing in enumerate(listings):
+            if _is_fetch_checked(listing):  # checked by an earlier result, unchanged since
+                out.append(listing)
+                continue
+            seal = _seal(listing, "_validated")
             _json_object(listing.extra, f"listing {index}: extra")
             moment = listing.sold_date
             if moment is not None and moment.utcoffset() != timedelta(0):
                 listing = listing.model_copy(update={"sold_date": moment.astimezone(UTC)})
+                if seal is not None:  # a valid listing, with a valid moment: valid too
+                    seal = tuple(listing.__dict__.values())
+                    _set_slot(listing, "_validated", seal)
+            if seal is not None:
+                _set_slot(listing, "_fetch_checked", seal)
             out.append(listing)
         return out
 
