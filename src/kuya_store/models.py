@@ -203,24 +203,29 @@ def _round_price(value: object) -> object:
     """Round a float or over-precise amount to the cent, however a listing is built.
 
     Exact two-place amounts pass untouched to pydantic's core (the Redis read path); an
-    amount that cannot be a price is left for the field's own check to name.
+    amount out of range is rounded all the same, and one that is not a number is left
+    as it is, for the field's own checks to name.
     """
     kind = type(value)
     if kind is float:
-        over = True
+        if not math.isfinite(value):  # type: ignore[arg-type]
+            return value
+        text: object = repr(value)
     elif kind is str:
         _, dot, places = value.partition(".")  # type: ignore[attr-defined]
-        over = bool(dot) and len(places.strip()) > 2
+        if not dot or len(places.strip()) <= 2:
+            return value
+        text = value.strip()  # type: ignore[attr-defined]
     elif kind is Decimal:
         exponent = value.as_tuple().exponent  # type: ignore[attr-defined]
-        over = isinstance(exponent, int) and exponent < -2
+        if not isinstance(exponent, int) or exponent >= -2:
+            return value
+        text = value
     else:
         return value
-    if not over:
-        return value
     try:
-        return to_money(value)
-    except ValueError:
+        return Decimal(text).quantize(_CENT, rounding=ROUND_HALF_UP)  # type: ignore[arg-type]
+    except ArithmeticError:  # not a number, or too many digits to round
         return value
 
 
@@ -246,8 +251,11 @@ class Listing(_Frozen):
     title: Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=_NO_NUL)]
     price: Annotated[
         Decimal,
+        # The rounding comes after the constraints, so it runs before them and they stay
+        # in pydantic's core (constraints after a validator are checked in Python).
+        # ``le`` and two places bound the digits to ten: ``NUMERIC(10, 2)``.
+        Field(ge=0, le=MAX_PRICE, decimal_places=2, allow_inf_nan=False),
         BeforeValidator(_round_price),
-        Field(ge=0, le=MAX_PRICE, max_digits=10, decimal_places=2, allow_inf_nan=False),
         PlainSerializer(_cents, return_type=str, when_used="json"),
     ]
     listing_type: Literal["auction", "buy_it_now"] | None = None
