@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import operator
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -18,11 +19,13 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    ModelWrapValidatorHandler,
     PlainSerializer,
     StringConstraints,
     ValidationError,
     ValidatorFunctionWrapHandler,
     field_validator,
+    model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
@@ -200,24 +203,29 @@ def _round_price(value: object) -> object:
     """Round a float or over-precise amount to the cent, however a listing is built.
 
     Exact two-place amounts pass untouched to pydantic's core (the Redis read path); an
-    amount that cannot be a price is left for the field's own check to name.
+    amount out of range is rounded all the same, and one that is not a number is left
+    as it is, for the field's own checks to name.
     """
     kind = type(value)
     if kind is float:
-        over = True
+        if not math.isfinite(value):  # type: ignore[arg-type]
+            return value
+        text: object = repr(value)
     elif kind is str:
         _, dot, places = value.partition(".")  # type: ignore[attr-defined]
-        over = bool(dot) and len(places.strip()) > 2
+        if not dot or len(places.strip()) <= 2:
+            return value
+        text = value.strip()  # type: ignore[attr-defined]
     elif kind is Decimal:
         exponent = value.as_tuple().exponent  # type: ignore[attr-defined]
-        over = isinstance(exponent, int) and exponent < -2
+        if not isinstance(exponent, int) or exponent >= -2:
+            return value
+        text = value
     else:
         return value
-    if not over:
-        return value
     try:
-        return to_money(value)
-    except ValueError:
+        return Decimal(text).quantize(_CENT, rounding=ROUND_HALF_UP)  # type: ignore[arg-type]
+    except ArithmeticError:  # not a number, or too many digits to round
         return value
 
 
@@ -229,14 +237,25 @@ class Listing(_Frozen):
     half-up to the cent, however the listing is built; a fetcher's result
     (:class:`FetchResult`) also normalises ``sold_date`` to UTC and caps ``extra`` at
     ``MAX_EXTRA_BYTES`` before anything is stored.
+
+    A listing built by validation remembers its field values (see
+    :func:`is_validated_listing`), so a fetcher's listings are checked once, not again
+    by the store.
     """
+
+    # The values validation gave the fields, and those a fetch result's checks passed:
+    # not fields, not copied by ``model_copy``, ``copy`` or pickling, not compared by ``==``.
+    __slots__ = ("_fetch_checked", "_validated")
 
     item_id: Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=_NO_NUL)]
     title: Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=_NO_NUL)]
     price: Annotated[
         Decimal,
+        # The rounding comes after the constraints, so it runs before them and they stay
+        # in pydantic's core (constraints after a validator are checked in Python).
+        # ``le`` and two places bound the digits to ten: ``NUMERIC(10, 2)``.
+        Field(ge=0, le=MAX_PRICE, decimal_places=2, allow_inf_nan=False),
         BeforeValidator(_round_price),
-        Field(ge=0, le=MAX_PRICE, max_digits=10, decimal_places=2, allow_inf_nan=False),
         PlainSerializer(_cents, return_type=str, when_used="json"),
     ]
     listing_type: Literal["auction", "buy_it_now"] | None = None
@@ -250,6 +269,54 @@ class Listing(_Frozen):
     def metadata_only(self) -> Listing:
         """This listing without its display data: what the database may keep."""
         return self if not self.extra else self.model_copy(update={"extra": {}})
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _remember_values(cls, data: Any, handler: ModelWrapValidatorHandler[Listing]) -> Listing:
+        listing = handler(data)
+        # A model handed in is passed through unvalidated (``model_construct`` too):
+        # only a listing built here from plain data is known to be valid.
+        if not isinstance(data, BaseModel):
+            _set_slot(listing, "_validated", tuple(listing.__dict__.values()))
+        return listing
+
+
+_set_slot = object.__setattr__
+_LISTING_FIELDS = tuple(Listing.model_fields)
+_is = operator.is_
+
+
+def _seal(listing: object, slot: str) -> tuple[object, ...] | None:
+    """The values ``slot`` remembers, if they are still exactly the listing's own."""
+    if type(listing) is not Listing:  # a subclass may validate differently
+        return None
+    seal: tuple[object, ...] | None = getattr(listing, slot, None)
+    fields = listing.__dict__
+    if (
+        seal is None
+        or len(seal) != len(fields)
+        or not all(map(_is, seal, fields.values()))
+        or tuple(fields) != _LISTING_FIELDS
+    ):
+        return None
+    return seal
+
+
+def is_validated_listing(value: object) -> bool:
+    """Whether ``value`` is a :class:`Listing` that validation built, unchanged since.
+
+    Each field must still hold the very object validation gave it, so a listing made by
+    ``model_construct``, changed by ``model_copy(update=...)``, ``object.__setattr__`` or
+    its ``__dict__``, copied, unpickled, or of a subclass is not one. What is not seen: a
+    change inside the ``extra`` dict itself (the model is frozen, the dict is not).
+    """
+    return _seal(value, "_validated") is not None
+
+
+def _is_fetch_checked(listing: Listing) -> bool:
+    """Whether a fetch result's own checks already passed this validated listing."""
+    checked = _seal(listing, "_fetch_checked")
+    return checked is not None and checked is getattr(listing, "_validated", None)
 
 
 class PriceSnapshot(_Frozen):
@@ -316,10 +383,19 @@ class FetchResult(_Frozen):
     def _normalise(cls, listings: list[Listing]) -> list[Listing]:
         out = []
         for index, listing in enumerate(listings):
+            if _is_fetch_checked(listing):  # checked by an earlier result, unchanged since
+                out.append(listing)
+                continue
+            seal = _seal(listing, "_validated")
             _json_object(listing.extra, f"listing {index}: extra")
             moment = listing.sold_date
             if moment is not None and moment.utcoffset() != timedelta(0):
                 listing = listing.model_copy(update={"sold_date": moment.astimezone(UTC)})
+                if seal is not None:  # a valid listing, with a valid moment: valid too
+                    seal = tuple(listing.__dict__.values())
+                    _set_slot(listing, "_validated", seal)
+            if seal is not None:
+                _set_slot(listing, "_fetch_checked", seal)
             out.append(listing)
         return out
 

@@ -27,7 +27,14 @@ from kuya_store.freshness import FreshnessPolicy
 from kuya_store.keys import ResultIdentity
 from kuya_store.logs import redact_secrets
 from kuya_store.metrics import Metrics
-from kuya_store.models import FetchRequest, FetchResult, FetchStats, Listing, SearchType
+from kuya_store.models import (
+    FetchRequest,
+    FetchResult,
+    FetchStats,
+    Listing,
+    SearchType,
+    is_validated_listing,
+)
 from kuya_store.paging import PagedFetcher, after_page, merge_sales, pages_wanted
 from kuya_store.pricing import Valuator
 from kuya_store.retries import is_transient_fetch_error, retrying
@@ -70,22 +77,39 @@ def _as_data(value: object) -> object:
     return value
 
 
+def _listings_as_data(listings: object) -> object:
+    """The listings to validate: each one validation built, as it is; any other, as data."""
+    if not isinstance(listings, list | tuple):
+        return _as_data(listings)
+    return [x if is_validated_listing(x) else _as_data(x) for x in listings]
+
+
+def _result_as_data(result: BaseModel) -> dict[str, object]:
+    return {
+        name: _listings_as_data(item) if name == "listings" else _as_data(item)
+        for name, item in result.__dict__.items()
+    }
+
+
 def validate_fetch_result(value: object) -> FetchResult:
     """Validate what a fetcher returned; bad data is ``InvalidInputError`` naming the field.
 
     Whatever form it takes (a ``FetchResult``, a list of listings or of dicts, an object
     with ``listings``; models built with ``model_construct`` too), it goes through the
-    same validation, so a float price is rounded to the cent however it arrives.
+    same validation, so a float price is rounded to the cent however it arrives. A
+    listing that validation built and nothing changed since
+    (:func:`~kuya_store.models.is_validated_listing`) is not validated again: it gives
+    the very listing a second validation would.
     """
     try:
         if isinstance(value, list | tuple):
-            result = FetchResult.model_validate({"listings": _as_data(value)})
+            result = FetchResult.model_validate({"listings": _listings_as_data(value)})
         elif isinstance(value, FetchResult):
-            result = FetchResult.model_validate(_as_data(value))
+            result = FetchResult.model_validate(_result_as_data(value))
         else:
             # An object with ``listings`` (a dataclass, another model): read its attributes.
             loose = FetchResult.model_validate(value, from_attributes=True)
-            result = FetchResult.model_validate(_as_data(loose))
+            result = FetchResult.model_validate(_result_as_data(loose))
     except ValidationError as exc:
         raise InvalidInputError.from_validation_error(exc, "fetcher") from None
     seen: set[str] = set()
