@@ -28,15 +28,24 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kuya_store.db.bulk import (
-    LISTING_COLUMNS,
     LISTING_UPDATE_COLUMNS,
     listing_arrays,
     listing_rows,
     newest_wins,
     postgres_persist_fetch,
 )
-from kuya_store.db.engine import create_engine, is_outage, single_statement
+from kuya_store.db.engine import create_engine, driver_connection, is_outage, single_statement
+from kuya_store.db.fetches import (
+    HEAD_FIELDS,
+    NEWEST_RESULT_SQL,
+    day_sales,
+    listing_columns,
+    newest_head,
+    newest_listings,
+    newest_result_text,
+)
 from kuya_store.db.replicas import ReplicaSet
+from kuya_store.db.rows import listings_from_rows
 from kuya_store.db.tables import (
     ListingRow,
     PriceSnapshotRow,
@@ -129,22 +138,6 @@ class FetchRecord:
     snapshot: PriceSnapshot | None = None
 
 
-def _listing_from_row(row: Row[Any]) -> Listing:
-    return Listing(
-        item_id=row.item_id,
-        title=row.title,
-        price=row.price,
-        listing_type=row.listing_type,
-        condition=row.condition,
-        sold=bool(row.sold),
-        sold_date=row.sold_date,
-        bids=row.bids,
-        watchers=row.watchers,
-    )
-
-
-# What the day's valuation reads of each sale: the listing's own columns.
-_SALE_COLUMNS = tuple(_listings.c[name] for name in LISTING_COLUMNS)
 _SNAPSHOT_FIELDS = tuple(PriceSnapshot.model_fields)
 
 
@@ -184,6 +177,12 @@ class Database:
             .on_conflict_do_nothing(index_elements=[_searches.c.record_key, _searches.c.created_at])
             .returning(_searches.c.id)
         )
+        self._day_sales_stmt = day_sales(self.dialect == "postgresql")
+        self._listing_columns = listing_columns(self.dialect == "postgresql")
+        # Only a valuation known to be a function of the set of sales (not of their
+        # order, which differs between the fetch and the day's rows) may stand for the
+        # day's: the default one is.
+        self._set_valued = type(self.valuator) is DefaultValuator
         snapshots = self._insert(_snapshots)
         self._upsert_snapshot_stmt = snapshots.on_conflict_do_update(
             index_elements=[_snapshots.c.card_identifier, _snapshots.c.snapshot_date],
@@ -271,44 +270,44 @@ class Database:
             if search_id is None:
                 return None
             if record.search.search_type is SearchType.SOLD:
-                await self._revalue_day(
-                    conn, record.search.card_identifier, record.search.created_at
-                )
+                await self._revalue_day(conn, record, search_id)
         return search_id
 
-    async def _revalue_day(self, conn: AsyncConnection, card: str, moment: datetime) -> None:
-        """Recompute the card's snapshot of ``moment``'s UTC day from every sale seen that day."""
+    async def _revalue_day(
+        self, conn: AsyncConnection, record: FetchRecord, search_id: int
+    ) -> None:
+        """Recompute the card's snapshot of the fetch's UTC day from every sale seen that day.
+
+        When the day's sales are exactly this fetch's listings, with the values it wrote,
+        and it is the day's newest fetch, the day's valuation is the fetch's own
+        (``record.snapshot``, see :func:`_own_valuation`): it is written as it is.
+        """
+        card, moment = record.search.card_identifier, record.search.created_at
         start = datetime.combine(moment.astimezone(UTC).date(), datetime.min.time(), UTC)
-        fetches = sa.and_(
-            _searches.c.card_identifier == card,
-            _searches.c.search_type == SearchType.SOLD.value,
-            _searches.c.cache_hit.is_(False),
-            _searches.c.created_at >= start,
-            _searches.c.created_at < start + timedelta(days=1),
-        )
-        newest = (
+        own = _own_valuation(record, start) if self._set_valued else None
+        rows = (
             await conn.execute(
-                sa.select(_searches.c.id, _searches.c.created_at)
-                .where(fetches)
-                .order_by(_searches.c.created_at.desc(), _searches.c.id.desc())
-                .limit(1)
+                self._day_sales_stmt,
+                {
+                    "card": card,
+                    "start": start,
+                    "end": start + timedelta(days=1),
+                    "search_id": search_id,
+                    "trusted": own is not None,
+                },
             )
-        ).first()
-        if newest is None:  # pragma: no cover - the fetch being written is one of them
+        ).all()
+        if not rows:  # pragma: no cover - the fetch being written is one of them
             return
-        seen = (
-            sa.select(_links.c.listing_id)
-            .join(_searches, _searches.c.id == _links.c.search_id)
-            .where(fetches)
-        )
-        rows = await conn.execute(
-            sa.select(*_SALE_COLUMNS).where(_listings.c.id.in_(seen)).order_by(_listings.c.item_id)
-        )
-        listings = [_listing_from_row(row) for row in rows]
-        snapshot = self.valuator.value(
-            card, listings, snapshot_date=start.date(), now=newest.created_at
-        )
-        await self._upsert_snapshot(conn, snapshot, newest.id, newest.created_at)
+        newest_id, newest_at, ours = rows[0][:3]
+        if own is not None and ours:
+            snapshot = own
+        else:
+            listings = [] if rows[0][3] is None else listings_from_rows(r[3:] for r in rows)
+            snapshot = self.valuator.value(
+                card, listings, snapshot_date=start.date(), now=newest_at
+            )
+        await self._upsert_snapshot(conn, snapshot, newest_id, newest_at)
 
     async def _write_fetch(self, conn: AsyncConnection, record: FetchRecord) -> int | None:
         """The fetch's search row, listings and links; ``None`` for a replay (nothing written).
@@ -391,66 +390,56 @@ class Database:
     async def _newest_result(
         self, conn: AsyncConnection, identity: ResultIdentity, since: datetime
     ) -> StoredResult | None:
-        # Asked before every fetch: its two reads need no transaction (see single_statement).
+        # Asked before every fetch: it needs no transaction (see single_statement).
         conn = await single_statement(conn)
-        head = (
-            await conn.execute(
-                sa.select(
-                    _searches.c.id,
-                    _searches.c.query,
-                    _searches.c.created_at,
-                    _searches.c.pages_scraped,
-                    _searches.c.params,
-                    _searches.c.complete,
-                )
-                .where(
-                    _searches.c.result_key == identity.result_key,
-                    _searches.c.cache_hit.is_(False),
-                    _searches.c.created_at >= since,
-                )
-                .order_by(_searches.c.created_at.desc(), _searches.c.id.desc())
-                .limit(1)
-            )
-        ).first()
-        if head is None:
-            return None
-        rows = await conn.execute(
-            sa.select(_listings)
-            .join(_links, _links.c.listing_id == _listings.c.id)
-            .where(_links.c.search_id == head.id)
-            .order_by(_links.c.position)
-        )
-        listings = [_listing_from_row(row) for row in rows]
+        key = identity.result_key
+        if self.dialect == "postgresql":
+            driver = await driver_connection(conn)
+            if driver is not None:
+                row = await driver.fetchrow(NEWEST_RESULT_SQL, key, since)
+            else:  # in a transaction (PgBouncer): the same statement, untyped by SQLAlchemy
+                found = await conn.execute(newest_result_text, {"key": key, "since": since})
+                row = found.first()
+            if row is None:
+                return None
+            head, columns = row[: len(HEAD_FIELDS)], row[len(HEAD_FIELDS) :]
+            listings = [] if columns[0] is None else listings_from_rows(zip(*columns, strict=True))
+        else:
+            head = (await conn.execute(newest_head(key, since))).first()
+            if head is None:
+                return None
+            listings = listings_from_rows(await conn.execute(newest_listings(head[0])))
+        _, query, created_at, pages_scraped, params, complete = head
         # The day's snapshot values the whole card; this result's valuation is its own
         # listings', computed by the caller.
         return StoredResult(
-            query=head.query,
+            query=query,
             card_identifier=identity.card_identifier,
             search_type=identity.search_type,
-            params=head.params or {},
+            params=params or {},
             listings=listings,
-            fetched_at=head.created_at,
-            pages_scraped=head.pages_scraped,
-            complete=head.complete,
+            fetched_at=created_at,
+            pages_scraped=pages_scraped,
+            complete=complete,
         )
 
     async def get_listing(self, item_id: str) -> Listing | None:
         async def work(conn: AsyncConnection) -> Listing | None:
-            query = sa.select(_listings).where(_listings.c.item_id == item_id)
-            row = (await conn.execute(query)).first()
-            return _listing_from_row(row) if row is not None else None
+            query = sa.select(*self._listing_columns).where(_listings.c.item_id == item_id)
+            found = listings_from_rows(await conn.execute(query))
+            return found[0] if found else None
 
         return await self.read(work, confirm=lambda found: found is not None)
 
     async def listings_due_for_refresh(self, now: datetime, limit: int) -> list[Listing]:
         async def work(conn: AsyncConnection) -> list[Listing]:
             rows = await conn.execute(
-                sa.select(_listings)
+                sa.select(*self._listing_columns)
                 .where(_listings.c.ttl <= now)
                 .order_by(_listings.c.ttl, _listings.c.id)
                 .limit(limit)
             )
-            return [_listing_from_row(row) for row in rows]
+            return listings_from_rows(rows)
 
         return await self.read(work)
 
@@ -472,6 +461,30 @@ class Database:
             if callable(method):
                 stats[name] = method()
         return stats
+
+
+def _own_valuation(record: FetchRecord, start: datetime) -> PriceSnapshot | None:
+    """The fetch's own valuation, if it is the day's whenever the day's sales are its listings.
+
+    The request path values exactly ``result.listings`` as of ``fetched_at``
+    (``upstream``), which is the search row's ``created_at``, for the UTC day that
+    starts at ``start``; the day's valuation values each sale once, as of the day's
+    newest fetch. They agree when the fetch is that newest one, its listings are the
+    day's sales with the values it wrote (the caller's statement checks both) and it
+    gives no ``item_id`` twice (counted twice in its own valuation, once in the day's).
+    """
+    snapshot = record.snapshot
+    if (
+        snapshot is None
+        or record.result.fetched_at != record.search.created_at
+        or snapshot.card_identifier != record.search.card_identifier
+        or snapshot.snapshot_date != start.date()
+    ):
+        return None
+    listings = record.result.listings
+    if len({x.item_id for x in listings}) != len(listings):
+        return None
+    return snapshot
 
 
 def _conflicts_with_recovery(error: BaseException) -> bool:
