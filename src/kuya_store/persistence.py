@@ -9,7 +9,9 @@ replayed late (after an outage, from another process) never rolls prices back.
 The day's ``price_snapshots`` row of a card values every distinct sold listing that the
 card's fetches saw that day (every params and query variant, each listing once), so it
 does not flip with whichever variant was fetched last, and a late write recomputes the
-same row.
+same row. When the fetch written is the day's newest and the day's sales are exactly its
+listings, with the values it wrote, that valuation is the one the request path already
+made of the fetch (``FetchRecord.snapshot``): the row takes it without valuing again.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from kuya_store.db.engine import create_engine, driver_connection, is_outage, si
 from kuya_store.db.fetches import (
     HEAD_FIELDS,
     NEWEST_RESULT_SQL,
+    SNAPSHOT_FIELDS,
+    SNAPSHOT_UPDATE_COLUMNS,
     day_sales,
     listing_columns,
     newest_head,
@@ -75,9 +79,6 @@ _links = metadata.tables[SearchResultRow.__tablename__]
 _snapshots = metadata.tables[PriceSnapshotRow.__tablename__]
 
 _T = TypeVar("_T")
-_SNAPSHOT_COLUMNS = tuple(
-    name for name in PriceSnapshot.model_fields if name not in ("card_identifier", "snapshot_date")
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +137,7 @@ class FetchRecord:
     result: StoredResult
     listing_ttl: datetime
     snapshot: PriceSnapshot | None = None
+    """The store's valuation of ``result.listings`` as of ``result.fetched_at``, if sold."""
 
 
 _SNAPSHOT_FIELDS = tuple(PriceSnapshot.model_fields)
@@ -186,7 +188,7 @@ class Database:
         snapshots = self._insert(_snapshots)
         self._upsert_snapshot_stmt = snapshots.on_conflict_do_update(
             index_elements=[_snapshots.c.card_identifier, _snapshots.c.snapshot_date],
-            set_={name: snapshots.excluded[name] for name in (*_SNAPSHOT_COLUMNS, "search_id")},
+            set_={name: snapshots.excluded[name] for name in SNAPSHOT_UPDATE_COLUMNS},
         )
 
     def _time_queries(self, engine: AsyncEngine, slow_ms: float) -> None:
@@ -285,28 +287,26 @@ class Database:
         card, moment = record.search.card_identifier, record.search.created_at
         start = datetime.combine(moment.astimezone(UTC).date(), datetime.min.time(), UTC)
         own = _own_valuation(record, start) if self._set_valued else None
-        rows = (
-            await conn.execute(
-                self._day_sales_stmt,
-                {
-                    "card": card,
-                    "start": start,
-                    "end": start + timedelta(days=1),
-                    "search_id": search_id,
-                    "trusted": own is not None,
-                },
-            )
-        ).all()
+        parameters = {
+            "card": card,
+            "start": start,
+            "end": start + timedelta(days=1),
+            "search_id": search_id,
+            "trusted": own is not None,
+        }
+        if self.dialect == "postgresql":  # the statement upserts the fetch's own valuation
+            values = dict.fromkeys(SNAPSHOT_FIELDS) if own is None else _snapshot_values(own)
+            parameters.update({f"snapshot_{k}": v for k, v in values.items()}, created_at=moment)
+        rows = (await conn.execute(self._day_sales_stmt, parameters)).all()
         if not rows:  # pragma: no cover - the fetch being written is one of them
             return
         newest_id, newest_at, ours = rows[0][:3]
         if own is not None and ours:
-            snapshot = own
-        else:
-            listings = [] if rows[0][3] is None else listings_from_rows(r[3:] for r in rows)
-            snapshot = self.valuator.value(
-                card, listings, snapshot_date=start.date(), now=newest_at
-            )
+            if self.dialect != "postgresql":
+                await self._upsert_snapshot(conn, own, newest_id, newest_at)
+            return
+        listings = [] if rows[0][3] is None else listings_from_rows(r[3:] for r in rows)
+        snapshot = self.valuator.value(card, listings, snapshot_date=start.date(), now=newest_at)
         await self._upsert_snapshot(conn, snapshot, newest_id, newest_at)
 
     async def _write_fetch(self, conn: AsyncConnection, record: FetchRecord) -> int | None:
@@ -351,7 +351,7 @@ class Database:
         search_id: int | None,
         created_at: datetime,
     ) -> None:
-        values = snapshot.model_dump(mode="python")
+        values = _snapshot_values(snapshot)
         values["search_id"] = search_id
         values["created_at"] = created_at  # the store's clock, as for every other row
         await conn.execute(self._upsert_snapshot_stmt, values)
@@ -461,6 +461,11 @@ class Database:
             if callable(method):
                 stats[name] = method()
         return stats
+
+
+def _snapshot_values(snapshot: PriceSnapshot) -> dict[str, Any]:
+    """A snapshot's values by column (its fields hold them as the columns take them)."""
+    return snapshot.model_dump(mode="python")
 
 
 def _own_valuation(record: FetchRecord, start: datetime) -> PriceSnapshot | None:

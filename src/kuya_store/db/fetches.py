@@ -18,15 +18,24 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from kuya_store.db.rows import LISTING_FIELDS
-from kuya_store.db.tables import ListingRow, SearchResultRow, SearchRow, metadata
+from kuya_store.db.tables import (
+    ListingRow,
+    PriceSnapshotRow,
+    SearchResultRow,
+    SearchRow,
+    metadata,
+)
 from kuya_store.db.types import Money, UTCDateTime
-from kuya_store.models import SearchType
+from kuya_store.models import PriceSnapshot, SearchType
 
 __all__ = [
     "HEAD_FIELDS",
     "NEWEST_RESULT_SQL",
+    "SNAPSHOT_FIELDS",
+    "SNAPSHOT_UPDATE_COLUMNS",
     "day_sales",
     "listing_columns",
     "newest_head",
@@ -37,6 +46,15 @@ __all__ = [
 _searches = metadata.tables[SearchRow.__tablename__]
 _listings = metadata.tables[ListingRow.__tablename__]
 _links = metadata.tables[SearchResultRow.__tablename__]
+_snapshots = metadata.tables[PriceSnapshotRow.__tablename__]
+
+SNAPSHOT_FIELDS = tuple(PriceSnapshot.model_fields)
+"""A snapshot's fields: the ``price_snapshots`` columns a valuation fills."""
+SNAPSHOT_UPDATE_COLUMNS = (
+    *(name for name in SNAPSHOT_FIELDS if name not in ("card_identifier", "snapshot_date")),
+    "search_id",
+)
+"""What a new valuation of a card's day overwrites in its row."""
 
 HEAD_FIELDS = ("id", "query", "created_at", "pages_scraped", "params", "complete")
 """What the newest fetch's ``searches`` row gives a stored result."""
@@ -127,6 +145,9 @@ def day_sales(postgres: bool) -> sa.Select[Any]:
     Parameters: ``card``, ``start`` and ``end`` (the day), ``search_id`` (the fetch
     being written) and ``trusted`` (whether that fetch's own valuation could stand for
     the day's). Rows: ``newest_id``, ``newest_at``, ``ours`` and :data:`LISTING_FIELDS`.
+    On PostgreSQL also ``snapshot_<field>`` for each of :data:`SNAPSHOT_FIELDS` and
+    ``created_at``: when ``ours``, the statement itself upserts that snapshot as the
+    day's row (one round trip less); SQLite has no writes inside a query.
 
     ``ours`` is true when ``trusted``, the fetch is the day's newest and every listing
     linked to any of the day's fetches holds this fetch's version (its ``search_id``,
@@ -164,7 +185,7 @@ def day_sales(postgres: bool) -> sa.Select[Any]:
         sa.bindparam("trusted", type_=sa.Boolean), newest.c.newest_id == search_id, ~foreign
     )
     ours_label = ours.label("ours")
-    return (
+    stmt = (
         sa.select(
             newest.c.newest_id,
             newest.c.newest_at,
@@ -174,3 +195,23 @@ def day_sales(postgres: bool) -> sa.Select[Any]:
         .select_from(newest.outerjoin(sales, sa.not_(ours)))
         .order_by(sales.c.item_id)
     )
+    if not postgres:
+        return stmt
+    own = sa.select(
+        *(
+            sa.bindparam(f"snapshot_{name}", type_=_snapshots.c[name].type)
+            for name in SNAPSHOT_FIELDS
+        ),
+        newest.c.newest_id,
+        sa.bindparam("created_at", type_=_snapshots.c.created_at.type),
+    ).where(ours)
+    insert = postgresql.insert(_snapshots).from_select(
+        [*SNAPSHOT_FIELDS, "search_id", "created_at"], own
+    )
+    # As every write of the day's row: the created_at of its first write stays.
+    upsert = insert.on_conflict_do_update(
+        index_elements=[_snapshots.c.card_identifier, _snapshots.c.snapshot_date],
+        set_={name: insert.excluded[name] for name in SNAPSHOT_UPDATE_COLUMNS},
+    )
+    # Data-modifying CTEs run to completion whether or not the query reads them.
+    return stmt.add_cte(upsert.cte("own_snapshot"))
