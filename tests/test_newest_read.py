@@ -172,8 +172,12 @@ async def test_a_listing_gone_or_written_by_hand(migrated_url: str) -> None:
 async def test_the_read_is_one_statement(any_url: str) -> None:
     if not any_url.startswith("postgresql"):
         pytest.skip("SQLite asks its two statements of a local file")
-    database = Database(ks.StoreSettings(database_url=any_url), Metrics())
+    metrics = Metrics()
+    database = Database(ks.StoreSettings(database_url=any_url), metrics)
     statements: list[str] = []
+
+    def timed() -> int:
+        return int(metrics.snapshot()["timings"].get("db_query", {"count": 0})["count"])
 
     def watch(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.driver_connection.add_query_logger(lambda q: statements.append(q.query))
@@ -188,9 +192,11 @@ async def test_the_read_is_one_statement(any_url: str) -> None:
         await database.persist_fetch(_record(_listings()))
         for since, found in ((NOW, True), (NOW + timedelta(seconds=1), False)):
             statements.clear()
+            before = timed()
             result = await database.newest_result(_identity(), since)
             assert (result is not None) is found
             asked = [q for q in statements if "searches" in q or "search_results" in q]
             assert len(asked) == 1, statements
+            assert timed() - before == 1  # timed as every statement is, driver's or not
     finally:
         await database.close()

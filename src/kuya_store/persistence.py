@@ -162,8 +162,9 @@ class Database:
         self.replicas = ReplicaSet(
             settings, metrics, self.engine, lambda url: create_engine(settings, url)
         )
+        self._slow_ms = settings.slow_query_threshold.total_seconds() * 1000
         for engine in (self.engine, *(r.engine for r in self.replicas.replicas)):
-            self._time_queries(engine, settings.slow_query_threshold.total_seconds() * 1000)
+            self._time_queries(engine)
         # Built once: executed with fresh parameters for every fetch.
         listings = self._insert(_listings)
         self._upsert_listings_stmt = listings.on_conflict_do_update(
@@ -191,21 +192,22 @@ class Database:
             set_={name: snapshots.excluded[name] for name in SNAPSHOT_UPDATE_COLUMNS},
         )
 
-    def _time_queries(self, engine: AsyncEngine, slow_ms: float) -> None:
-        metrics = self.metrics
-
+    def _time_queries(self, engine: AsyncEngine) -> None:
         def before(conn: Connection, *_: Any) -> None:
             conn.info.setdefault("kuya_query_start", []).append(time.perf_counter())
 
         def after(conn: Connection, *_: Any) -> None:
-            started = conn.info["kuya_query_start"].pop()
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            metrics.observe("db_query", elapsed_ms)
-            if elapsed_ms >= slow_ms:
-                metrics.incr("db_slow_queries")
+            self._observe_query(conn.info["kuya_query_start"].pop())
 
         event.listen(engine.sync_engine, "before_cursor_execute", before)
         event.listen(engine.sync_engine, "after_cursor_execute", after)
+
+    def _observe_query(self, started: float) -> None:
+        """Time a statement that began at ``started`` (``perf_counter``), as ``db_query``."""
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        self.metrics.observe("db_query", elapsed_ms)
+        if elapsed_ms >= self._slow_ms:
+            self.metrics.incr("db_slow_queries")
 
     def _insert(self, table: sa.Table) -> Any:
         return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
@@ -395,8 +397,12 @@ class Database:
         key = identity.result_key
         if self.dialect == "postgresql":
             driver = await driver_connection(conn)
-            if driver is not None:
-                row = await driver.fetchrow(NEWEST_RESULT_SQL, key, since)
+            if driver is not None:  # timed as SQLAlchemy's statements are
+                started = time.perf_counter()
+                try:
+                    row = await driver.fetchrow(NEWEST_RESULT_SQL, key, since)
+                finally:
+                    self._observe_query(started)
             else:  # in a transaction (PgBouncer): the same statement, untyped by SQLAlchemy
                 found = await conn.execute(newest_result_text, {"key": key, "since": since})
                 row = found.first()
