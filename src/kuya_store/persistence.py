@@ -140,12 +140,9 @@ class FetchRecord:
     """The store's valuation of ``result.listings`` as of ``result.fetched_at``, if sold."""
 
 
-_SNAPSHOT_FIELDS = tuple(PriceSnapshot.model_fields)
-
-
 def snapshot_from_row(row: Row[Any]) -> PriceSnapshot:
     """A stored snapshot; the column types already give exact money and aware dates."""
-    return PriceSnapshot.model_construct(**{name: getattr(row, name) for name in _SNAPSHOT_FIELDS})
+    return PriceSnapshot.model_construct(**{name: getattr(row, name) for name in SNAPSHOT_FIELDS})
 
 
 class Database:
@@ -411,10 +408,11 @@ class Database:
             head, columns = row[: len(HEAD_FIELDS)], row[len(HEAD_FIELDS) :]
             listings = [] if columns[0] is None else listings_from_rows(zip(*columns, strict=True))
         else:
-            head = (await conn.execute(newest_head(key, since))).first()
+            head = (await conn.execute(newest_head, {"key": key, "since": since})).first()
             if head is None:
                 return None
-            listings = listings_from_rows(await conn.execute(newest_listings(head[0])))
+            rows = await conn.execute(newest_listings, {"search_id": head[0]})
+            listings = listings_from_rows(rows)
         _, query, created_at, pages_scraped, params, complete = head
         # The day's snapshot values the whole card; this result's valuation is its own
         # listings', computed by the caller.

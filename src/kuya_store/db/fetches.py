@@ -9,12 +9,12 @@ PgBouncer in transaction mode). SQLite asks its two statements through SQLAlchem
 
 A sold fetch's write values the card's day again (``persistence``): one statement gives
 the day's newest fetch, whether every sale of the day holds the version this fetch
-wrote, and, only when that is not so, the sales themselves.
+wrote, and, only when that is not so, the sales themselves. When it is so, on
+PostgreSQL the same statement writes the fetch's own valuation as the day's row.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -93,18 +93,18 @@ newest_result_text = sa.text(NEWEST_RESULT_SQL.replace("$1", ":key").replace("$2
 SQLAlchemy, as the driver gives them."""
 
 
-def newest_head(result_key: str, since: datetime) -> sa.Select[Any]:
-    """SQLite: the newest fetch's :data:`HEAD_FIELDS` (then :func:`newest_listings`)."""
-    return (
-        sa.select(*(_searches.c[name] for name in HEAD_FIELDS))
-        .where(
-            _searches.c.result_key == result_key,
-            _searches.c.cache_hit.is_(False),
-            _searches.c.created_at >= since,
-        )
-        .order_by(_searches.c.created_at.desc(), _searches.c.id.desc())
-        .limit(1)
+newest_head = (
+    sa.select(*(_searches.c[name] for name in HEAD_FIELDS))
+    .where(
+        _searches.c.result_key == sa.bindparam("key", type_=sa.String),
+        _searches.c.cache_hit.is_(False),
+        _searches.c.created_at >= sa.bindparam("since", type_=UTCDateTime),
     )
+    .order_by(_searches.c.created_at.desc(), _searches.c.id.desc())
+    .limit(1)
+)
+"""SQLite: the newest fetch's :data:`HEAD_FIELDS` of ``key`` at or after ``since`` (then
+:data:`newest_listings`)."""
 
 
 def listing_columns(postgres: bool) -> list[sa.ColumnElement[Any]]:
@@ -126,17 +126,13 @@ def listing_columns(postgres: bool) -> list[sa.ColumnElement[Any]]:
     return columns
 
 
-_SQLITE_LISTINGS = listing_columns(postgres=False)
-
-
-def newest_listings(search_id: int) -> sa.Select[Any]:
-    """SQLite: a fetch's listings, in position order."""
-    return (
-        sa.select(*_SQLITE_LISTINGS)
-        .join(_links, _links.c.listing_id == _listings.c.id)
-        .where(_links.c.search_id == search_id)
-        .order_by(_links.c.position)
-    )
+newest_listings = (
+    sa.select(*listing_columns(postgres=False))
+    .join(_links, _links.c.listing_id == _listings.c.id)
+    .where(_links.c.search_id == sa.bindparam("search_id", type_=sa.Integer))
+    .order_by(_links.c.position)
+)
+"""SQLite: the listings of fetch ``search_id``, in position order."""
 
 
 def day_sales(postgres: bool) -> sa.Select[Any]:
