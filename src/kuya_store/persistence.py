@@ -9,7 +9,9 @@ replayed late (after an outage, from another process) never rolls prices back.
 The day's ``price_snapshots`` row of a card values every distinct sold listing that the
 card's fetches saw that day (every params and query variant, each listing once), so it
 does not flip with whichever variant was fetched last, and a late write recomputes the
-same row.
+same row. When the fetch written is the day's newest and the day's sales are exactly its
+listings, with the values it wrote, that valuation is the one the request path already
+made of the fetch (``FetchRecord.snapshot``): the row takes it without valuing again.
 """
 
 from __future__ import annotations
@@ -28,15 +30,26 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kuya_store.db.bulk import (
-    LISTING_COLUMNS,
     LISTING_UPDATE_COLUMNS,
     listing_arrays,
     listing_rows,
     newest_wins,
     postgres_persist_fetch,
 )
-from kuya_store.db.engine import create_engine, is_outage, single_statement
+from kuya_store.db.engine import create_engine, driver_connection, is_outage, single_statement
+from kuya_store.db.fetches import (
+    HEAD_FIELDS,
+    NEWEST_RESULT_SQL,
+    SNAPSHOT_FIELDS,
+    SNAPSHOT_UPDATE_COLUMNS,
+    day_sales,
+    listing_columns,
+    newest_head,
+    newest_listings,
+    newest_result_text,
+)
 from kuya_store.db.replicas import ReplicaSet
+from kuya_store.db.rows import listings_from_rows
 from kuya_store.db.tables import (
     ListingRow,
     PriceSnapshotRow,
@@ -66,9 +79,6 @@ _links = metadata.tables[SearchResultRow.__tablename__]
 _snapshots = metadata.tables[PriceSnapshotRow.__tablename__]
 
 _T = TypeVar("_T")
-_SNAPSHOT_COLUMNS = tuple(
-    name for name in PriceSnapshot.model_fields if name not in ("card_identifier", "snapshot_date")
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,30 +137,12 @@ class FetchRecord:
     result: StoredResult
     listing_ttl: datetime
     snapshot: PriceSnapshot | None = None
-
-
-def _listing_from_row(row: Row[Any]) -> Listing:
-    return Listing(
-        item_id=row.item_id,
-        title=row.title,
-        price=row.price,
-        listing_type=row.listing_type,
-        condition=row.condition,
-        sold=bool(row.sold),
-        sold_date=row.sold_date,
-        bids=row.bids,
-        watchers=row.watchers,
-    )
-
-
-# What the day's valuation reads of each sale: the listing's own columns.
-_SALE_COLUMNS = tuple(_listings.c[name] for name in LISTING_COLUMNS)
-_SNAPSHOT_FIELDS = tuple(PriceSnapshot.model_fields)
+    """The store's valuation of ``result.listings`` as of ``result.fetched_at``, if sold."""
 
 
 def snapshot_from_row(row: Row[Any]) -> PriceSnapshot:
     """A stored snapshot; the column types already give exact money and aware dates."""
-    return PriceSnapshot.model_construct(**{name: getattr(row, name) for name in _SNAPSHOT_FIELDS})
+    return PriceSnapshot.model_construct(**{name: getattr(row, name) for name in SNAPSHOT_FIELDS})
 
 
 class Database:
@@ -167,8 +159,9 @@ class Database:
         self.replicas = ReplicaSet(
             settings, metrics, self.engine, lambda url: create_engine(settings, url)
         )
+        self._slow_ms = settings.slow_query_threshold.total_seconds() * 1000
         for engine in (self.engine, *(r.engine for r in self.replicas.replicas)):
-            self._time_queries(engine, settings.slow_query_threshold.total_seconds() * 1000)
+            self._time_queries(engine)
         # Built once: executed with fresh parameters for every fetch.
         listings = self._insert(_listings)
         self._upsert_listings_stmt = listings.on_conflict_do_update(
@@ -184,27 +177,34 @@ class Database:
             .on_conflict_do_nothing(index_elements=[_searches.c.record_key, _searches.c.created_at])
             .returning(_searches.c.id)
         )
+        self._day_sales_stmt = day_sales(self.dialect == "postgresql")
+        self._listing_columns = listing_columns(self.dialect == "postgresql")
+        # Only a valuation known to be a function of the set of sales (not of their
+        # order, which differs between the fetch and the day's rows) may stand for the
+        # day's: the default one is.
+        self._set_valued = type(self.valuator) is DefaultValuator
         snapshots = self._insert(_snapshots)
         self._upsert_snapshot_stmt = snapshots.on_conflict_do_update(
             index_elements=[_snapshots.c.card_identifier, _snapshots.c.snapshot_date],
-            set_={name: snapshots.excluded[name] for name in (*_SNAPSHOT_COLUMNS, "search_id")},
+            set_={name: snapshots.excluded[name] for name in SNAPSHOT_UPDATE_COLUMNS},
         )
 
-    def _time_queries(self, engine: AsyncEngine, slow_ms: float) -> None:
-        metrics = self.metrics
-
+    def _time_queries(self, engine: AsyncEngine) -> None:
         def before(conn: Connection, *_: Any) -> None:
             conn.info.setdefault("kuya_query_start", []).append(time.perf_counter())
 
         def after(conn: Connection, *_: Any) -> None:
-            started = conn.info["kuya_query_start"].pop()
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            metrics.observe("db_query", elapsed_ms)
-            if elapsed_ms >= slow_ms:
-                metrics.incr("db_slow_queries")
+            self._observe_query(conn.info["kuya_query_start"].pop())
 
         event.listen(engine.sync_engine, "before_cursor_execute", before)
         event.listen(engine.sync_engine, "after_cursor_execute", after)
+
+    def _observe_query(self, started: float) -> None:
+        """Time a statement that began at ``started`` (``perf_counter``), as ``db_query``."""
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        self.metrics.observe("db_query", elapsed_ms)
+        if elapsed_ms >= self._slow_ms:
+            self.metrics.incr("db_slow_queries")
 
     def _insert(self, table: sa.Table) -> Any:
         return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
@@ -271,44 +271,42 @@ class Database:
             if search_id is None:
                 return None
             if record.search.search_type is SearchType.SOLD:
-                await self._revalue_day(
-                    conn, record.search.card_identifier, record.search.created_at
-                )
+                await self._revalue_day(conn, record, search_id)
         return search_id
 
-    async def _revalue_day(self, conn: AsyncConnection, card: str, moment: datetime) -> None:
-        """Recompute the card's snapshot of ``moment``'s UTC day from every sale seen that day."""
+    async def _revalue_day(
+        self, conn: AsyncConnection, record: FetchRecord, search_id: int
+    ) -> None:
+        """Recompute the card's snapshot of the fetch's UTC day from every sale seen that day.
+
+        When the day's sales are exactly this fetch's listings, with the values it wrote,
+        and it is the day's newest fetch, the day's valuation is the fetch's own
+        (``record.snapshot``, see :func:`_own_valuation`): it is written as it is.
+        """
+        card, moment = record.search.card_identifier, record.search.created_at
         start = datetime.combine(moment.astimezone(UTC).date(), datetime.min.time(), UTC)
-        fetches = sa.and_(
-            _searches.c.card_identifier == card,
-            _searches.c.search_type == SearchType.SOLD.value,
-            _searches.c.cache_hit.is_(False),
-            _searches.c.created_at >= start,
-            _searches.c.created_at < start + timedelta(days=1),
-        )
-        newest = (
-            await conn.execute(
-                sa.select(_searches.c.id, _searches.c.created_at)
-                .where(fetches)
-                .order_by(_searches.c.created_at.desc(), _searches.c.id.desc())
-                .limit(1)
-            )
-        ).first()
-        if newest is None:  # pragma: no cover - the fetch being written is one of them
+        own = _own_valuation(record, start) if self._set_valued else None
+        parameters = {
+            "card": card,
+            "start": start,
+            "end": start + timedelta(days=1),
+            "search_id": search_id,
+            "trusted": own is not None,
+        }
+        if self.dialect == "postgresql":  # the statement upserts the fetch's own valuation
+            values = dict.fromkeys(SNAPSHOT_FIELDS) if own is None else _snapshot_values(own)
+            parameters.update({f"snapshot_{k}": v for k, v in values.items()}, created_at=moment)
+        rows = (await conn.execute(self._day_sales_stmt, parameters)).all()
+        if not rows:  # pragma: no cover - the fetch being written is one of them
             return
-        seen = (
-            sa.select(_links.c.listing_id)
-            .join(_searches, _searches.c.id == _links.c.search_id)
-            .where(fetches)
-        )
-        rows = await conn.execute(
-            sa.select(*_SALE_COLUMNS).where(_listings.c.id.in_(seen)).order_by(_listings.c.item_id)
-        )
-        listings = [_listing_from_row(row) for row in rows]
-        snapshot = self.valuator.value(
-            card, listings, snapshot_date=start.date(), now=newest.created_at
-        )
-        await self._upsert_snapshot(conn, snapshot, newest.id, newest.created_at)
+        newest_id, newest_at, ours = rows[0][:3]
+        if own is not None and ours:
+            if self.dialect != "postgresql":
+                await self._upsert_snapshot(conn, own, newest_id, newest_at)
+            return
+        listings = [] if rows[0][3] is None else listings_from_rows(r[3:] for r in rows)
+        snapshot = self.valuator.value(card, listings, snapshot_date=start.date(), now=newest_at)
+        await self._upsert_snapshot(conn, snapshot, newest_id, newest_at)
 
     async def _write_fetch(self, conn: AsyncConnection, record: FetchRecord) -> int | None:
         """The fetch's search row, listings and links; ``None`` for a replay (nothing written).
@@ -352,7 +350,7 @@ class Database:
         search_id: int | None,
         created_at: datetime,
     ) -> None:
-        values = snapshot.model_dump(mode="python")
+        values = _snapshot_values(snapshot)
         values["search_id"] = search_id
         values["created_at"] = created_at  # the store's clock, as for every other row
         await conn.execute(self._upsert_snapshot_stmt, values)
@@ -391,66 +389,61 @@ class Database:
     async def _newest_result(
         self, conn: AsyncConnection, identity: ResultIdentity, since: datetime
     ) -> StoredResult | None:
-        # Asked before every fetch: its two reads need no transaction (see single_statement).
+        # Asked before every fetch: it needs no transaction (see single_statement).
         conn = await single_statement(conn)
-        head = (
-            await conn.execute(
-                sa.select(
-                    _searches.c.id,
-                    _searches.c.query,
-                    _searches.c.created_at,
-                    _searches.c.pages_scraped,
-                    _searches.c.params,
-                    _searches.c.complete,
-                )
-                .where(
-                    _searches.c.result_key == identity.result_key,
-                    _searches.c.cache_hit.is_(False),
-                    _searches.c.created_at >= since,
-                )
-                .order_by(_searches.c.created_at.desc(), _searches.c.id.desc())
-                .limit(1)
-            )
-        ).first()
-        if head is None:
-            return None
-        rows = await conn.execute(
-            sa.select(_listings)
-            .join(_links, _links.c.listing_id == _listings.c.id)
-            .where(_links.c.search_id == head.id)
-            .order_by(_links.c.position)
-        )
-        listings = [_listing_from_row(row) for row in rows]
+        key = identity.result_key
+        if self.dialect == "postgresql":
+            driver = await driver_connection(conn)
+            if driver is not None:  # timed as SQLAlchemy's statements are
+                started = time.perf_counter()
+                try:
+                    row = await driver.fetchrow(NEWEST_RESULT_SQL, key, since)
+                finally:
+                    self._observe_query(started)
+            else:  # in a transaction (PgBouncer): the same statement, untyped by SQLAlchemy
+                found = await conn.execute(newest_result_text, {"key": key, "since": since})
+                row = found.first()
+            if row is None:
+                return None
+            head, columns = row[: len(HEAD_FIELDS)], row[len(HEAD_FIELDS) :]
+            listings = [] if columns[0] is None else listings_from_rows(zip(*columns, strict=True))
+        else:
+            head = (await conn.execute(newest_head, {"key": key, "since": since})).first()
+            if head is None:
+                return None
+            rows = await conn.execute(newest_listings, {"search_id": head[0]})
+            listings = listings_from_rows(rows)
+        _, query, created_at, pages_scraped, params, complete = head
         # The day's snapshot values the whole card; this result's valuation is its own
         # listings', computed by the caller.
         return StoredResult(
-            query=head.query,
+            query=query,
             card_identifier=identity.card_identifier,
             search_type=identity.search_type,
-            params=head.params or {},
+            params=params or {},
             listings=listings,
-            fetched_at=head.created_at,
-            pages_scraped=head.pages_scraped,
-            complete=head.complete,
+            fetched_at=created_at,
+            pages_scraped=pages_scraped,
+            complete=complete,
         )
 
     async def get_listing(self, item_id: str) -> Listing | None:
         async def work(conn: AsyncConnection) -> Listing | None:
-            query = sa.select(_listings).where(_listings.c.item_id == item_id)
-            row = (await conn.execute(query)).first()
-            return _listing_from_row(row) if row is not None else None
+            query = sa.select(*self._listing_columns).where(_listings.c.item_id == item_id)
+            found = listings_from_rows(await conn.execute(query))
+            return found[0] if found else None
 
         return await self.read(work, confirm=lambda found: found is not None)
 
     async def listings_due_for_refresh(self, now: datetime, limit: int) -> list[Listing]:
         async def work(conn: AsyncConnection) -> list[Listing]:
             rows = await conn.execute(
-                sa.select(_listings)
+                sa.select(*self._listing_columns)
                 .where(_listings.c.ttl <= now)
                 .order_by(_listings.c.ttl, _listings.c.id)
                 .limit(limit)
             )
-            return [_listing_from_row(row) for row in rows]
+            return listings_from_rows(rows)
 
         return await self.read(work)
 
@@ -472,6 +465,35 @@ class Database:
             if callable(method):
                 stats[name] = method()
         return stats
+
+
+def _snapshot_values(snapshot: PriceSnapshot) -> dict[str, Any]:
+    """A snapshot's values by column (its fields hold them as the columns take them)."""
+    return snapshot.model_dump(mode="python")
+
+
+def _own_valuation(record: FetchRecord, start: datetime) -> PriceSnapshot | None:
+    """The fetch's own valuation, if it is the day's whenever the day's sales are its listings.
+
+    The request path values exactly ``result.listings`` as of ``fetched_at``
+    (``upstream``), which is the search row's ``created_at``, for the UTC day that
+    starts at ``start``; the day's valuation values each sale once, as of the day's
+    newest fetch. They agree when the fetch is that newest one, its listings are the
+    day's sales with the values it wrote (the caller's statement checks both) and it
+    gives no ``item_id`` twice (counted twice in its own valuation, once in the day's).
+    """
+    snapshot = record.snapshot
+    if (
+        snapshot is None
+        or record.result.fetched_at != record.search.created_at
+        or snapshot.card_identifier != record.search.card_identifier
+        or snapshot.snapshot_date != start.date()
+    ):
+        return None
+    listings = record.result.listings
+    if len({x.item_id for x in listings}) != len(listings):
+        return None
+    return snapshot
 
 
 def _conflicts_with_recovery(error: BaseException) -> bool:
