@@ -166,12 +166,22 @@ async def test_hits_from_redis_then_from_the_near_cache(
         await store.comps.search(CARD)
         first = spans.get_finished_spans()
         spans.clear()
+        # The worker keeps the copy of its own write: as a worker that did not fetch it.
+        assert store._near is not None
+        store._near.flush()
         await store.comps.search(CARD)
         second = spans.get_finished_spans()
         spans.clear()
         await store.comps.search(CARD)
         third = spans.get_finished_spans()
         assert await store.flush()
+        # Traced records go through the journal like any other: their span stays here.
+        journal = store.metrics()["journal"]
+        assert journal["appended"] == 3 and journal["fallbacks"] == 0
+        assert store._database is not None
+        async with store._database.engine.connect() as conn:
+            logged = (await conn.exec_driver_sql("SELECT count(*) FROM searches")).scalar()
+        assert logged == 3
     search = _one(first, "kuya_store.search")
     assert _children(first, search) == [
         "kuya_store.tier.near",

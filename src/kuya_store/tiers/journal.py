@@ -60,6 +60,8 @@ Record = SearchRecord | FetchRecord
 _GROUP = "writers"
 _SEARCH = TypeAdapter(SearchRecord)
 _FETCH = TypeAdapter(FetchRecord)
+_SEARCH_LOCAL = {"trace"}
+_FETCH_LOCAL: dict[str, Any] = {"search": _SEARCH_LOCAL}
 
 # KEYS: stream, sequence counter. ARGV: max length, payloads. Each entry's sequence number
 # and the entry are made together, so the numbers in the stream have no gaps but what was
@@ -137,10 +139,12 @@ def encode_record(record: Record) -> bytes:
     """JSON bytes of a record (money as strings, moments as ISO 8601); never pickle."""
     # Serialised in pydantic's core (several times faster than dumping to Python objects
     # and then to JSON): a batch is encoded while the searches in it wait.
+    # A record's trace is this process's span context: it has no JSON form, and another
+    # process could not parent anything under it.
     if isinstance(record, FetchRecord):
-        kind, body = b"fetch", _FETCH.dump_json(record)
+        kind, body = b"fetch", _FETCH.dump_json(record, exclude=_FETCH_LOCAL)
     else:
-        kind, body = b"search", _SEARCH.dump_json(record)
+        kind, body = b"search", _SEARCH.dump_json(record, exclude=_SEARCH_LOCAL)
     return b'{"v":%d,"kind":"%s","record":%s}' % (KEY_VERSION, kind, body)
 
 
