@@ -7,6 +7,7 @@ secret, a hot-tier value, a tampered or cut entry) is validated in full, as befo
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import uuid
@@ -392,3 +393,32 @@ def test_a_sealed_entry_this_release_does_not_rebuild_is_validated() -> None:
         assert not trusted
         assert record == decode_record(body)
     assert decode_record(number) == fetch
+
+
+async def test_entries_claimed_from_a_dead_worker_are_taken_on_trust(
+    redis_client: Any, key_prefix: str
+) -> None:
+    def journal(secret: str) -> tuple[Journal, Metrics]:
+        metrics = Metrics()
+        settings = ks.StoreSettings(
+            key_prefix=key_prefix,
+            hot_tier_secret=secret,
+            write_flush_interval=timedelta(milliseconds=50),
+            journal_claim_idle=timedelta(milliseconds=100),
+        )
+        return Journal(redis_client, settings, metrics), metrics
+
+    records = _pair("2023 Topps Chrome Claimed #1")
+    dead, _ = journal(SECRET)
+    await dead.append(records)
+    assert len(await dead.read(10)) == 2  # delivered to it, never acknowledged
+    for secret, counted in ((OTHER_SECRET, (0, 2)), (SECRET, (2, 0))):
+        survivor, metrics = journal(secret)
+        claimed: list[Any] = []
+        for _ in range(100):
+            claimed += await survivor.claim(10, set())
+            if len(claimed) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert [e.record for e in claimed] == records
+        assert _counters(metrics) == counted, secret

@@ -187,6 +187,10 @@ _HEADS = {
 }
 _ENVELOPE_MEMBERS = frozenset({"v", "kind", "record", "mac"})
 _SEARCH_MEMBERS = frozenset(f.name for f in dataclasses.fields(SearchRecord))
+_SEARCH_SLOTS = tuple(
+    (f.name, getattr(SearchRecord, f.name).__set__) for f in dataclasses.fields(SearchRecord)
+)
+_new = object.__new__
 _FETCH_MEMBERS = frozenset(f.name for f in dataclasses.fields(FetchRecord))
 # What a sealed entry that does not rebuild may raise: it is validated instead.
 _NOT_REBUILT = (KeyError, TypeError, ValueError, AttributeError, ArithmeticError)
@@ -210,7 +214,11 @@ def _trusted_search(fields: Any) -> SearchRecord:
         raise NotRebuiltError("search members")
     fields["search_type"] = SearchType(fields["search_type"])
     fields["created_at"] = aware_moment(fields["created_at"])
-    return SearchRecord(**fields)
+    # Set slot by slot: the frozen dataclass's __init__ costs as much as validating it.
+    record = _new(SearchRecord)
+    for name, put in _SEARCH_SLOTS:
+        put(record, fields[name])
+    return record
 
 
 def _trusted_fetch(fields: Any) -> FetchRecord:
