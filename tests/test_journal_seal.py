@@ -10,10 +10,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+import textwrap
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -422,3 +427,35 @@ async def test_entries_claimed_from_a_dead_worker_are_taken_on_trust(
             await asyncio.sleep(0.05)
         assert [e.record for e in claimed] == records
         assert _counters(metrics) == counted, secret
+
+
+_SEAL_IN_ANOTHER_PROCESS = textwrap.dedent(
+    """
+    import sys
+    from kuya_store.tiers.journal import RecordSeal, encode_record
+    import kuya_store as ks
+    from kuya_store.persistence import SearchRecord
+    from datetime import datetime, UTC
+
+    record = SearchRecord(
+        query="q", card_identifier="q", search_type=ks.SearchType.SOLD, filters={},
+        params={}, created_at=datetime(2026, 1, 1, tzinfo=UTC), execution_time_ms=1,
+        cache_hit=True, record_key="0" * 32,
+    )
+    sys.stdout.buffer.write(RecordSeal(sys.argv[1].encode(), sys.argv[2]).seal(record))
+    """
+)
+
+
+async def test_another_interpreter_with_the_secret_seals_alike() -> None:
+    """Its own hash seed and its own schema build: the same key, so its entries are trusted."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(ks.__file__).parents[1]),
+        "PYTHONHASHSEED": "random",
+    }
+    args = [sys.executable, "-c", _SEAL_IN_ANOTHER_PROCESS, SECRET, STREAM]
+    done = await asyncio.to_thread(subprocess.run, args, env=env, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    record, trusted = RecordSeal(SECRET.encode(), STREAM).open(done.stdout)
+    assert trusted and isinstance(record, SearchRecord) and record.record_key == "0" * 32
