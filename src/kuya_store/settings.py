@@ -190,9 +190,9 @@ class StoreSettings(BaseSettings):
     breaker_failure_threshold: int = Field(3, ge=1)
     breaker_reset_after: timedelta = timedelta(seconds=5)
     hot_tier_secret: SecretStr | None = Field(None, repr=False)
-    """Seals the values written to Redis, so every process holding it reads the others'
-    values back without validating them again; ``None``: each process trusts only its own
-    writes (``KUYA_HOT_TIER_SECRET``, at least 32 characters; docs/tiers.md)."""
+    """Seals the values and journal entries written to Redis, so every process holding it
+    reads the others' back without validating them again; ``None``: each process trusts
+    only its own writes (``KUYA_HOT_TIER_SECRET``, at least 32 characters; docs/tiers.md)."""
 
     # Fetcher calls.
     fetch_timeout: timedelta = timedelta(seconds=30)

@@ -397,6 +397,7 @@ class CompsStore:
             "acked": c.get("journal_acked", 0),
             "claimed": c.get("journal_claimed", 0),
             "held": c.get("journal_held", 0),
+            "trusted": c.get("journal_trusted", 0),
             "decoded": c.get("journal_decoded", 0),
             "replayed": c.get("writes_replayed", 0),
             "corrupt": c.get("journal_corrupt", 0),

@@ -3,7 +3,9 @@
 Redis content is untrusted: :func:`decode` validates a value in full. A value a store
 wrote itself can carry a seal (:class:`ValueSeal`, an HMAC tag appended as one more
 JSON member); :func:`unseal` rebuilds a value whose seal checks without validating it
-again, and validates everything else exactly as :func:`decode` does.
+again, and validates everything else exactly as :func:`decode` does. The write journal
+seals its entries the same way, under a key of their own (:func:`rebuilt_result`
+rebuilds the result a sealed entry holds).
 """
 
 from __future__ import annotations
@@ -132,15 +134,21 @@ class ValueSeal:
     secret and :func:`_layout`. Only a holder of the secret can make a tag that checks,
     so a value whose tag checks is one a store's own :func:`encode` wrote (from a
     validated result) under that very key: moving it to another key breaks the seal.
+
+    Args:
+        layout: what else the key is derived from, in place of :func:`_layout`: what is
+            sealed under one layout never checks under another (the journal's entries
+            and the hot tier's values can't pass for each other).
     """
 
-    def __init__(self, secret: bytes) -> None:
-        self._mac = hmac.new(hmac.digest(secret, _layout(), "sha256"), digestmod=hashlib.sha256)
+    def __init__(self, secret: bytes, layout: bytes | None = None) -> None:
+        derived = hmac.digest(secret, layout if layout is not None else _layout(), "sha256")
+        self._mac = hmac.new(derived, digestmod=hashlib.sha256)
 
     @classmethod
-    def ephemeral(cls) -> ValueSeal:
+    def ephemeral(cls, layout: bytes | None = None) -> ValueSeal:
         """A seal of this process alone: its own writes come back trusted, no one else's."""
-        return cls(secrets.token_bytes(32))
+        return cls(secrets.token_bytes(32), layout)
 
     def _tag(self, key: str, body: bytes | memoryview) -> bytes:
         mac = self._mac.copy()
@@ -187,7 +195,8 @@ def unseal(raw: bytes, key: str, seal: ValueSeal) -> tuple[StoredResult, bool]:
 
 _M = TypeVar("_M", bound=BaseModel)
 _set = object.__setattr__
-_RESULT_FIELDS = frozenset(StoredResult.model_fields) | {"mac"}
+_MODEL_FIELDS = frozenset(StoredResult.model_fields)
+_RESULT_FIELDS = _MODEL_FIELDS | {"mac"}
 _LISTING_FIELDS = frozenset(Listing.model_fields)
 _SNAPSHOT_FIELDS = frozenset(PriceSnapshot.model_fields)
 _STATS_FIELDS = frozenset(FetchStats.model_fields)
@@ -203,7 +212,7 @@ _SNAPSHOT_MONEY = (
 )
 
 
-class _NotRebuilt(ValueError):
+class NotRebuiltError(ValueError):
     """A sealed value whose members are not the ones this release writes."""
 
 
@@ -217,10 +226,15 @@ def _built(model: type[_M], fields: dict[str, Any]) -> _M:
     return item
 
 
+def aware_moment(text: str) -> datetime:
+    """A moment as a sealed value writes it (ISO 8601 with its zone); naive ones are refused."""
+    return _aware(text)
+
+
 def _aware(text: str) -> datetime:
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
-        raise _NotRebuilt("naive moment")
+        raise NotRebuiltError("naive moment")
     return moment
 
 
@@ -235,7 +249,7 @@ def _money(text: str | None) -> Decimal | None:
     if text is None:
         return None
     if type(text) is not str:  # a float would not be the exact amount written
-        raise _NotRebuilt("money not written as text")
+        raise NotRebuiltError("money not written as text")
     return Decimal(text)
 
 
@@ -250,13 +264,13 @@ def _listings(items: list[Any]) -> list[Listing]:
     for index, fields in enumerate(items):
         price = fields["price"]
         if len(fields) != count or type(price) is not str:
-            raise _NotRebuilt("listing members")
+            raise NotRebuiltError("listing members")
         fields["price"] = Decimal(price)
         sold = fields["sold_date"]
         if sold is not None:
             sold = fields["sold_date"] = parse(sold)
             if sold.tzinfo is None:
-                raise _NotRebuilt("naive sold_date")
+                raise NotRebuiltError("naive sold_date")
         item = new(Listing)
         _set(item, "__dict__", fields)
         _set(item, "__pydantic_fields_set__", set(fields_set))
@@ -266,11 +280,16 @@ def _listings(items: list[Any]) -> list[Listing]:
     return items
 
 
+def rebuilt_snapshot(fields: dict[str, Any] | None) -> PriceSnapshot | None:
+    """A sealed snapshot's model, built as validation builds it (``None`` stays ``None``)."""
+    return _snapshot(fields)
+
+
 def _snapshot(fields: dict[str, Any] | None) -> PriceSnapshot | None:
     if fields is None:
         return None
     if fields.keys() != _SNAPSHOT_FIELDS:
-        raise _NotRebuilt("snapshot members")
+        raise NotRebuiltError("snapshot members")
     for name in _SNAPSHOT_MONEY:
         fields[name] = _money(fields[name])
     fields["snapshot_date"] = date.fromisoformat(fields["snapshot_date"])
@@ -281,15 +300,33 @@ def _stats(fields: dict[str, Any] | None) -> FetchStats | None:
     if fields is None:
         return None
     if fields.keys() != _STATS_FIELDS:
-        raise _NotRebuilt("stats members")
+        raise NotRebuiltError("stats members")
     return _built(FetchStats, fields)
 
 
 def _trusted(data: dict[str, Any]) -> StoredResult:
     """A sealed value's result, built as validation would build it, without its checks."""
-    if data.keys() != _RESULT_FIELDS or data["v"] != KEY_VERSION:
-        raise _NotRebuilt("result members")
+    if data.keys() != _RESULT_FIELDS:
+        raise NotRebuiltError("result members")
     del data["mac"]
+    return _rebuilt(data)
+
+
+def rebuilt_result(data: Any) -> StoredResult:
+    """A result held inside a sealed record (its members exactly the model's), unvalidated.
+
+    Raises:
+        NotRebuiltError: the members are not the ones this release writes (as may
+            ``KeyError``, ``TypeError`` or ``ValueError``: the caller validates then).
+    """
+    if type(data) is not dict or data.keys() != _MODEL_FIELDS:
+        raise NotRebuiltError("result members")
+    return _rebuilt(data)
+
+
+def _rebuilt(data: dict[str, Any]) -> StoredResult:
+    if data["v"] != KEY_VERSION:
+        raise NotRebuiltError("result version")
     data["search_type"] = SearchType(data["search_type"])
     data["listings"] = _listings(data["listings"])
     data["fetched_at"] = _utc(data["fetched_at"])

@@ -20,7 +20,8 @@ With a journal (Redis configured, ``durable_writes``), a record goes to the Redi
 first (:mod:`kuya_store.tiers.journal`) and ``durable()`` waits for that; this buffer
 then holds what the consumer read from the stream, and each entry is acknowledged once
 its record is committed (or refused for good). An entry this process appended itself is
-read back as the record it still holds, not decoded again; any other is decoded and
+read back as the record it still holds, not decoded again; another worker's, sealed
+under the same ``hot_tier_secret``, is rebuilt on trust; any other is decoded and
 validated as untrusted content. A record the journal could not take is
 buffered here as without one (``journal.fallbacks``). What ``close()`` leaves unwritten
 stays on the stream for another worker, so it is not dropped.

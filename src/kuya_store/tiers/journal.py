@@ -17,6 +17,9 @@ Every key carries the hash tag ``{journal}``, so on a Cluster each script runs o
 Redis content is untrusted: an entry that does not decode is counted and acknowledged. An
 entry this process appended itself is not decoded when it comes back: the process holds
 the very record it encoded, by the id its own ``XADD`` returned (:class:`AppendedRecords`).
+An entry another process appended carries a seal (:class:`RecordSeal`, keyed from
+``hot_tier_secret``): one whose seal checks is rebuilt without validation; one without a
+seal (an older release's), under another secret, tampered or cut is validated in full.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import socket
@@ -33,6 +37,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
+import orjson
 from pydantic import TypeAdapter, ValidationError
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
@@ -41,8 +46,16 @@ from kuya_store.breaker import CircuitBreaker
 from kuya_store.keys import KEY_VERSION
 from kuya_store.logs import get_logger
 from kuya_store.metrics import Metrics
+from kuya_store.models import SearchType
 from kuya_store.persistence import FetchRecord, SearchRecord
 from kuya_store.settings import StoreSettings
+from kuya_store.stored import (
+    NotRebuiltError,
+    ValueSeal,
+    aware_moment,
+    rebuilt_result,
+    rebuilt_snapshot,
+)
 from kuya_store.tiers.redis_scripts import Script
 
 __all__ = [
@@ -50,6 +63,7 @@ __all__ = [
     "Entry",
     "Journal",
     "JournalUnavailableError",
+    "RecordSeal",
     "decode_record",
     "encode_record",
     "script_runs",
@@ -165,6 +179,114 @@ def decode_record(raw: bytes | str) -> Record | None:
     except (ValueError, TypeError, ValidationError, UnicodeDecodeError):
         return None
     return record
+
+
+# -- sealed entries ---------------------------------------------------------------------
+
+# The envelope's head as encode_record writes it names the kind before anything is parsed:
+# the tag is checked only on an entry of a layout this release writes.
+_HEADS = {
+    kind: b'{"v":%d,"kind":"%s","record":' % (KEY_VERSION, kind.encode())
+    for kind in ("fetch", "search")
+}
+_ENVELOPE_MEMBERS = frozenset({"v", "kind", "record", "mac"})
+_SEARCH_MEMBERS = frozenset(f.name for f in dataclasses.fields(SearchRecord))
+_SEARCH_SLOTS = tuple(
+    (f.name, getattr(SearchRecord, f.name).__set__) for f in dataclasses.fields(SearchRecord)
+)
+_new = object.__new__
+_FETCH_MEMBERS = frozenset(f.name for f in dataclasses.fields(FetchRecord))
+# What a sealed entry that does not rebuild may raise: it is validated instead.
+_NOT_REBUILT = (KeyError, TypeError, ValueError, AttributeError, ArithmeticError)
+
+
+@functools.cache
+def _layout() -> bytes:
+    """What the journal's seal key is bound to: a label of its own, the version, the schemas.
+
+    The label keeps the key apart from the hot tier's (derived from the same secret), so a
+    value sealed for one never checks as the other.
+    """
+    schema = json.dumps(
+        {"fetch": _FETCH.json_schema(), "search": _SEARCH.json_schema()}, sort_keys=True
+    )
+    return f"kuya-store journal entry {KEY_VERSION}\x00{schema}".encode()
+
+
+def _trusted_search(fields: Any) -> SearchRecord:
+    if type(fields) is not dict or fields.keys() != _SEARCH_MEMBERS:
+        raise NotRebuiltError("search members")
+    fields["search_type"] = SearchType(fields["search_type"])
+    fields["created_at"] = aware_moment(fields["created_at"])
+    # Set slot by slot: the frozen dataclass's __init__ costs as much as validating it.
+    record = _new(SearchRecord)
+    for name, put in _SEARCH_SLOTS:
+        put(record, fields[name])
+    return record
+
+
+def _trusted_fetch(fields: Any) -> FetchRecord:
+    if type(fields) is not dict or fields.keys() != _FETCH_MEMBERS:
+        raise NotRebuiltError("fetch members")
+    return FetchRecord(
+        search=_trusted_search(fields["search"]),
+        result=rebuilt_result(fields["result"]),
+        listing_ttl=aware_moment(fields["listing_ttl"]),
+        snapshot=rebuilt_snapshot(fields["snapshot"]),
+    )
+
+
+def _trusted(kind: str, envelope: Any) -> Record:
+    """A sealed entry's record, built as validation builds it, without its checks."""
+    if (
+        type(envelope) is not dict
+        or envelope.keys() != _ENVELOPE_MEMBERS
+        or envelope["v"] != KEY_VERSION
+        or envelope["kind"] != kind
+    ):
+        raise NotRebuiltError("envelope members")
+    body = envelope["record"]
+    return _trusted_fetch(body) if kind == "fetch" else _trusted_search(body)
+
+
+class RecordSeal:
+    """Seals the entries a store appends, and rebuilds sealed ones read back unvalidated.
+
+    The tag (:class:`~kuya_store.stored.ValueSeal`) covers the whole entry and is bound
+    to the stream and the record's kind, under a key derived from the secret and the
+    journal's own :func:`_layout`. Only a holder of the secret makes a tag that checks,
+    and it seals only what :func:`encode_record` wrote from a validated record.
+    """
+
+    def __init__(self, secret: bytes | None, stream: str) -> None:
+        self._seal = (
+            ValueSeal(secret, _layout()) if secret is not None else ValueSeal.ephemeral(_layout())
+        )
+        self._names = {kind: f"{kind}\x00{stream}" for kind in _HEADS}
+
+    @classmethod
+    def of(cls, settings: StoreSettings, stream: str) -> RecordSeal:
+        """Keyed from ``hot_tier_secret``; without one, this process trusts only itself."""
+        secret = settings.hot_tier_secret
+        return cls(secret.get_secret_value().encode() if secret is not None else None, stream)
+
+    def seal(self, record: Record) -> bytes:
+        """The entry of ``record``: :func:`encode_record`'s JSON with its tag, last."""
+        kind = "fetch" if isinstance(record, FetchRecord) else "search"
+        return self._seal.seal(self._names[kind], encode_record(record))
+
+    def open(self, raw: bytes | str) -> tuple[Record | None, bool]:
+        """The record of an entry (``None``: it does not decode), and whether it was trusted."""
+        if isinstance(raw, bytes):
+            for kind, head in _HEADS.items():
+                if raw.startswith(head):
+                    if self._seal.sealed(self._names[kind], raw):
+                        try:
+                            return _trusted(kind, orjson.loads(raw)), True
+                        except _NOT_REBUILT:
+                            pass  # sealed by a writer whose records this release differs on
+                    break
+        return decode_record(raw), False
 
 
 def is_settled(entry: str, settled: tuple[tuple[int, int], tuple[int, int] | None] | None) -> bool:
@@ -297,6 +419,7 @@ class Journal:
         self._delivered = f"{base}:delivered"
         self._trimmed = f"{base}:trimmed"
         self._epoch_key = f"{base}:epoch"
+        self._seal = RecordSeal.of(settings, base)
         self._epoch: str | None = None
         self.consumer = consumer_name()
         self._max_length = settings.journal_max_length
@@ -374,7 +497,7 @@ class Journal:
         if not records:
             return []
         await self.ensure_group()
-        runs = script_runs([encode_record(r) for r in records], _RUN_RECORDS, _RUN_BYTES)
+        runs = script_runs([self._seal.seal(r) for r in records], _RUN_RECORDS, _RUN_BYTES)
         keys = [self.stream, self._sequence]
 
         async def send(chosen: list[int], whole: bool) -> list[Any]:
@@ -482,7 +605,7 @@ class Journal:
 
     def _entries(self, raw: Any, own: AppendedRecords | None) -> list[Entry]:
         entries = []
-        held = 0
+        held = trusted = 0
         for item in raw or []:
             entry_id = _text(item[0])
             record = own.get(self.generation, entry_id) if own is not None else None
@@ -490,12 +613,15 @@ class Journal:
                 held += 1
             else:
                 payload = _fields(item[1]).get("r")
-                record = decode_record(payload) if payload is not None else None
+                record, sealed = self._seal.open(payload) if payload is not None else (None, False)
+                trusted += sealed
             entries.append(Entry(entry_id, record))
         if held:
             self._metrics.incr("journal_held", held)
-        if len(entries) > held:
-            self._metrics.incr("journal_decoded", len(entries) - held)
+        if trusted:
+            self._metrics.incr("journal_trusted", trusted)
+        if len(entries) > held + trusted:
+            self._metrics.incr("journal_decoded", len(entries) - held - trusted)
         return entries
 
     async def ack(self, ids: Sequence[str]) -> int:
