@@ -190,7 +190,7 @@ _HEADS = {
     for kind in ("fetch", "search")
 }
 _ENVELOPE_MEMBERS = frozenset({"v", "kind", "record", "mac"})
-_SEARCH_MEMBERS = frozenset(f.name for f in dataclasses.fields(SearchRecord))
+_SEARCH_MEMBERS = frozenset(f.name for f in dataclasses.fields(SearchRecord)) - _SEARCH_LOCAL
 _SEARCH_SLOTS = tuple(
     (f.name, getattr(SearchRecord, f.name).__set__) for f in dataclasses.fields(SearchRecord)
 )
@@ -218,6 +218,7 @@ def _trusted_search(fields: Any) -> SearchRecord:
         raise NotRebuiltError("search members")
     fields["search_type"] = SearchType(fields["search_type"])
     fields["created_at"] = aware_moment(fields["created_at"])
+    fields["trace"] = None  # never written: it is the appending process's own
     # Set slot by slot: the frozen dataclass's __init__ costs as much as validating it.
     record = _new(SearchRecord)
     for name, put in _SEARCH_SLOTS:
