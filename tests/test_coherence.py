@@ -24,6 +24,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import kuya_store as ks
+from coherent import cache_only_store as _store
+from coherent import coherent as _coherent
+from coherent import until as _until
 from kuya_store.demo import FakeMarketplace
 from kuya_store.keys import ResultIdentity, changed_key, tracked_prefixes
 from kuya_store.stored import StoredResult
@@ -121,29 +124,6 @@ def test_changed_keys_name_the_card_and_result_of_this_layout_only() -> None:
 
 
 # -- the listener, against a real Redis -------------------------------------------------
-
-
-def _store(redis_url: str, key_prefix: str, market: FakeMarketplace, **more: Any) -> ks.CompsStore:
-    return ks.CompsStore(
-        database_url="sqlite+aiosqlite://",
-        mode="cache_only",
-        redis_url=redis_url,
-        key_prefix=key_prefix,
-        fetchers={"sold": market.sold},
-        **more,
-    )
-
-
-async def _until(predicate: Any, timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the condition never held")
-
-
-def _coherent(store: ks.CompsStore) -> bool:
-    return store._near is not None and store._near.coherent
 
 
 async def test_a_change_in_one_store_drops_the_copy_of_another(

@@ -16,6 +16,9 @@ from typing import Any
 import pytest
 
 import kuya_store as ks
+from coherent import cache_only_store as _store
+from coherent import coherent as _coherent
+from coherent import until as _until
 from kuya_store.demo import FakeMarketplace
 from kuya_store.keys import ResultIdentity, changed_key, witness_key
 from kuya_store.stored import StoredResult, decode
@@ -196,33 +199,10 @@ async def test_a_flush_forgets_every_write_in_flight() -> None:
 # -- against a real Redis ---------------------------------------------------------------
 
 
-def _store(redis_url: str, key_prefix: str, market: FakeMarketplace, **more: Any) -> ks.CompsStore:
-    return ks.CompsStore(
-        database_url="sqlite+aiosqlite://",
-        mode="cache_only",
-        redis_url=redis_url,
-        key_prefix=key_prefix,
-        fetchers={"sold": market.sold},
-        **more,
-    )
-
-
-async def _until(predicate: Any, timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the condition never held")
-
-
 def _near_of(store: ks.CompsStore) -> NearCache:
     near = store._near
     assert near is not None
     return near
-
-
-def _coherent(store: ks.CompsStore) -> bool:
-    return store._near is not None and store._near.coherent
 
 
 async def _settled(*stores: ks.CompsStore) -> None:
