@@ -63,6 +63,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
+from kuya_store.db.rows import LISTING_FIELDS
 from kuya_store.models import Listing
 
 __all__ = [
@@ -75,18 +76,8 @@ __all__ = [
     "postgres_upsert_with_links",
 ]
 
-LISTING_COLUMNS = (
-    "item_id",
-    "title",
-    "price",
-    "listing_type",
-    "condition",
-    "sold",
-    "sold_date",
-    "bids",
-    "watchers",
-)
-"""A listing's own columns: what each listing of a fetch brings."""
+LISTING_COLUMNS = LISTING_FIELDS
+"""A listing's own columns: what each listing of a fetch brings (as the reads select them)."""
 
 # What a re-fetched listing overwrites; ``first_seen`` (and the row's id) stay.
 LISTING_UPDATE_COLUMNS = (
