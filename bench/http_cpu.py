@@ -31,11 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
-import asyncpg
 import httpx
 
 import kuya_store as ks
-from bench.http_load import _drop_keys, _dsn, _env, _get, _serving, search_means
+from bench.http_load import _drop_keys, _env, _get, _serving, scratch_database, search_means
 from bench.stats import Target
 from kuya_store.testing.servers import free_port
 
@@ -210,11 +209,7 @@ async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
     print("\n## http-cpu: CPU per request, one worker, kuya-store against the Redis-only route\n")
     count = 40 if scale < 1.0 else 240
     prefix = f"bc{uuid.uuid4().hex[:6]}"
-    database = f"bench_cpu_{prefix}"
-    admin = await asyncpg.connect(_dsn(pg_url))
-    try:
-        await admin.execute(f'CREATE DATABASE "{database}"')
-        db_url = pg_url.rsplit("/", 1)[0] + f"/{database}"
+    async with scratch_database(pg_url, f"bench_cpu_{prefix}") as db_url:
         await ks.migrations.upgrade_async(db_url)
         servers = server_pids(pg_url, redis_url)
         with tempfile.TemporaryDirectory(prefix="kuya-cpu-") as scratch:
@@ -244,10 +239,6 @@ async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
                     )
             finally:
                 await _drop_keys(redis_url, prefix)
-    finally:
-        with contextlib.suppress(asyncpg.PostgresError):
-            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin.close()
     out = []
     for label, theirs, ours in (("miss", ro[0], kuya[0]), ("hit", ro[1], kuya[1])):
         ratio = ours.worker_ms / theirs.worker_ms if theirs.worker_ms else float("inf")

@@ -31,7 +31,7 @@ import tempfile
 import time
 import uuid
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
@@ -508,6 +508,19 @@ def _measure(plan: _Plan, pg_url: str, redis_url: str, prefix: str) -> tuple[lis
     return [baseline, kuya], metrics
 
 
+@contextlib.asynccontextmanager
+async def scratch_database(pg_url: str, name: str) -> AsyncIterator[str]:
+    """A database of its own on the run's server, for one benchmark; dropped afterwards."""
+    admin = await asyncpg.connect(_dsn(pg_url))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield pg_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with contextlib.suppress(asyncpg.PostgresError):
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 async def _drop_keys(redis_url: str, prefix: str) -> None:
     client = aioredis.from_url(redis_url)
     try:
@@ -523,11 +536,7 @@ async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
     print("\n## http: the example app under load, kuya-store against the Redis-only route\n")
     wrk = await asyncio.to_thread(wrk_binary)
     prefix = f"bh{uuid.uuid4().hex[:6]}"
-    database = f"bench_http_{prefix}"
-    admin = await asyncpg.connect(_dsn(pg_url))
-    try:
-        await admin.execute(f'CREATE DATABASE "{database}"')
-        db_url = pg_url.rsplit("/", 1)[0] + f"/{database}"
+    async with scratch_database(pg_url, f"bench_http_{prefix}") as db_url:
         with tempfile.TemporaryDirectory(prefix="kuya-http-") as scratch:
             try:
                 outcomes, metrics, logged, paths = await _run_in(
@@ -535,10 +544,6 @@ async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
                 )
             finally:
                 await _drop_keys(redis_url, prefix)
-    finally:
-        with contextlib.suppress(asyncpg.PostgresError):
-            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin.close()
     baseline, kuya = outcomes
     _print_report(outcomes, kuya, baseline, metrics, logged, paths)
     return targets(kuya, baseline, logged, paths)
