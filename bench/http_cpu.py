@@ -207,7 +207,7 @@ def listener_pid(port: int) -> int:
 async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
     """Measure both apps' CPU per miss and per hit; print them and their ratios."""
     print("\n## http-cpu: CPU per request, one worker, kuya-store against the Redis-only route\n")
-    count = 40 if scale < 1.0 else 240
+    count = 24 if scale < 1.0 else 240
     prefix = f"bc{uuid.uuid4().hex[:6]}"
     async with scratch_database(pg_url, f"bench_cpu_{prefix}") as db_url:
         await ks.migrations.upgrade_async(db_url)

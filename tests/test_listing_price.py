@@ -71,7 +71,7 @@ _amounts = st.one_of(
 )
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(_amounts)
 def test_price_accepts_and_refuses_as_before(price: object) -> None:
     before, now = _outcome(_Before, price), _outcome(ks.Listing, price)
