@@ -251,7 +251,9 @@ async def test_redis_restart_mid_stream_loses_nothing(migrated_url: str, key_pre
         assert counts["fetches"] == len(calls)
         assert counts["links"] == len(calls) * LISTINGS
         assert metrics["fallbacks"] > 0
-        assert metrics["rebuffered"] > 0
+        # Not asserted: whether some entries were still unread on the lost stream (written
+        # from this process's copies, counted as rebuffered) depends on when the reader
+        # last ran. The counts above are what must hold either way.
 
 
 # -- entries read back by the process that appended them --------------------------------------
