@@ -43,6 +43,8 @@ def tests(session: nox.Session) -> None:
         "--dist=worksteal",
         "--cov=kuya_store",
         "--cov-report=term",
+        # The slowest tests, printed with every run: where the suite's time goes.
+        "--durations=15",
         *session.posargs,
     )
 
