@@ -482,7 +482,7 @@ async def test_an_entry_under_our_id_in_a_new_lifetime_of_the_stream_is_decoded(
 async def test_each_record_is_encoded_once_even_when_redis_asks_for_the_script_again(
     redis_client: Any, key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kuya_store.tiers import journal as journal_module
+    from kuya_store.tiers import journal_entries as journal_module
 
     encoded: list[object] = []
 

@@ -13,7 +13,8 @@ so its fixtures are there without a line of ``conftest.py``:
   test), ``kuya_redis_url``, ``kuya_pgbouncer``, ``kuya_streaming_pair``,
   ``kuya_redis_sentinel_url`` and ``kuya_redis_cluster_url``. They come from
   testcontainers when a Docker engine answers, else from the same loopback harness the
-  project's own suite uses (:mod:`kuya_store.testing.servers`,
+  project's own suite uses (:mod:`kuya_store.testing.servers`, which gathers
+  :mod:`kuya_store.testing.pg_server` and :mod:`kuya_store.testing.redis_server`;
   :mod:`kuya_store.testing.pg_cluster`, :mod:`kuya_store.testing.redis_ha`).
 """
 

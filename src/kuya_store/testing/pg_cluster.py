@@ -1,6 +1,6 @@
 """Scale-out PostgreSQL servers for the suite: a streaming replica, PgBouncer, pg_partman.
 
-All on loopback, started like ``servers.py`` starts PostgreSQL (as the ``postgres`` user when
+All on loopback, started like ``pg_server.py`` starts PostgreSQL (as the ``postgres`` user when
 running as root), installed with apt when missing. Only the standard library is used.
 
 - :class:`StreamingPair`: a primary and a hot standby made with ``pg_basebackup``; replay
@@ -22,23 +22,20 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from kuya_store.testing.servers import (
+from kuya_store.testing.loopback import (
     HOST,
     START_TIMEOUT,
     STOP_TIMEOUT,
-    PostgresServer,
     _apt_install,
-    _clean_env,
     _is_root,
     _mkdtemp,
     _pid_alive,
     _port_open,
-    _quote_ident,
-    _quote_literal,
     _read_pid,
     _wait_until,
     free_port,
 )
+from kuya_store.testing.pg_server import PostgresServer, _clean_env, _quote_ident, _quote_literal
 
 __all__ = [
     "PgBouncer",

@@ -146,7 +146,7 @@ def kuya_postgres_base_url() -> Iterator[str]:
         with PostgresContainer("postgres:15-alpine", driver="asyncpg") as container:
             yield container.get_connection_url()
     else:
-        from kuya_store.testing.servers import PostgresServer
+        from kuya_store.testing.pg_server import PostgresServer
 
         with PostgresServer() as server:
             yield server.url
@@ -164,7 +164,7 @@ def kuya_redis_url() -> Iterator[str]:
             host = container.get_container_host_ip()
             yield f"redis://{host}:{container.get_exposed_port(6379)}/0"
     else:
-        from kuya_store.testing.servers import RedisServer
+        from kuya_store.testing.redis_server import RedisServer
 
         with RedisServer() as server:
             yield server.url

@@ -5,7 +5,7 @@
 - :class:`ClusterSet`: three masters, with or without a replica each (about 2 s);
   ``url`` is a ``redis+cluster://`` URL, ``master_of(key)`` names the node owning a key.
 
-Built on :mod:`servers` (the same ``redis-server`` binary, installed on demand); only
+Built on :mod:`redis_server` (the same ``redis-server`` binary, installed on demand); only
 the standard library is used, so it runs before the project's dependencies are there.
 """
 
@@ -21,17 +21,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from kuya_store.testing.servers import (
+from kuya_store.testing.loopback import (
     HOST,
     START_TIMEOUT,
-    RedisServer,
     _log_tail,
     _mkdtemp,
     _pid_alive,
     _wait_until,
-    ensure_redis_installed,
     free_port,
 )
+from kuya_store.testing.redis_server import RedisServer, ensure_redis_installed
 
 __all__ = ["ClusterSet", "RedisNode", "SentinelSet", "key_slot"]
 
