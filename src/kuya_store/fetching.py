@@ -49,6 +49,9 @@ Outcome = tuple[StoredResult, Source, bool]
 OnFetched = Callable[[StoredResult], None]
 """Called inside the flight once a paid result is in the hot tiers (to persist it)."""
 
+_LANDINGS_KEPT = 1024
+"""Identities whose flight landed lately, kept to tell a search that raced one (see below)."""
+
 
 @runtime_checkable
 class _Locking(Protocol):
@@ -112,6 +115,7 @@ class FetchCoordinator:
             budget=budget,
         )
         self._inflight: dict[ResultIdentity, _Flight] = {}
+        self._landings: dict[ResultIdentity, None] = {}  # insertion order: oldest first
 
     @property
     def in_flight(self) -> int:
@@ -185,6 +189,10 @@ class FetchCoordinator:
     ) -> None:
         if self._inflight.get(identity) is flight:
             del self._inflight[identity]
+        self._landings.pop(identity, None)
+        self._landings[identity] = None
+        if len(self._landings) > _LANDINGS_KEPT:
+            del self._landings[next(iter(self._landings))]
         if not flight.flown and flight.span is not None:
             flight.span.end()  # cancelled before it ran: its span still ends
         if not task.cancelled():
@@ -223,9 +231,10 @@ class FetchCoordinator:
         hot = self._hot
         # A search whose lookup began before another task's fetch filled the hot tier
         # arrives here after that fetch is over: look once more before paying for a call.
-        ready = await self._ready(identity, newer_than)
-        if ready is not None:
-            self._metrics.incr("single_flight_waits")
+        # Behind the cross-process lock, the holder looks anyway (``_holding``): a search
+        # that takes the lock looks first only when a flight of this result landed lately.
+        looked = not isinstance(hot, _Locking) or identity in self._landings
+        if looked and (ready := await self._raced(identity, newer_than)) is not None:
             return ready, Source(hot.name), False
         if not isinstance(hot, _Locking):
             return await self._upstream(flight), Source.API, True
@@ -236,6 +245,10 @@ class FetchCoordinator:
             state, token = await hot.try_lock(identity, lock_ttl)
             if state == "acquired":
                 return await self._holding(flight, token)
+            if not looked:  # not the holder: the look skipped above, before waiting or going on
+                looked = True
+                if (ready := await self._raced(identity, newer_than)) is not None:
+                    return ready, Source(hot.name), False
             if state == "unavailable":
                 break
             if not waited:
@@ -285,6 +298,15 @@ class FetchCoordinator:
             if await hot.extend_lock(identity, token, ttl) is False:
                 self._metrics.incr("lock_lost")
                 return
+
+    async def _raced(
+        self, identity: ResultIdentity, newer_than: datetime | None
+    ) -> StoredResult | None:
+        """A result another call put in the hot tier since this search looked, if any."""
+        ready = await self._ready(identity, newer_than)
+        if ready is not None:
+            self._metrics.incr("single_flight_waits")
+        return ready
 
     async def _ready(
         self, identity: ResultIdentity, newer_than: datetime | None = None

@@ -127,12 +127,18 @@ UTCDateTime = Annotated[AwareDatetime, AfterValidator(_utc)]
 _Text = Annotated[str, AfterValidator(_no_nul)]
 
 
+# What ``json.dumps(value, allow_nan=False, separators=(",", ":"))`` builds for each call.
+_EXTRA_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+
+
 def _json_object(value: Mapping[str, Any], what: str) -> None:
+    if not value:
+        return  # ``{}``: two bytes
     try:
-        encoded = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        encoded = _EXTRA_JSON.encode(value)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{what} must be a JSON object ({exc})") from None
-    if len(encoded.encode()) > MAX_EXTRA_BYTES:
+    if len(encoded) > MAX_EXTRA_BYTES:  # ASCII (``ensure_ascii``): one byte a character
         raise ValueError(f"{what} must be at most {MAX_EXTRA_BYTES} bytes as JSON")
 
 
@@ -275,8 +281,9 @@ class Listing(_Frozen):
     def _remember_values(cls, data: Any, handler: ModelWrapValidatorHandler[Listing]) -> Listing:
         listing = handler(data)
         # A model handed in is passed through unvalidated (``model_construct`` too):
-        # only a listing built here from plain data is known to be valid.
-        if not isinstance(data, BaseModel):
+        # only a listing built here from plain data is known to be valid. (``dict`` first:
+        # the common case, spared the metaclass's ``isinstance``.)
+        if type(data) is dict or not isinstance(data, BaseModel):
             _set_slot(listing, "_validated", tuple(listing.__dict__.values()))
         return listing
 
@@ -284,13 +291,22 @@ class Listing(_Frozen):
 _set_slot = object.__setattr__
 _LISTING_FIELDS = tuple(Listing.model_fields)
 _is = operator.is_
+# The slots read directly: an unset one would go through the model's ``__getattr__``.
+_SLOTS = {name: Listing.__dict__[name] for name in Listing.__slots__}
+
+
+def _slot(listing: object, slot: str) -> tuple[object, ...] | None:
+    try:
+        return _SLOTS[slot].__get__(listing)  # type: ignore[no-any-return]
+    except AttributeError:
+        return None
 
 
 def _seal(listing: object, slot: str) -> tuple[object, ...] | None:
     """The values ``slot`` remembers, if they are still exactly the listing's own."""
     if type(listing) is not Listing:  # a subclass may validate differently
         return None
-    seal: tuple[object, ...] | None = getattr(listing, slot, None)
+    seal = _slot(listing, slot)
     fields = listing.__dict__
     if (
         seal is None
@@ -313,10 +329,11 @@ def is_validated_listing(value: object) -> bool:
     return _seal(value, "_validated") is not None
 
 
-def _is_fetch_checked(listing: Listing) -> bool:
-    """Whether a fetch result's own checks already passed this validated listing."""
-    checked = _seal(listing, "_fetch_checked")
-    return checked is not None and checked is getattr(listing, "_validated", None)
+def is_fetch_checked_listing(value: object) -> bool:
+    """Whether a fetch result's own checks already passed this validated, unchanged listing."""
+    seal = _seal(value, "_validated")
+    # The checks remember the very values validation gave: one comparison covers both.
+    return seal is not None and _slot(value, "_fetch_checked") is seal
 
 
 class PriceSnapshot(_Frozen):
@@ -383,10 +400,10 @@ class FetchResult(_Frozen):
     def _normalise(cls, listings: list[Listing]) -> list[Listing]:
         out = []
         for index, listing in enumerate(listings):
-            if _is_fetch_checked(listing):  # checked by an earlier result, unchanged since
-                out.append(listing)
-                continue
             seal = _seal(listing, "_validated")
+            if seal is not None and _slot(listing, "_fetch_checked") is seal:
+                out.append(listing)  # checked by an earlier result, unchanged since
+                continue
             _json_object(listing.extra, f"listing {index}: extra")
             moment = listing.sold_date
             if moment is not None and moment.utcoffset() != timedelta(0):

@@ -33,6 +33,7 @@ from kuya_store.models import (
     FetchStats,
     Listing,
     SearchType,
+    is_fetch_checked_listing,
     is_validated_listing,
 )
 from kuya_store.paging import PagedFetcher, after_page, merge_sales, pages_wanted
@@ -91,6 +92,20 @@ def _result_as_data(result: BaseModel) -> dict[str, object]:
     }
 
 
+def _checked_result(result: FetchResult) -> FetchResult | None:
+    """``result`` validated again, when each of its listings passed a fetch result's checks.
+
+    Such a listing is what validating it again gives (the very object), so only the
+    result's other fields are validated; ``None`` when any listing is not one.
+    """
+    listings = result.listings
+    if type(listings) is not list or not all(map(is_fetch_checked_listing, listings)):
+        return None
+    rest = {name: _as_data(item) for name, item in result.__dict__.items() if name != "listings"}
+    head = FetchResult.model_validate({**rest, "listings": []})
+    return head.model_copy(update={"listings": list(listings)})
+
+
 def validate_fetch_result(value: object) -> FetchResult:
     """Validate what a fetcher returned; bad data is ``InvalidInputError`` naming the field.
 
@@ -99,13 +114,18 @@ def validate_fetch_result(value: object) -> FetchResult:
     same validation, so a float price is rounded to the cent however it arrives. A
     listing that validation built and nothing changed since
     (:func:`~kuya_store.models.is_validated_listing`) is not validated again: it gives
-    the very listing a second validation would.
+    the very listing a second validation would; a ``FetchResult`` whose every listing
+    its own validation checked (a fetcher's ``FetchResult.model_validate_json``, say)
+    has only its other fields validated again.
     """
     try:
         if isinstance(value, list | tuple):
             result = FetchResult.model_validate({"listings": _listings_as_data(value)})
         elif isinstance(value, FetchResult):
-            result = FetchResult.model_validate(_result_as_data(value))
+            checked = _checked_result(value) if type(value) is FetchResult else None
+            if checked is None:
+                checked = FetchResult.model_validate(_result_as_data(value))
+            result = checked
         else:
             # An object with ``listings`` (a dataclass, another model): read its attributes.
             loose = FetchResult.model_validate(value, from_attributes=True)
