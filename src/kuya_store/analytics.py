@@ -21,8 +21,8 @@ from kuya_store.analytics_views import (
     views_present,
     watermark,
 )
-from kuya_store.db.engine import DatabaseFeature, driver_connection, single_statement
-from kuya_store.db.rows import models_from_rows
+from kuya_store.db.engine import DatabaseFeature, idle_driver_connection, single_statement
+from kuya_store.db.rows import models_from_rows as _stored
 from kuya_store.db.tables import metadata
 from kuya_store.db.types import Money
 from kuya_store.errors import InvalidInputError, NotFoundError
@@ -246,17 +246,17 @@ class Analytics(DatabaseFeature):
             raise InvalidInputError("start", "must not be after end")
 
         async def read(conn: AsyncConnection) -> list[PriceSnapshot]:
-            conn = await single_statement(conn)
-            driver = await driver_connection(conn)
+            driver = idle_driver_connection(conn)
             if driver is not None:
                 # The driver's own rows: typed by PostgreSQL, the JSON as text decoded here.
                 sql, args = _driver_history(card_identifier, first, last)
                 rows = await driver.fetch(sql, *args)
-                return models_from_rows(PriceSnapshot, _SNAPSHOT_FIELDS, rows, _SNAPSHOT_JSON)
+                return _stored(PriceSnapshot, _SNAPSHOT_FIELDS, rows, _SNAPSHOT_JSON)
+            conn = await single_statement(conn)
             pg = conn.dialect.name == "postgresql"
             columns = _PG_SNAPSHOT_COLUMNS if pg else _SNAPSHOT_COLUMNS
             statement = _history(columns, card_identifier, first, last)
-            return models_from_rows(PriceSnapshot, _SNAPSHOT_FIELDS, await conn.execute(statement))
+            return _stored(PriceSnapshot, _SNAPSHOT_FIELDS, await conn.execute(statement))
 
         return await self._read(read)
 
@@ -276,7 +276,7 @@ class Analytics(DatabaseFeature):
                 today - timedelta(days=days),
                 today,
             ).where(_snapshots.c.market_value.is_not(None))
-            return models_from_rows(TrendPoint, _POINT_FIELDS, await conn.execute(statement))
+            return _stored(TrendPoint, _POINT_FIELDS, await conn.execute(statement))
 
         points = await self._read(read)
         change = slope = None

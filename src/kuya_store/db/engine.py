@@ -32,7 +32,6 @@ from sqlalchemy.util import await_only
 
 from kuya_store.clock import Clock
 from kuya_store.errors import KuyaStoreError, StorageUnavailableError
-from kuya_store.retries import retrying
 from kuya_store.settings import StoreSettings, pgbouncer_requested
 
 __all__ = [
@@ -42,6 +41,7 @@ __all__ = [
     "decode_json",
     "driver_arguments",
     "driver_connection",
+    "idle_driver_connection",
     "is_disconnect",
     "is_outage",
     "must_check",
@@ -260,6 +260,22 @@ async def driver_connection(conn: AsyncConnection) -> Any | None:
     return raw.driver_connection
 
 
+def idle_driver_connection(conn: AsyncConnection) -> Any | None:
+    """The asyncpg connection under ``conn`` before any statement ran on it, else ``None``.
+
+    Like :func:`driver_connection` without its two steps through SQLAlchemy (autocommit
+    set, then reset on return): a connection that ran nothing has no transaction open
+    (SQLAlchemy begins one with its first statement), so one statement sent straight to
+    the driver runs on its own, and the pool's rollback on return has nothing to do.
+    """
+    if conn.dialect.name != "postgresql" or conn.info.get(_TRANSACTION_POOLER):
+        return None
+    sync = conn.sync_connection
+    if sync is None or sync.in_transaction() or sync.invalidated:
+        return None
+    return sync.connection.driver_connection
+
+
 _TRANSACTION_POOLER = "kuya_store.transaction_pooler"
 """Marks, in a pooled connection's ``info``, a connection through PgBouncer."""
 
@@ -396,6 +412,10 @@ async def unchecked_read(
     the read runs once more, on a checked connection. Every other failure, and a lost
     connection that was checked, is raised as before; cancellation is never retried.
 
+    One more attempt at once, not ``retries.retrying``: the read's new connection is
+    checked, so there is nothing to wait for, and a tenacity loop around every read
+    would cost more than the round trip saved.
+
     Args:
         run: e.g. ``engine.connect()`` around ``work``, or a replica-aware reader.
     """
@@ -417,18 +437,19 @@ async def unchecked_read(
         info[_READ_AT] = time.monotonic()
         return result
 
-    def on_lost_connection(exc: BaseException) -> bool:
-        return unchecked and is_disconnect(exc)
-
-    async for attempt in retrying(2, backoff=0, max_backoff=0, transient=on_lost_connection):
-        with attempt:
-            unchecked = False
-            token = _may_skip_check.set(attempt.retry_state.attempt_number == 1)
-            try:
-                return await run(tracked)
-            finally:
-                _may_skip_check.reset(token)
-    raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
+    token = _may_skip_check.set(True)
+    try:
+        return await run(tracked)
+    except Exception as exc:
+        if not (unchecked and is_disconnect(exc)):
+            raise
+    finally:
+        _may_skip_check.reset(token)
+    token = _may_skip_check.set(False)
+    try:
+        return await run(tracked)
+    finally:
+        _may_skip_check.reset(token)
 
 
 class DatabaseFeature:
