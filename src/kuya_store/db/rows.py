@@ -8,10 +8,10 @@ again through pydantic's validation is what a read of many rows spends its time 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import repeat
 from operator import itemgetter, setitem
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
 from pydantic import BaseModel
@@ -121,13 +121,27 @@ def models_from_rows(
     _decode_in_place(dicts, json_fields)
     count = len(dicts)
     items = list(map(object.__new__, repeat(model, count)))
-    deque(map(_set, items, repeat("__dict__"), dicts), 0)
+    deque(map(_SET_DICT, items, dicts), 0)
     # One set for every row: pydantic only reads it (a frozen model's fields never change,
     # and ``model_copy`` copies it).
-    deque(map(_set, items, repeat("__pydantic_fields_set__"), repeat(set(fields), count)), 0)
-    deque(map(_set, items, repeat("__pydantic_extra__"), repeat(None, count)), 0)
-    deque(map(_set, items, repeat("__pydantic_private__"), repeat(None, count)), 0)
+    deque(map(_SET_FIELDS_SET, items, repeat(set(fields), count)), 0)
+    deque(map(_SET_EXTRA, items, repeat(None, count)), 0)
+    deque(map(_SET_PRIVATE, items, repeat(None, count)), 0)
     return items
+
+
+def _slot_setter(name: str) -> Callable[[Any, Any], None]:
+    """How ``model_construct`` sets one of a model's slots, without looking the name up."""
+    slot: Any = vars(BaseModel).get(name)
+    if hasattr(slot, "__set__"):
+        return cast("Callable[[Any, Any], None]", slot.__set__)
+    return lambda item, value: _set(item, name, value)  # pragma: no cover - other layouts
+
+
+_SET_DICT = _slot_setter("__dict__")
+_SET_FIELDS_SET = _slot_setter("__pydantic_fields_set__")
+_SET_EXTRA = _slot_setter("__pydantic_extra__")
+_SET_PRIVATE = _slot_setter("__pydantic_private__")
 
 
 def _decode_in_place(dicts: list[dict[str, Any]], json_fields: tuple[str, ...]) -> None:
