@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -82,17 +83,23 @@ def _history(
 def _driver_history(card: str, start: date | None, end: date | None) -> tuple[str, list[Any]]:
     """``_history`` of every snapshot column as SQL for the driver: one text per bound set,
     so PostgreSQL still prunes the months a bound rules out."""
-    where, args = ["card_identifier = $1"], list[Any]([card])
-    for bound, op in ((start, ">="), (end, "<=")):
-        if bound is not None:
-            args.append(bound)
-            where.append(f"snapshot_date {op} ${len(args)}")
+    args = [card, *(bound for bound in (start, end) if bound is not None)]
+    return _driver_sql(start is not None, end is not None), args
+
+
+@functools.cache
+def _driver_sql(bounded_below: bool, bounded_above: bool) -> str:
+    where, count = ["card_identifier = $1"], 1
+    for bounded, op in ((bounded_below, ">="), (bounded_above, "<=")):
+        if bounded:
+            count += 1
+            where.append(f"snapshot_date {op} ${count}")
+    # The JSON as text: decoded in one pass with the rows (``rows.decode_json_texts``).
     columns = (f"{n}::text AS {n}" if n in _SNAPSHOT_JSON else n for n in _SNAPSHOT_FIELDS)
-    sql = (
+    return (
         f"SELECT {', '.join(columns)} FROM price_snapshots "
         f"WHERE {' AND '.join(where)} ORDER BY snapshot_date"
     )
-    return sql, args
 
 
 class TrendPoint(_Frozen):
