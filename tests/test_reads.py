@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 
 import kuya_store as ks
 from kuya_store.db.engine import decode_json
+from kuya_store.db.rows import decode_json_texts
 
 ROWS = """
 INSERT INTO price_snapshots (card_identifier, snapshot_date, fmv_low, market_value,
@@ -113,3 +114,17 @@ def test_json_beyond_sixty_four_bits_still_decodes() -> None:
     assert decode_json(b'{"a": [1, 2]}') == {"a": [1, 2]}
     with pytest.raises(ValueError):
         decode_json("{not json")
+
+
+def test_json_texts_decode_in_one_pass_as_each_would_alone() -> None:
+    texts = [
+        '{"base": {"count": 30, "median": "12.50"}}',
+        None,
+        '{"ünïcode ⚾": [1, 2.5, null, true]}',
+        json.dumps({"huge": 2**70}),  # orjson refuses it: the pass is made again
+        "[]",
+    ]
+    assert decode_json_texts(texts) == [None if t is None else json.loads(t) for t in texts]
+    assert decode_json_texts(iter(texts[:3])) == decode_json_texts(texts[:3])
+    with pytest.raises(ValueError):
+        decode_json_texts(['{"a": 1}', "{not json"])

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -21,15 +22,14 @@ from kuya_store.analytics_views import (
     views_present,
     watermark,
 )
-from kuya_store.db.engine import DatabaseFeature, driver_connection, single_statement
+from kuya_store.db.engine import DatabaseFeature, idle_driver_connection, single_statement
+from kuya_store.db.rows import models_from_rows as _stored
 from kuya_store.db.tables import metadata
 from kuya_store.db.types import Money
 from kuya_store.errors import InvalidInputError, NotFoundError
 from kuya_store.models import PriceSnapshot, _Frozen
 from kuya_store.persistence import snapshot_from_row
 from kuya_store.pricing import GradingOutlook, grading_outlook, normalize_card
-
-_M = TypeVar("_M", bound=_Frozen)
 
 __all__ = [
     "Analytics",
@@ -46,7 +46,10 @@ _searches = metadata.tables["searches"]
 _CENT = Decimal("0.01")
 _SNAPSHOT_FIELDS = tuple(PriceSnapshot.model_fields)
 _SNAPSHOT_COLUMNS: list[sa.ColumnElement[Any]] = [_snapshots.c[name] for name in _SNAPSHOT_FIELDS]
-_set = object.__setattr__
+# JSON the driver path reads as text and decodes in one pass (``rows.decode_json_texts``).
+_SNAPSHOT_JSON = tuple(
+    name for name in _SNAPSHOT_FIELDS if isinstance(_snapshots.c[name].type, sa.JSON)
+)
 
 
 def _driver_typed(columns: Sequence[sa.ColumnElement[Any]]) -> list[sa.ColumnElement[Any]]:
@@ -80,41 +83,23 @@ def _history(
 def _driver_history(card: str, start: date | None, end: date | None) -> tuple[str, list[Any]]:
     """``_history`` of every snapshot column as SQL for the driver: one text per bound set,
     so PostgreSQL still prunes the months a bound rules out."""
-    where, args = ["card_identifier = $1"], list[Any]([card])
-    for bound, op in ((start, ">="), (end, "<=")):
-        if bound is not None:
-            args.append(bound)
-            where.append(f"snapshot_date {op} ${len(args)}")
-    sql = (
-        f"SELECT {', '.join(_SNAPSHOT_FIELDS)} FROM price_snapshots "
+    args = [card, *(bound for bound in (start, end) if bound is not None)]
+    return _driver_sql(start is not None, end is not None), args
+
+
+@functools.cache
+def _driver_sql(bounded_below: bool, bounded_above: bool) -> str:
+    where, count = ["card_identifier = $1"], 1
+    for bounded, op in ((bounded_below, ">="), (bounded_above, "<=")):
+        if bounded:
+            count += 1
+            where.append(f"snapshot_date {op} ${count}")
+    # The JSON as text: decoded in one pass with the rows (``rows.decode_json_texts``).
+    columns = (f"{n}::text AS {n}" if n in _SNAPSHOT_JSON else n for n in _SNAPSHOT_FIELDS)
+    return (
+        f"SELECT {', '.join(columns)} FROM price_snapshots "
         f"WHERE {' AND '.join(where)} ORDER BY snapshot_date"
     )
-    return sql, args
-
-
-def _stored(model: type[_M], fields: tuple[str, ...], rows: Iterable[Sequence[Any]]) -> list[_M]:
-    """Models of rows whose columns are ``fields`` in order, without validating them again.
-
-    The column types already typed every value (``Decimal`` from ``Money``, ``date``,
-    decoded JSON), so each model gets exactly what ``model_construct`` would give it, set
-    the way ``model_construct`` sets it, without its per-field loop: this is what a
-    history of hundreds of rows spends its time on otherwise.
-    """
-    if model.__pydantic_post_init__ or model.__private_attributes__:  # more than fields to set
-        built = [model.model_construct(**dict(zip(fields, row, strict=True))) for row in rows]
-        return cast("list[_M]", built)
-    out = []
-    # One set for every row: pydantic only reads it (a frozen model's fields never change,
-    # and ``model_copy`` copies it).
-    every = set(fields)
-    for row in rows:
-        item = model.__new__(model)
-        _set(item, "__dict__", dict(zip(fields, row, strict=True)))
-        _set(item, "__pydantic_fields_set__", every)
-        _set(item, "__pydantic_extra__", None)
-        _set(item, "__pydantic_private__", None)
-        out.append(item)
-    return out
 
 
 class TrendPoint(_Frozen):
@@ -268,12 +253,13 @@ class Analytics(DatabaseFeature):
             raise InvalidInputError("start", "must not be after end")
 
         async def read(conn: AsyncConnection) -> list[PriceSnapshot]:
-            conn = await single_statement(conn)
-            driver = await driver_connection(conn)
+            driver = idle_driver_connection(conn)
             if driver is not None:
-                # The driver's own rows: typed by PostgreSQL, JSON decoded by its codec.
+                # The driver's own rows: typed by PostgreSQL, the JSON as text decoded here.
                 sql, args = _driver_history(card_identifier, first, last)
-                return _stored(PriceSnapshot, _SNAPSHOT_FIELDS, await driver.fetch(sql, *args))
+                rows = await driver.fetch(sql, *args)
+                return _stored(PriceSnapshot, _SNAPSHOT_FIELDS, rows, _SNAPSHOT_JSON)
+            conn = await single_statement(conn)
             pg = conn.dialect.name == "postgresql"
             columns = _PG_SNAPSHOT_COLUMNS if pg else _SNAPSHOT_COLUMNS
             statement = _history(columns, card_identifier, first, last)

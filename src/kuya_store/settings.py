@@ -163,6 +163,8 @@ class StoreSettings(BaseSettings):
     max_overflow: int = Field(10, ge=0, le=1000)
     pool_timeout: timedelta = timedelta(seconds=10)
     pool_recycle: timedelta = timedelta(minutes=30)
+    pool_check_window: timedelta = timedelta(seconds=1)
+    """A read takes a connection a read used this recently without checking it first (0: never)."""
     statement_cache_size: int = Field(500, ge=0)
     db_connect_timeout: timedelta = timedelta(seconds=5)
     db_command_timeout: timedelta = timedelta(seconds=30)
@@ -293,7 +295,7 @@ class StoreSettings(BaseSettings):
             raise ValueError("replica_urls: replicas need a PostgreSQL primary, not SQLite")
         return self
 
-    @field_validator("near_cache_ttl")
+    @field_validator("near_cache_ttl", "pool_check_window")
     @classmethod
     def _check_near_ttl(cls, value: timedelta) -> timedelta:
         if value < timedelta(0):

@@ -1,5 +1,9 @@
 """Engines tuned per backend: SQLite with WAL and foreign keys, PostgreSQL with a checked pool.
 
+A pooled PostgreSQL connection answers a check before it is handed out, except to a read
+(:func:`unchecked_read`) when a read finished with it within ``pool_check_window``: the
+read then runs once more, on a checked connection, if the server had closed that one.
+
 Also the one place that decides what a database outage looks like (:func:`is_outage`) and
 turns it into ``StorageUnavailableError`` (:func:`outage_as_unavailable`), for every part of
 the store that reads or writes the database on a caller's behalf.
@@ -12,8 +16,10 @@ import errno
 import json
 import socket
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -35,9 +41,13 @@ __all__ = [
     "decode_json",
     "driver_arguments",
     "driver_connection",
+    "idle_driver_connection",
+    "is_disconnect",
     "is_outage",
+    "must_check",
     "outage_as_unavailable",
     "single_statement",
+    "unchecked_read",
 ]
 
 _T = TypeVar("_T")
@@ -121,6 +131,48 @@ def outage_as_unavailable(purpose: str) -> Iterator[None]:
         raise StorageUnavailableError(
             f"{purpose}, and it does not answer ({type(exc).__name__})"
         ) from exc
+
+
+# SQLSTATEs of a session the server ended: class 08 (connection exception), administrator
+# or crash shutdown, idle session timeout.
+_SESSION_ENDED = ("08", "57P01", "57P02", "57P05")
+_DRIVER_STATE_ERRORS = frozenset({"InterfaceError", "InternalClientError"})
+
+
+def _says_disconnect(error: BaseException) -> bool:
+    if isinstance(error, ConnectionError | sa_exc.DisconnectionError):
+        return True
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return True
+    sqlstate = getattr(error, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return sqlstate.startswith(_SESSION_ENDED)
+    # asyncpg refusing a connection on its own side: closed, or still taking in the
+    # server's farewell ("another operation is in progress"), without a server's answer.
+    return any(
+        cls.__module__.startswith("asyncpg.") and cls.__name__ in _DRIVER_STATE_ERRORS
+        for cls in type(error).__mro__
+    )
+
+
+def is_disconnect(error: BaseException) -> bool:
+    """Whether an error says the connection it ran on is lost, so another one may answer.
+
+    Not a timeout, nor an error the server answered a statement with: those would fail on
+    any connection. Narrower than :func:`is_outage` there, wider in the driver's own
+    refusals of a connection that is going.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KuyaStoreError):
+            return False
+        seen.add(id(current))
+        if _says_disconnect(current):
+            return True
+        orig = current.orig if isinstance(current, sa_exc.DBAPIError) else None
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return False
 
 
 def _sqlite_pragmas(settings: StoreSettings, in_memory: bool) -> Any:
@@ -208,12 +260,65 @@ async def driver_connection(conn: AsyncConnection) -> Any | None:
     return raw.driver_connection
 
 
+def idle_driver_connection(conn: AsyncConnection) -> Any | None:
+    """The asyncpg connection under ``conn`` before any statement ran on it, else ``None``.
+
+    Like :func:`driver_connection` without its two steps through SQLAlchemy (autocommit
+    set, then reset on return): a connection that ran nothing has no transaction open
+    (SQLAlchemy begins one with its first statement), so one statement sent straight to
+    the driver runs on its own, and the pool's rollback on return has nothing to do.
+    """
+    if conn.dialect.name != "postgresql" or conn.info.get(_TRANSACTION_POOLER):
+        return None
+    sync = conn.sync_connection
+    if sync is None or sync.in_transaction() or sync.invalidated:
+        return None
+    return sync.connection.driver_connection
+
+
 _TRANSACTION_POOLER = "kuya_store.transaction_pooler"
 """Marks, in a pooled connection's ``info``, a connection through PgBouncer."""
 
 
 def _mark_pooler(dbapi_connection: Any, record: Any) -> None:
     record.info[_TRANSACTION_POOLER] = True
+
+
+_READ_AT = "kuya_store.read_at"
+"""In a pooled connection's ``info``: when (monotonic seconds) a read last finished on it."""
+_UNCHECKED = "kuya_store.unchecked"
+"""In a pooled connection's ``info``: it was handed out without its check this time."""
+_may_skip_check: ContextVar[bool] = ContextVar("kuya_store.may_skip_check", default=False)
+"""Set by :func:`unchecked_read` around a read that runs again if its connection was dead."""
+
+
+def must_check(read_ago: float | None, window: float, may_skip: bool) -> bool:
+    """Whether a pooled connection must answer ``SELECT 1`` before it is handed out.
+
+    Only a read that will run again on a dead connection (``may_skip``) takes one unchecked,
+    and only one that a read finished with less than ``window`` seconds ago (``read_ago``;
+    ``None``: something else used it last, or nothing did).
+    """
+    return not (may_skip and read_ago is not None and 0 <= read_ago < window)
+
+
+def _checkout_check(window: float) -> Callable[[Any, Any, Any], None]:
+    """The pool's checkout listener: :func:`_ping`, skipped where :func:`must_check` says."""
+
+    def check(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        info = record.info
+        # Taken, not read: whoever holds it now may leave it broken (a cancelled statement).
+        read_at = info.pop(_READ_AT, None)
+        read_ago = None if read_at is None else time.monotonic() - read_at
+        if dbapi_connection.driver_connection.is_closed() or must_check(
+            read_ago, window, _may_skip_check.get()
+        ):
+            info.pop(_UNCHECKED, None)
+            _ping(dbapi_connection, record, proxy)
+        else:
+            info[_UNCHECKED] = True
+
+    return check
 
 
 def _ping(dbapi_connection: Any, record: Any, proxy: Any) -> None:
@@ -285,11 +390,66 @@ def create_engine(settings: StoreSettings, url: str | None = None) -> AsyncEngin
             **pooler_args,
         },
     )
-    event.listen(engine.sync_engine, "checkout", _ping)
+    # Replica reads share their primary's pool with lag probes that must not be handed a
+    # dead connection: with replicas, or on a replica, every checkout is checked.
+    window = 0.0 if url or settings.replica_urls else settings.pool_check_window.total_seconds()
+    event.listen(engine.sync_engine, "checkout", _checkout_check(window) if window else _ping)
     event.listen(engine.sync_engine, "handle_error", _retire_lost_statements)
     if pooler_args:
         event.listen(engine.sync_engine, "connect", _mark_pooler)
     return engine
+
+
+async def unchecked_read(
+    run: Callable[[Callable[[AsyncConnection], Awaitable[_T]]], Awaitable[_T]],
+    work: Callable[[AsyncConnection], Awaitable[_T]],
+) -> _T:
+    """Run a read that may take a recently read connection unchecked, again if it was dead.
+
+    ``run`` opens a connection and calls what it is given (``work``, wrapped): a read
+    changes nothing, so running it twice is safe, and only a read may skip the check. A
+    connection handed out unchecked that turns out lost is never the caller's problem:
+    the read runs once more, on a checked connection. Every other failure, and a lost
+    connection that was checked, is raised as before; cancellation is never retried.
+
+    One more attempt at once, not ``retries.retrying``: the read's new connection is
+    checked, so there is nothing to wait for, and a tenacity loop around every read
+    would cost more than the round trip saved.
+
+    Args:
+        run: e.g. ``engine.connect()`` around ``work``, or a replica-aware reader.
+    """
+    unchecked = False
+
+    async def tracked(conn: AsyncConnection) -> _T:
+        nonlocal unchecked
+        info = conn.info
+        unchecked = info.get(_UNCHECKED, False)
+        try:
+            result = await work(conn)
+        except Exception as exc:
+            if unchecked and is_disconnect(exc) and not conn.invalidated:
+                # Not back to the pool: the driver's own rows bypass SQLAlchemy's
+                # invalidation on a disconnect.
+                with contextlib.suppress(Exception):
+                    await conn.invalidate()
+            raise
+        info[_READ_AT] = time.monotonic()
+        return result
+
+    token = _may_skip_check.set(True)
+    try:
+        return await run(tracked)
+    except Exception as exc:
+        if not (unchecked and is_disconnect(exc)):
+            raise
+    finally:
+        _may_skip_check.reset(token)
+    token = _may_skip_check.set(False)
+    try:
+        return await run(tracked)
+    finally:
+        _may_skip_check.reset(token)
 
 
 class DatabaseFeature:
@@ -333,8 +493,10 @@ class DatabaseFeature:
     async def _read(self, work: Callable[[AsyncConnection], Awaitable[_T]]) -> _T:
         """Run a read that a replica within the lag bound may answer (else the primary)."""
         engine = self._require()
-        with outage_as_unavailable(self._purpose):
-            if self._reader is not None:
-                return await self._reader(work)
+
+        async def on_primary(work: Callable[[AsyncConnection], Awaitable[_T]]) -> _T:
             async with engine.connect() as conn:
                 return await work(conn)
+
+        with outage_as_unavailable(self._purpose):
+            return await unchecked_read(self._reader or on_primary, work)
