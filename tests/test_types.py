@@ -9,7 +9,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import StatementError
 
-from kuya_store.db.engine import _ping, create_engine
+from kuya_store.db.checks import ping
+from kuya_store.db.engine import create_engine
 from kuya_store.db.tables import metadata
 from kuya_store.settings import StoreSettings
 
@@ -105,12 +106,14 @@ async def test_sqlite_runs_with_wal(sqlite_url: str) -> None:
 
 
 def test_postgres_engine_uses_a_checked_pool_and_statement_cache(postgres_url: str) -> None:
-    engine = create_engine(
-        StoreSettings(database_url=postgres_url, pool_size=7, statement_cache_size=321)
+    settings = StoreSettings(
+        database_url=postgres_url, pool_size=7, statement_cache_size=321, pool_check_window=0
     )
+    engine = create_engine(settings)
     pool = engine.sync_engine.pool
-    # Each checkout checks the connection (one round trip), as pool_pre_ping would.
-    assert sa.event.contains(engine.sync_engine, "checkout", _ping)
+    # Without a check window each checkout checks the connection (one round trip), as
+    # pool_pre_ping would; the window's reads are tested in test_unchecked_reads.py.
+    assert sa.event.contains(engine.sync_engine, "checkout", ping)
     assert pool.size() == 7  # type: ignore[attr-defined]
     import asyncio
 
