@@ -431,6 +431,37 @@ class CompsResult(_Frozen):
     """Every listing carries its display data (``extra``); a database answer has none."""
 
 
+_COMPS_DEFAULTS = {
+    name: field.get_default(call_default_factory=True)
+    for name, field in CompsResult.model_fields.items()
+}
+
+
+def checked_result(**values: Any) -> CompsResult:
+    """A :class:`CompsResult` of values the store has already checked, not validated again.
+
+    Validating the answer revisits every listing, each already validated when it was
+    fetched or read back, and cost more than the rest of a near-cache hit. Built here as
+    ``CompsResult(**values)`` would build it, to the fields set: lists and dicts copied,
+    moments in UTC, a field not given at its default.
+    """
+    fields: dict[str, Any] = {}
+    for name, default in _COMPS_DEFAULTS.items():
+        value = values.get(name, default)
+        kind = type(value)
+        if kind is list or kind is dict:
+            value = value.copy()  # the answer's own, as validation's copy would be
+        elif kind is datetime and value.tzinfo is not UTC:
+            value = value.astimezone(UTC)
+        fields[name] = value
+    result = object.__new__(CompsResult)
+    _set_slot(result, "__dict__", fields)
+    _set_slot(result, "__pydantic_fields_set__", set(values))
+    _set_slot(result, "__pydantic_extra__", None)
+    _set_slot(result, "__pydantic_private__", None)
+    return result
+
+
 class Invalidation(_Frozen):
     """What ``CompsRepository.invalidate`` reached.
 

@@ -54,6 +54,7 @@ from kuya_store.models import (
     SearchFilters,
     SearchType,
     Source,
+    checked_result,
 )
 from kuya_store.observing import watch_search, watch_tier
 from kuya_store.paging import PagedFetcher
@@ -316,7 +317,7 @@ class CompsRepository:
                         trace=tracing.current(),
                     )
                 )
-        return CompsResult(
+        return checked_result(
             query=text,
             card_identifier=card,
             search_type=kind,
@@ -612,7 +613,7 @@ class CompsRepository:
             return None
         level, stored, source = answer
         listings = level.listings(stored)
-        return CompsResult(
+        return checked_result(
             query=text,
             card_identifier=card,
             search_type=kind,
