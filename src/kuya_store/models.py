@@ -435,6 +435,7 @@ _COMPS_DEFAULTS = {
     name: field.get_default(call_default_factory=True)
     for name, field in CompsResult.model_fields.items()
 }
+_COMPS_MOMENTS = ("fetched_at", "fresh_until")
 
 
 def checked_result(**values: Any) -> CompsResult:
@@ -442,18 +443,16 @@ def checked_result(**values: Any) -> CompsResult:
 
     Validating the answer revisits every listing, each already validated when it was
     fetched or read back, and cost more than the rest of a near-cache hit. Built here as
-    ``CompsResult(**values)`` would build it, to the fields set: lists and dicts copied,
-    moments in UTC, a field not given at its default.
+    ``CompsResult(**values)`` would build it, to the fields set: the listings and params
+    copied, moments in UTC, a field not given at its default.
     """
-    fields: dict[str, Any] = {}
-    for name, default in _COMPS_DEFAULTS.items():
-        value = values.get(name, default)
-        kind = type(value)
-        if kind is list or kind is dict:
-            value = value.copy()  # the answer's own, as validation's copy would be
-        elif kind is datetime and value.tzinfo is not UTC:
-            value = value.astimezone(UTC)
-        fields[name] = value
+    fields = {**_COMPS_DEFAULTS, **values}  # in the order of the fields, as validation's
+    fields["listings"] = list(fields["listings"])  # the answer's own, as validation's copy is
+    fields["params"] = dict(fields["params"])
+    for name in _COMPS_MOMENTS:
+        moment = fields[name]
+        if moment is not None and moment.tzinfo is not UTC:
+            fields[name] = moment.astimezone(UTC)
     result = object.__new__(CompsResult)
     _set_slot(result, "__dict__", fields)
     _set_slot(result, "__pydantic_fields_set__", set(values))
