@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 import kuya_store as ks
 from kuya_store.dashboard import render_dashboard
-from kuya_store.demo import FakeMarketplace, with_links
+from kuya_store.demo import FakeMarketplace, with_links_json
 from kuya_store.integrations.fastapi import StoreDep, lifespan
 from kuya_store.integrations.prometheus import exposition
 
@@ -74,7 +74,7 @@ def create_app(create_schema: bool = True, **store_kwargs: Any) -> FastAPI:
     async def unavailable(request: Request, exc: ks.StorageUnavailableError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503)
 
-    async def _search(store: ks.CompsStore, kind: str, asked: SearchQuery) -> dict[str, Any]:
+    async def _search(store: ks.CompsStore, kind: str, asked: SearchQuery) -> Response:
         params: dict[str, Any] = {"pages": asked.pages}
         if asked.sort_by:
             params["sort_by"] = asked.sort_by
@@ -82,15 +82,16 @@ def create_app(create_schema: bool = True, **store_kwargs: Any) -> FastAPI:
             raw_only=asked.raw_only, base_only=asked.base_only, exclude_auto=asked.exclude_auto
         )
         result = await store.comps.search(asked.query, kind, filters=filters, params=params)
-        return with_links(result, LISTING_LINK)
+        # The answer's JSON in one pass, sent as it is: no dict of it for FastAPI to walk.
+        return Response(with_links_json(result, LISTING_LINK), media_type="application/json")
 
-    @app.get("/comps")
-    async def comps(store: StoreDep, asked: Annotated[SearchQuery, Query()]) -> dict[str, Any]:
+    @app.get("/comps", response_model=ks.CompsResult)
+    async def comps(store: StoreDep, asked: Annotated[SearchQuery, Query()]) -> Response:
         """Sold listings and the card's price snapshot."""
         return await _search(store, "sold", asked)
 
-    @app.get("/active")
-    async def active(store: StoreDep, asked: Annotated[SearchQuery, Query()]) -> dict[str, Any]:
+    @app.get("/active", response_model=ks.CompsResult)
+    async def active(store: StoreDep, asked: Annotated[SearchQuery, Query()]) -> Response:
         """Active listings."""
         return await _search(store, "active", asked)
 

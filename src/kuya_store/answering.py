@@ -18,7 +18,7 @@ back cannot answer.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kuya_store.keys import ResultIdentity, parsed_query
 from kuya_store.models import Listing, Params, SearchFilters, SearchType
@@ -43,12 +43,17 @@ class Level:
     local_filters: SearchFilters
     excluded: tuple[str, ...] = ()
     """Minus-terms applied here to titles (the upstream did not see them)."""
+    _filters_here: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Asked on every hit: compared once here rather than model to model each time.
+        object.__setattr__(self, "_filters_here", self.local_filters != _NO_FILTERS)
 
     def answers(self, stored: StoredResult) -> bool:
         """Whether ``stored`` answers the search at this level."""
         if self.name == "base":
             return stored.complete is True
-        if self.name == "exact" and self.local_filters != _NO_FILTERS:
+        if self.name == "exact" and self._filters_here:
             return stored.complete is not False
         return True
 

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BUCKETS_SECONDS", "Histogram", "Metrics", "Timing"]
+__all__ = ["BUCKETS_SECONDS", "Histogram", "Labels", "Metrics", "Timing", "labels_of"]
 
 _RESERVOIR = 2048
 
@@ -110,7 +110,11 @@ class Timing:
         }
 
 
-def _labels(labels: dict[str, str]) -> Labels:
+def labels_of(labels: dict[str, str]) -> Labels:
+    """The key of one combination of label values, for the ``*_at`` methods of :class:`Metrics`.
+
+    A caller that counts the same combinations again and again keeps their keys.
+    """
     return tuple(sorted(labels.items()))
 
 
@@ -130,7 +134,10 @@ class Metrics:
 
     def incr_by(self, name: str, labels: dict[str, str], amount: int = 1) -> None:
         """Count under ``name`` for one combination of label values (a source, an outcome)."""
-        key = _labels(labels)
+        self.incr_at(name, labels_of(labels), amount)
+
+    def incr_at(self, name: str, key: Labels, amount: int = 1) -> None:
+        """:meth:`incr_by` for a key from :func:`labels_of`."""
         with self._lock:
             family = self._labelled.get(name)
             if family is None:
@@ -146,7 +153,10 @@ class Metrics:
             summary: also count it in the timing of ``name`` that ``store.metrics()``
                 reports with percentiles.
         """
-        key = _labels(labels or {})
+        self.observe_at(name, ms, labels_of(labels) if labels else (), summary=summary)
+
+    def observe_at(self, name: str, ms: float, key: Labels, *, summary: bool = True) -> None:
+        """:meth:`observe` for a key from :func:`labels_of`."""
         with self._lock:
             if summary:
                 timing = self._timings.get(name)

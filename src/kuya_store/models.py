@@ -448,6 +448,36 @@ class CompsResult(_Frozen):
     """Every listing carries its display data (``extra``); a database answer has none."""
 
 
+_COMPS_DEFAULTS = {
+    name: field.get_default(call_default_factory=True)
+    for name, field in CompsResult.model_fields.items()
+}
+_COMPS_MOMENTS = ("fetched_at", "fresh_until")
+
+
+def checked_result(**values: Any) -> CompsResult:
+    """A :class:`CompsResult` of values the store has already checked, not validated again.
+
+    Validating the answer revisits every listing, each already validated when it was
+    fetched or read back, and cost more than the rest of a near-cache hit. Built here as
+    ``CompsResult(**values)`` would build it, to the fields set: the listings and params
+    copied, moments in UTC, a field not given at its default.
+    """
+    fields = {**_COMPS_DEFAULTS, **values}  # in the order of the fields, as validation's
+    fields["listings"] = list(fields["listings"])  # the answer's own, as validation's copy is
+    fields["params"] = dict(fields["params"])
+    for name in _COMPS_MOMENTS:
+        moment = fields[name]
+        if moment is not None and moment.tzinfo is not UTC:
+            fields[name] = moment.astimezone(UTC)
+    result = object.__new__(CompsResult)
+    _set_slot(result, "__dict__", fields)
+    _set_slot(result, "__pydantic_fields_set__", set(values))
+    _set_slot(result, "__pydantic_extra__", None)
+    _set_slot(result, "__pydantic_private__", None)
+    return result
+
+
 class Invalidation(_Frozen):
     """What ``CompsRepository.invalidate`` reached.
 

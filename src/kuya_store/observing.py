@@ -9,13 +9,14 @@ exposition describe the same calls.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 
 from kuya_store import tracing
-from kuya_store.metrics import Metrics
+from kuya_store.metrics import Labels, Metrics, labels_of
 from kuya_store.models import CompsResult, SearchType
 
 __all__ = [
@@ -63,11 +64,19 @@ class SearchWatch:
         metrics = self._metrics
         if answered:
             metrics.incr("searches")
+        timed, counted = _search_labels(self._kind.value, source, outcome)
         # Only answered searches go into the percentiles of ``latency.search``.
-        labels = {"search_type": self._kind.value, "source": source}
-        metrics.observe("search", elapsed, labels, summary=answered)
-        metrics.incr_by("searches", {**labels, "outcome": outcome})
+        metrics.observe_at("search", elapsed, timed, summary=answered)
+        metrics.incr_at("searches", counted)
         return self._scope.__exit__(exc_type, exc, tb)
+
+    @property
+    def traced(self) -> bool:
+        """Whether a tracer provider was set up when the search began (its reads trace too).
+
+        Asked once per search: looking the provider up costs more than a near-cache read.
+        """
+        return self.span is not tracing.NO_SPAN
 
     def answered(self, result: CompsResult) -> None:
         self.result = result
@@ -90,6 +99,18 @@ def search_outcome(result: CompsResult | None, cancelled: bool) -> tuple[str, st
     return result.source.value, "hit" if result.cache_hit else "fetched"
 
 
+@functools.cache
+def _search_labels(kind: str, source: str, outcome: str) -> tuple[Labels, Labels]:
+    """The keys a search's duration and outcome are counted under (few combinations)."""
+    labels = {"search_type": kind, "source": source}
+    return labels_of(labels), labels_of({**labels, "outcome": outcome})
+
+
+@functools.cache
+def _tier_labels(tier: str, hit: bool) -> Labels:
+    return labels_of({"tier": tier, "outcome": "hit" if hit else "miss"})
+
+
 def watch_search(metrics: Metrics, card: str, kind: SearchType) -> SearchWatch:
     """The span of one ``search()``, and its duration and outcome counted when it ends."""
     return SearchWatch(metrics, card, kind)
@@ -103,10 +124,14 @@ class TierWatch:
 
     __slots__ = ("_metrics", "_scope", "_span", "_started", "_tier", "hit")
 
-    def __init__(self, metrics: Metrics | None, tier: str) -> None:
+    def __init__(self, metrics: Metrics | None, tier: str, traced: bool = True) -> None:
         self._metrics = metrics
         self._tier = tier
-        self._scope = tracing.span(f"kuya_store.tier.{tier}", {"kuya_store.tier": tier})
+        self._scope = (
+            tracing.span(f"kuya_store.tier.{tier}", {"kuya_store.tier": tier})
+            if traced
+            else tracing.NO_SCOPE
+        )
         self._span: tracing.Span = tracing.NO_SPAN
         self._started = 0.0
         self.hit = False
@@ -123,23 +148,25 @@ class TierWatch:
         tb: TracebackType | None,
     ) -> bool | None:
         if self._metrics is not None:
-            self._metrics.observe(
+            self._metrics.observe_at(
                 "tier",
                 (time.perf_counter() - self._started) * 1000,
-                {"tier": self._tier, "outcome": "hit" if self.hit else "miss"},
+                _tier_labels(self._tier, self.hit),
                 summary=False,
             )
         self._span.set_attribute("kuya_store.hit", self.hit)
         return self._scope.__exit__(exc_type, exc, tb)
 
 
-def watch_tier(metrics: Metrics | None, tier: str) -> TierWatch:
+def watch_tier(metrics: Metrics | None, tier: str, traced: bool = True) -> TierWatch:
     """The span of one tier read, and its duration by tier and outcome (hit or miss).
 
     Args:
         metrics: where the duration goes; ``None`` traces the read without counting it.
+        traced: ``False`` within a search that no tracer provider records (see
+            :attr:`SearchWatch.traced`): its reads make no span of their own either.
     """
-    return TierWatch(metrics, tier)
+    return TierWatch(metrics, tier, traced)
 
 
 @contextmanager

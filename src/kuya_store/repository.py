@@ -54,6 +54,7 @@ from kuya_store.models import (
     SearchFilters,
     SearchType,
     Source,
+    checked_result,
 )
 from kuya_store.observing import watch_search, watch_tier
 from kuya_store.paging import PagedFetcher
@@ -258,7 +259,9 @@ class CompsRepository:
                 searching(asked.card, asked.kind.value),
                 watch_search(self._metrics, asked.card, asked.kind) as watch,
             ):
-                result = await self._search(asked, fetcher, user, refresh, record, started)
+                result = await self._search(
+                    asked, fetcher, user, refresh, record, started, watch.traced
+                )
                 if self._writer is not None:
                     # What this search logged or fetched is on the journal before it returns.
                     await self._writer.durable()
@@ -277,10 +280,11 @@ class CompsRepository:
         refresh: bool,
         record: bool,
         started: float,
+        traced: bool,
     ) -> CompsResult:
         text, kind, wanted, options, card, _, chain = asked
         now = self._clock()
-        found = await self._answer_stored(chain, now, refresh)
+        found = await self._answer_stored(chain, now, refresh, traced)
         level, stored, source, known = found
         paid = False
         if stored is None:
@@ -316,7 +320,7 @@ class CompsRepository:
                         trace=tracing.current(),
                     )
                 )
-        return CompsResult(
+        return checked_result(
             query=text,
             card_identifier=card,
             search_type=kind,
@@ -335,12 +339,12 @@ class CompsRepository:
         )
 
     async def _answer_stored(
-        self, chain: Sequence[Level], now: datetime, refresh: bool
+        self, chain: Sequence[Level], now: datetime, refresh: bool, traced: bool
     ) -> tuple[Level | None, StoredResult | None, Source | None, list[StoredResult | None]]:
         """The first level with a fresh result that answers; else what each level holds."""
         known: list[StoredResult | None] = []
         for level in chain:
-            hit, source, stale = await self._lookup(level.identity, now)
+            hit, source, stale = await self._lookup(level.identity, now, traced=traced)
             if hit is not None and not refresh and level.answers(hit):
                 return level, hit, source, known
             known.append(hit or stale)
@@ -433,13 +437,17 @@ class CompsRepository:
         )
 
     async def _lookup(
-        self, identity: ResultIdentity, now: datetime, count: bool = True
+        self, identity: ResultIdentity, now: datetime, count: bool = True, traced: bool = True
     ) -> tuple[StoredResult | None, Source | None, StoredResult | None]:
-        """A fresh result from the first tier that has one; else the newest stored, if any."""
+        """A fresh result from the first tier that has one; else the newest stored, if any.
+
+        Args:
+            traced: ``False`` when the search was begun with no tracer provider to record.
+        """
         incr = self._metrics.incr if count else (lambda name, amount=1: None)
         watched = self._metrics if count else None  # a peek is not a tier read to report
         if self._near is not None:
-            with watch_tier(watched, "near") as tier:
+            with watch_tier(watched, "near", traced) as tier:
                 hit = await self._near.get(identity)
                 tier.hit = hit is not None and self._usable(identity, hit, now)
             if hit is not None and tier.hit:
@@ -447,7 +455,7 @@ class CompsRepository:
                 return hit, Source.MEMORY, None
         # Taken before the read: a change heard meanwhile keeps what it read out of the near-cache.
         ticket = self._near.ticket(identity) if self._near is not None else None
-        with watch_tier(watched, self._hot.name) as tier:
+        with watch_tier(watched, self._hot.name, traced) as tier:
             hit = await self._hot.get(identity)
             tier.hit = hit is not None and self._usable(identity, hit, now)
         if hit is not None and tier.hit:
@@ -457,7 +465,7 @@ class CompsRepository:
         stale = None
         if self._reads_database:
             assert self._db is not None
-            with watch_tier(watched, "database") as tier:
+            with watch_tier(watched, "database", traced) as tier:
                 stored = await self._db.newest(identity, since=now - self._settings.max_stale)
                 if stored is not None and self._fenced(identity, stored.fetched_at):
                     stored = None
@@ -612,7 +620,7 @@ class CompsRepository:
             return None
         level, stored, source = answer
         listings = level.listings(stored)
-        return CompsResult(
+        return checked_result(
             query=text,
             card_identifier=card,
             search_type=kind,

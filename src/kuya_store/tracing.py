@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span as _OtelSpan
 
 __all__ = [
+    "NO_SCOPE",
     "NO_SPAN",
     "Attributes",
     "Span",
@@ -91,6 +92,8 @@ _NO_SPAN = _NoSpan()
 _PLACEHOLDERS = (_otel.ProxyTracerProvider, _otel.NoOpTracerProvider) if _otel is not None else ()
 NO_SPAN: Span = _NO_SPAN
 """The span that records nothing: what a watcher holds before its span starts."""
+NO_SCOPE: AbstractContextManager[Span] = _NO_SPAN
+"""A ``with`` block that makes no span: :data:`NO_SPAN`, current for nothing."""
 _tracer = _otel.get_tracer("kuya_store") if _otel is not None else None
 
 
