@@ -139,10 +139,15 @@ def store_of(app: Starlette) -> CompsStore:
     return store
 
 
-async def get_store(request: Request) -> AsyncIterator[CompsStore]:
-    """Dependency yielding the app's store (opened by :func:`lifespan` or :func:`attach`)."""
+async def get_store(request: Request) -> CompsStore:
+    """Dependency giving the app's store (opened by :func:`lifespan` or :func:`attach`).
+
+    A plain coroutine, not a generator: the store outlives the request, so there is
+    nothing to tear down, and FastAPI runs a generator dependency in an exit stack of its
+    own on every request.
+    """
     store = getattr(request.state, STATE_KEY, None)
-    yield store if isinstance(store, CompsStore) else store_of(request.app)
+    return store if isinstance(store, CompsStore) else store_of(request.app)
 
 
 StoreDep = Annotated[CompsStore, Depends(get_store)]
