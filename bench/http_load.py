@@ -347,7 +347,14 @@ def _serving(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{app} not up in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
             time.sleep(0.2)
-        _get(f"{base}/health/live", timeout=10.0)
+        # The first request may wait on a loaded machine: asked again until the deadline.
+        while True:
+            try:
+                _get(f"{base}/health/live", timeout=10.0)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise
         yield base
     finally:
         _stop(proc)
