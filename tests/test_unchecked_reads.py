@@ -328,3 +328,76 @@ async def test_a_read_that_fails_on_a_checked_connection_is_not_run_again(
                 await read
     finally:
         await admin.close()
+
+
+# -- the read before a paid fetch ----------------------------------------------------
+
+
+async def _stored_search(store: ks.CompsStore) -> tuple[object, object]:
+    """A search fetched and persisted; its identity and the newest-result read's ``since``."""
+    from datetime import UTC, datetime, timedelta
+
+    from kuya_store.keys import ResultIdentity
+
+    await store.comps.search("2023 Topps Chrome Checked Window #7")
+    assert await store.flush()
+    card = ks.normalize_card("2023 Topps Chrome Checked Window #7")
+    return ResultIdentity.of(card, ks.SearchType.SOLD, {}), datetime.now(UTC) - timedelta(days=1)
+
+
+async def test_the_read_before_a_fetch_sends_only_its_query_inside_the_window(
+    postgres_url: str,
+) -> None:
+    from kuya_store.demo import FakeMarketplace
+
+    await ks.migrations.upgrade_async(postgres_url)
+    statements = _Statements()
+    async with ks.CompsStore(
+        database_url=postgres_url,
+        fetchers={"sold": FakeMarketplace(listings=5).sold},
+        pool_size=1,
+        max_overflow=0,
+        pool_check_window=60,
+    ) as store:
+        statements.attach(_engine(store))
+        identity, since = await _stored_search(store)
+        database = store._database
+        assert database is not None
+        first = await database.newest_result(identity, since)  # type: ignore[arg-type]
+        assert first is not None and len(first.listings) == 5
+        checks = statements.checks()
+        for _ in range(5):
+            assert await database.newest_result(identity, since) == first  # type: ignore[arg-type]
+        assert statements.checks() == checks
+        # No transaction around it: no BEGIN, no autocommit switching, on the driver.
+        tail = [q.strip().upper() for q in statements.sent[-5:]]
+        assert not any(q.startswith(("BEGIN", "ROLLBACK", "SET")) for q in tail), tail
+
+
+async def test_backends_killed_inside_the_window_never_reach_the_read_before_a_fetch(
+    postgres_url: str,
+) -> None:
+    from kuya_store.demo import FakeMarketplace
+
+    await ks.migrations.upgrade_async(postgres_url)
+    market = FakeMarketplace(listings=5)
+    async with ks.CompsStore(
+        database_url=postgres_url,
+        fetchers={"sold": market.sold},
+        pool_size=2,
+        max_overflow=0,
+        pool_check_window=60,
+    ) as store:
+        identity, since = await _stored_search(store)
+        database = store._database
+        assert database is not None
+        before = await database.newest_result(identity, since)  # type: ignore[arg-type]
+        assert before is not None
+        for round_ in range(3):
+            assert _kill_store_backends(postgres_url) >= 1, round_
+            assert await database.newest_result(identity, since) == before  # type: ignore[arg-type]
+            assert _kill_store_backends(postgres_url) >= 1, round_
+            answers = await asyncio.gather(
+                *(database.newest_result(identity, since) for _ in range(4))  # type: ignore[arg-type]
+            )
+            assert all(a == before for a in answers)

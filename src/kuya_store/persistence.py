@@ -36,7 +36,14 @@ from kuya_store.db.bulk import (
     newest_wins,
     postgres_persist_fetch,
 )
-from kuya_store.db.engine import create_engine, driver_connection, is_outage, single_statement
+from kuya_store.db.checks import unchecked_read
+from kuya_store.db.engine import (
+    create_engine,
+    driver_connection,
+    idle_driver_connection,
+    is_outage,
+    single_statement,
+)
 from kuya_store.db.fetches import (
     HEAD_FIELDS,
     NEWEST_RESULT_SQL,
@@ -248,6 +255,11 @@ class Database:
                 if confirm is None or confirm(result):
                     return result
                 self.metrics.incr("replica_confirmed_on_primary")
+        # A connection a read just finished with is taken unchecked within the pool's
+        # check window; the read runs once more if that one was dead (db/checks.py).
+        return await unchecked_read(self._on_primary, work)
+
+    async def _on_primary(self, work: Callable[[AsyncConnection], Awaitable[_T]]) -> _T:
         async with self.engine.connect() as conn:
             return await work(conn)
 
@@ -389,11 +401,14 @@ class Database:
     async def _newest_result(
         self, conn: AsyncConnection, identity: ResultIdentity, since: datetime
     ) -> StoredResult | None:
-        # Asked before every fetch: it needs no transaction (see single_statement).
-        conn = await single_statement(conn)
+        # Asked before every fetch: it needs no transaction. A connection that ran nothing
+        # has none open, so the driver takes the statement as it is; else autocommit.
         key = identity.result_key
         if self.dialect == "postgresql":
-            driver = await driver_connection(conn)
+            driver = idle_driver_connection(conn)
+            if driver is None:
+                conn = await single_statement(conn)
+                driver = await driver_connection(conn)
             if driver is not None:  # timed as SQLAlchemy's statements are
                 started = time.perf_counter()
                 try:

@@ -253,4 +253,6 @@ class DatabaseFeature:
                 return await work(conn)
 
         with outage_as_unavailable(self._purpose):
-            return await unchecked_read(self._reader or on_primary, work)
+            if self._reader is not None:  # the store's reader takes the check window itself
+                return await self._reader(work)
+            return await unchecked_read(on_primary, work)
