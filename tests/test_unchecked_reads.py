@@ -76,6 +76,21 @@ def _kill_store_backends(url: str) -> int:
     return killed
 
 
+async def _kill_the_store_backend_waiting_on_a_lock(admin: asyncpg.Connection) -> int:
+    """Terminate the store's backends once one waits on a lock (up to 10 s); how many."""
+    for _ in range(500):
+        waiting = int(
+            await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'kuya-store' AND wait_event_type = 'Lock'"
+            )
+        )
+        if waiting:
+            return waiting
+        await asyncio.sleep(0.02)
+    return 0
+
+
 class _Statements:
     """Every statement the store's connections send, in order (asyncpg's query log)."""
 
@@ -275,16 +290,7 @@ async def test_a_write_whose_connection_dies_is_not_run_again(postgres_url: str)
             write = asyncio.create_task(
                 store.accounts.create_user("twice@example.com", "correct horse battery")
             )
-            waiting = 0
-            for _ in range(500):
-                waiting = await admin.fetchval(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE application_name = 'kuya-store' AND wait_event_type = 'Lock'"
-                )
-                if waiting:
-                    break
-                await asyncio.sleep(0.02)
-            assert waiting == 1
+            assert await _kill_the_store_backend_waiting_on_a_lock(admin) == 1
             await lock.commit()
             with pytest.raises(StorageUnavailableError):
                 await write
@@ -313,16 +319,7 @@ async def test_a_read_that_fails_on_a_checked_connection_is_not_run_again(
             await lock.start()
             await admin.execute("LOCK TABLE price_snapshots IN ACCESS EXCLUSIVE MODE")
             read = asyncio.create_task(store.analytics.price_history("ohtani"))
-            waiting = 0
-            for _ in range(500):
-                waiting = await admin.fetchval(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE application_name = 'kuya-store' AND wait_event_type = 'Lock'"
-                )
-                if waiting:
-                    break
-                await asyncio.sleep(0.02)
-            assert waiting == 1
+            assert await _kill_the_store_backend_waiting_on_a_lock(admin) == 1
             await lock.commit()
             with pytest.raises(StorageUnavailableError):
                 await read

@@ -58,23 +58,30 @@ def _says_outage(error: BaseException) -> bool:
     return isinstance(sqlstate, str) and sqlstate.startswith(_POSTGRES_OUTAGES)
 
 
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and the errors it wraps, each once, up to one of the store's own errors.
+
+    The drivers wrap one another (SQLAlchemy around asyncpg or sqlite3); the store's own
+    errors already say what they mean, so nothing under one is looked at.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KuyaStoreError):
+            return
+        seen.add(id(current))
+        yield current
+        orig = current.orig if isinstance(current, sa_exc.DBAPIError) else None
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+
+
 def is_outage(error: BaseException) -> bool:
     """Whether an error says the database cannot answer now, rather than that a request is wrong.
 
     The drivers wrap one another (SQLAlchemy around asyncpg or sqlite3), so the chain of
     causes is looked at. The store's own errors already say what they mean.
     """
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, KuyaStoreError):
-            return False
-        seen.add(id(current))
-        if _says_outage(current):
-            return True
-        orig = current.orig if isinstance(current, sa_exc.DBAPIError) else None
-        current = orig if isinstance(orig, BaseException) else current.__cause__
-    return False
+    return any(map(_says_outage, _causes(error)))
 
 
 @contextlib.contextmanager
@@ -124,14 +131,4 @@ def is_disconnect(error: BaseException) -> bool:
     any connection. Narrower than :func:`is_outage` there, wider in the driver's own
     refusals of a connection that is going.
     """
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, KuyaStoreError):
-            return False
-        seen.add(id(current))
-        if _says_disconnect(current):
-            return True
-        orig = current.orig if isinstance(current, sa_exc.DBAPIError) else None
-        current = orig if isinstance(orig, BaseException) else current.__cause__
-    return False
+    return any(map(_says_disconnect, _causes(error)))

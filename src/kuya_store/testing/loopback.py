@@ -15,7 +15,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 __all__ = ["HOST", "START_TIMEOUT", "STOP_TIMEOUT", "free_port", "scratch_root"]
 
@@ -141,3 +142,29 @@ def _apt_install(package: str) -> None:
         raise RuntimeError(
             f"apt-get install {package} failed:\n{update.stderr[-2000:]}\n{second.stderr[-2000:]}"
         )
+
+
+class Started:
+    """A server, or a set of them, as a ``with`` block: started on entering, cleaned up on
+    leaving, and cleaned up too when the start fails (``__exit__`` would not run then)."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()

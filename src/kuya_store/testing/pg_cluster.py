@@ -19,13 +19,13 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from kuya_store.testing.loopback import (
     HOST,
     START_TIMEOUT,
     STOP_TIMEOUT,
+    Started,
     _apt_install,
     _is_root,
     _mkdtemp,
@@ -155,7 +155,7 @@ class StandbyServer(PostgresServer):
             raise RuntimeError(f"standby did not reach {target} within {timeout}s")
 
 
-class StreamingPair:
+class StreamingPair(Started):
     """A primary and one streaming hot standby on loopback (about 1.5 s to start)."""
 
     def __init__(self) -> None:
@@ -184,26 +184,11 @@ class StreamingPair:
         self.replica.cleanup()
         self.primary.cleanup()
 
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
-
 
 # --------------------------------------------------------------------------- PgBouncer
 
 
-class PgBouncer:
+class PgBouncer(Started):
     """PgBouncer in transaction pooling mode in front of one PostgreSQL (any database).
 
     Args:
@@ -314,21 +299,6 @@ class PgBouncer:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.base_dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
     def __repr__(self) -> str:
         return f"PgBouncer(port={self.port}, server={self.server_host}:{self.server_port})"

@@ -15,13 +15,13 @@ import signal
 import stat
 import subprocess
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from kuya_store.testing.loopback import (
     HOST,
     START_TIMEOUT,
     STOP_TIMEOUT,
+    Started,
     _apt_install,
     _is_root,
     _log_tail,
@@ -95,7 +95,7 @@ def _quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-class PostgresServer:
+class PostgresServer(Started):
     """A private PostgreSQL cluster on 127.0.0.1 with password auth over TCP.
 
     fsync and full-page writes are off for speed. Committed data still survives ``kill()``
@@ -434,17 +434,6 @@ class PostgresServer:
         return self.url_for(name)
 
     # -- context manager
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
     def __repr__(self) -> str:
         return f"PostgresServer(port={self._port}, base_dir={str(self.base_dir)!r})"

@@ -18,12 +18,12 @@ import shutil
 import socket
 import subprocess
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from kuya_store.testing.loopback import (
     HOST,
     START_TIMEOUT,
+    Started,
     _log_tail,
     _mkdtemp,
     _pid_alive,
@@ -136,7 +136,7 @@ def _cluster_port(taken: set[int]) -> int:
     raise RuntimeError("no free port pair for a cluster node")
 
 
-class _NodeSet:
+class _NodeSet(Started):
     def __init__(self, prefix: str) -> None:
         self.base_dir = _mkdtemp(prefix)
         self.nodes: list[RedisNode] = []
@@ -157,21 +157,6 @@ class _NodeSet:
             with contextlib.suppress(Exception):
                 node.kill()
         shutil.rmtree(self.base_dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()  # type: ignore[attr-defined,no-any-return]
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
 
 class SentinelSet(_NodeSet):

@@ -12,13 +12,13 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from kuya_store.testing.loopback import (
     HOST,
     START_TIMEOUT,
     STOP_TIMEOUT,
+    Started,
     _apt_install,
     _log_tail,
     _mkdtemp,
@@ -53,7 +53,7 @@ def ensure_redis_installed() -> str:
     return path
 
 
-class RedisServer:
+class RedisServer(Started):
     """A throw-away ``redis-server`` bound to 127.0.0.1 with persistence disabled."""
 
     def __init__(self, base_dir: Path | None = None, port: int | None = None) -> None:
@@ -208,17 +208,6 @@ class RedisServer:
             return b"".join(chunks)
 
     # -- context manager
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
     def __repr__(self) -> str:
         return f"RedisServer(port={self._port}, base_dir={str(self.base_dir)!r})"
