@@ -150,3 +150,19 @@ async def test_the_line_reconnects_after_redis_restarts(key_prefix: str) -> None
         finally:
             await journal.close()
             await client.aclose()
+
+
+async def test_concurrent_appends_each_get_their_own_ids(
+    redis_client: Any, key_prefix: str
+) -> None:
+    journal = _journal(redis_client, key_prefix)
+    own = AppendedRecords(100)
+    hits = [_hit(f"2023 Topps Chrome Together #{i}") for i in range(20)]
+    try:
+        answers = await asyncio.gather(*(journal.append([hit], own) for hit in hits))
+    finally:
+        await journal.close()
+    ids = [one for answer in answers for one in answer]
+    assert len(set(ids)) == len(hits)
+    for hit, answer in zip(hits, answers, strict=True):
+        assert own.get(journal.generation, answer[0]) is hit

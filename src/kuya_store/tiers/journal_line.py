@@ -36,6 +36,8 @@ class AppendLine:
         # connection, each write would run in a task of its own to be bounded.
         options["socket_timeout"] = None
         self._connection: Any = pool.connection_class(**options)
+        # One call at a time: a reply is read by the call that sent its command.
+        self._turn = asyncio.Lock()
 
     @classmethod
     def of(cls, client: Any) -> AppendLine | None:
@@ -51,10 +53,11 @@ class AppendLine:
         Raises:
             redis.exceptions.RedisError: as the client would, once its retries are spent.
         """
-        try:
-            return await self._call("EVALSHA", script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await self._call("EVAL", script.text, len(keys), *keys, *args)
+        async with self._turn:
+            try:
+                return await self._call("EVALSHA", script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                return await self._call("EVAL", script.text, len(keys), *keys, *args)
 
     async def _call(self, *command: Any) -> Any:
         connection = self._connection
