@@ -432,6 +432,7 @@ async def test_a_read_that_beats_its_own_append_back_still_takes_the_held_record
     await journal.ensure_group()
     late = _LateReplies(journal._appender)
     journal._appender = late
+    journal._line = None  # the append goes through the client, whose replies come late
     own = AppendedRecords(10)
     _, hit = _record_pair("2023 Topps Chrome Raced #1")
     append = asyncio.create_task(journal.append([hit], own))

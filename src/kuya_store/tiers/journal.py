@@ -24,7 +24,8 @@ seal (an older release's), under another secret, tampered or cut is validated in
 Each idea has a module of its own: the entry's encoding and seal
 (:mod:`~kuya_store.tiers.journal_entries`), the stream and its group
 (:mod:`~kuya_store.tiers.journal_stream`), appending
-(:mod:`~kuya_store.tiers.journal_append`) and reading
+(:mod:`~kuya_store.tiers.journal_append`, on a connection of its own where there is one
+server: :mod:`~kuya_store.tiers.journal_line`) and reading
 (:mod:`~kuya_store.tiers.journal_read`); :class:`Journal` is both halves in one.
 """
 

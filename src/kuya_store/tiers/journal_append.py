@@ -173,11 +173,14 @@ class JournalAppender(JournalStream):
 
         async def one_by_one() -> list[Any]:
             answers = []
+            line = self._line
             for records_run in runs:
                 self._metrics.incr("journal_round_trips")
-                answers.append(
-                    await _APPEND_SCRIPT(self._appender, keys, [self._max_length, *records_run])
-                )
+                args = [self._max_length, *records_run]
+                if line is not None:
+                    answers.append(await line.run(_APPEND_SCRIPT, keys, args))
+                else:
+                    answers.append(await _APPEND_SCRIPT(self._appender, keys, args))
             return answers
 
         async def run() -> list[str]:

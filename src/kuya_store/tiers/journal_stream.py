@@ -22,6 +22,7 @@ from kuya_store.keys import KEY_VERSION
 from kuya_store.metrics import Metrics
 from kuya_store.settings import StoreSettings
 from kuya_store.tiers.journal_entries import RecordSeal
+from kuya_store.tiers.journal_line import AppendLine
 from kuya_store.tiers.redis_scripts import Script
 
 __all__ = ["JournalStream", "JournalUnavailableError", "consumer_name", "stream_id"]
@@ -86,6 +87,8 @@ class JournalStream:
         # a third of a call's CPU). A Cluster client has no such connection to keep.
         self._appender = client.client() if self._pipelined else client
         self._reader = client.client() if self._pipelined else client
+        # Where there is one server to reach, a single run skips the client's machinery.
+        self._line = AppendLine.of(client) if self._pipelined else None
         self._appending: asyncio.Future[None] | None = None
         """Resolved once the append under way is back (its records held): the reader waits on it."""
         self._append_wait = 3 * settings.redis_socket_timeout.total_seconds()
@@ -147,6 +150,8 @@ class JournalStream:
 
     async def close(self) -> None:
         """Give the appender's and the reader's connections back to the pool."""
+        if self._line is not None:
+            await self._line.close()
         for client in (self._appender, self._reader):
             if client is not self._client:
                 with contextlib.suppress(Exception):
