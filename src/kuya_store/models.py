@@ -9,7 +9,7 @@ import operator
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -470,12 +470,26 @@ def checked_result(**values: Any) -> CompsResult:
         moment = fields[name]
         if moment is not None and moment.tzinfo is not UTC:
             fields[name] = moment.astimezone(UTC)
-    result = object.__new__(CompsResult)
-    _set_slot(result, "__dict__", fields)
-    _set_slot(result, "__pydantic_fields_set__", set(values))
-    _set_slot(result, "__pydantic_extra__", None)
-    _set_slot(result, "__pydantic_private__", None)
-    return result
+    return built(CompsResult, fields, set(values))
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def built(model: type[_M], fields: dict[str, Any], fields_set: set[str] | None = None) -> _M:
+    """An instance holding ``fields`` as they are, set the way ``model_construct`` sets them.
+
+    For values the store has checked already: nothing is validated or copied.
+
+    Args:
+        fields_set: the fields given explicitly (default: every key of ``fields``).
+    """
+    item = model.__new__(model)
+    _set_slot(item, "__dict__", fields)
+    _set_slot(item, "__pydantic_fields_set__", set(fields) if fields_set is None else fields_set)
+    _set_slot(item, "__pydantic_extra__", None)
+    _set_slot(item, "__pydantic_private__", None)
+    return item
 
 
 class Invalidation(_Frozen):

@@ -17,7 +17,7 @@ import json
 import secrets
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -31,6 +31,7 @@ from kuya_store.models import (
     SearchType,
     UTCDateTime,
     _Frozen,
+    built,
 )
 
 __all__ = ["CorruptEntryError", "StoredResult", "ValueSeal", "decode", "encode", "unseal"]
@@ -193,7 +194,6 @@ def unseal(raw: bytes, key: str, seal: ValueSeal) -> tuple[StoredResult, bool]:
 
 # -- rebuilding a sealed value ----------------------------------------------------------
 
-_M = TypeVar("_M", bound=BaseModel)
 _set = object.__setattr__
 _MODEL_FIELDS = frozenset(StoredResult.model_fields)
 _RESULT_FIELDS = _MODEL_FIELDS | {"mac"}
@@ -214,16 +214,6 @@ _SNAPSHOT_MONEY = (
 
 class NotRebuiltError(ValueError):
     """A sealed value whose members are not the ones this release writes."""
-
-
-def _built(model: type[_M], fields: dict[str, Any]) -> _M:
-    """An instance holding ``fields`` as they are, set the way validation sets them."""
-    item = model.__new__(model)
-    _set(item, "__dict__", fields)
-    _set(item, "__pydantic_fields_set__", set(fields))
-    _set(item, "__pydantic_extra__", None)
-    _set(item, "__pydantic_private__", None)
-    return item
 
 
 def aware_moment(text: str) -> datetime:
@@ -293,7 +283,7 @@ def _snapshot(fields: dict[str, Any] | None) -> PriceSnapshot | None:
     for name in _SNAPSHOT_MONEY:
         fields[name] = _money(fields[name])
     fields["snapshot_date"] = date.fromisoformat(fields["snapshot_date"])
-    return _built(PriceSnapshot, fields)
+    return built(PriceSnapshot, fields)
 
 
 def _stats(fields: dict[str, Any] | None) -> FetchStats | None:
@@ -301,7 +291,7 @@ def _stats(fields: dict[str, Any] | None) -> FetchStats | None:
         return None
     if fields.keys() != _STATS_FIELDS:
         raise NotRebuiltError("stats members")
-    return _built(FetchStats, fields)
+    return built(FetchStats, fields)
 
 
 def _trusted(data: dict[str, Any]) -> StoredResult:
@@ -334,4 +324,4 @@ def _rebuilt(data: dict[str, Any]) -> StoredResult:
     data["display_until"] = _utc(data["display_until"])
     data["snapshot"] = _snapshot(data["snapshot"])
     data["stats"] = _stats(data["stats"])
-    return _built(StoredResult, data)
+    return built(StoredResult, data)
