@@ -42,6 +42,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 import kuya_store as ks
+from bench.servers import drop_database
 from bench.stats import Target
 from kuya_store.testing.servers import free_port
 
@@ -524,7 +525,7 @@ async def scratch_database(pg_url: str, name: str) -> AsyncIterator[str]:
         yield pg_url.rsplit("/", 1)[0] + f"/{name}"
     finally:
         with contextlib.suppress(asyncpg.PostgresError):
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await drop_database(admin, name)
         await admin.close()
 
 

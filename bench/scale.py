@@ -22,6 +22,7 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 
 import kuya_store as ks
+from bench.servers import drop_database
 from bench.stats import Target, pct
 from kuya_store.db.maintenance import maintain
 from kuya_store.db.partitions import SEARCHES
@@ -187,7 +188,7 @@ async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
     finally:
         for url in made:
             name = url.rsplit("/", 1)[1]
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await drop_database(admin, name)
         await admin.close()
     purge_ratio = deleted_s / max(dropped_s, 1e-9)
     stats_ratio = live / max(view, 1e-9)

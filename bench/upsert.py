@@ -34,6 +34,7 @@ from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 
 import kuya_store as ks
 from bench.records import fetch_record
+from bench.servers import drop_database
 from bench.stats import Target
 from kuya_store.db.bulk import LISTING_COLUMNS, listing_arrays, postgres_upsert_with_links
 from kuya_store.db.tables import metadata
@@ -293,7 +294,7 @@ async def _one_run(
         for contender in running.values():
             await contender.stop()
         for name in names.values():
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await drop_database(admin, name)
         await admin.close()
     return elapsed
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -196,19 +195,22 @@ def create_database(base_url: str, prefix: str = "kt") -> str:
 
 
 def drop_database(base_url: str, name: str) -> None:
-    """Drop a test's database, waiting out an autovacuum worker still inside it."""
-    import asyncpg
+    """Drop a test's database, waiting out an autovacuum worker still inside it.
 
-    for attempt in range(20):
-        try:
+    A superuser's autovacuum worker, after a test's DDL, is a backend that ``FORCE`` may
+    not end for a non-superuser; it ends on its own within moments.
+    """
+    import asyncpg
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
+
+    for attempt in Retrying(
+        retry=retry_if_exception_type(asyncpg.InsufficientPrivilegeError),
+        stop=stop_after_attempt(20),
+        wait=wait_fixed(0.25),
+        reraise=True,
+    ):
+        with attempt:
             asyncio.run(_admin(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            return
-        except asyncpg.InsufficientPrivilegeError:
-            # A superuser's autovacuum worker after a test's DDL: FORCE may not end it, but
-            # it ends on its own within moments.
-            if attempt == 19:
-                raise
-            time.sleep(0.25)
 
 
 @pytest.fixture
