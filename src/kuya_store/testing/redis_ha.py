@@ -71,14 +71,7 @@ class RedisNode(RedisServer):
             cmd = [self._executable, str(conf), "--sentinel", *common]
         else:
             cmd = [self._executable, *common, "--save", "", "--appendonly", "no", *self.options]
-        done = subprocess.run(
-            cmd, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
-        )
-        if done.returncode != 0:
-            raise RuntimeError(
-                f"redis-server failed to start: {done.stdout}{done.stderr}\n"
-                f"{_log_tail(self.logfile)}"
-            )
+        self._daemonize(cmd)
 
     def stop(self) -> None:
         if self.sentinel:

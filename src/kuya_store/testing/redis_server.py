@@ -138,6 +138,10 @@ class RedisServer(Started):
             "--logfile",
             str(self.logfile),
         ]
+        self._daemonize(cmd)
+
+    def _daemonize(self, cmd: list[str]) -> None:
+        """Run a ``redis-server`` command line that forks into the background; fail loudly."""
         result = subprocess.run(
             cmd, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
         )
