@@ -107,3 +107,30 @@ def test_a_record_reads_in_the_log_by_its_kind_query_user_and_moment() -> None:
     assert describe(_fetch()).startswith("fetched result (0 listings) of 'Wembanyama #1'")
     assert log_fields(_fetch())["source"] == "api"
     assert log_fields(_search())["source"] is None
+
+
+async def test_a_loop_stops_when_its_cancellation_was_swallowed() -> None:
+    """As Python 3.11's ``wait_for`` does inside redis-py: the error lost, the request kept."""
+    import asyncio
+    import contextlib
+
+    from kuya_store.write_buffer import cancel_requested
+
+    turns = 0
+
+    async def loop() -> None:
+        nonlocal turns
+        while True:
+            if cancel_requested():
+                raise asyncio.CancelledError
+            turns += 1
+            # A library that returns a reply that landed with the cancellation:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0)
+
+    task = asyncio.create_task(loop())
+    await asyncio.sleep(0.01)
+    assert not cancel_requested()  # this task was never asked
+    task.cancel()
+    await asyncio.wait_for(asyncio.shield(asyncio.gather(task, return_exceptions=True)), 5)
+    assert task.cancelled() and turns > 0

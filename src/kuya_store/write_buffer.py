@@ -22,7 +22,13 @@ if TYPE_CHECKING:
     from kuya_store.tiers.journal import Journal
     from kuya_store.tiers.journal_append import AppendedRecords
 
-__all__ = ["CANCEL_GRACE", "Queued", "WriteBuffer", "wait_at_most"]
+__all__ = [
+    "CANCEL_GRACE",
+    "Queued",
+    "WriteBuffer",
+    "cancel_requested",
+    "wait_at_most",
+]
 
 Record = SearchRecord | FetchRecord
 # How long close() waits for a cancelled in-flight write to unwind.
@@ -35,6 +41,18 @@ class Queued:
 
     record: Record
     entry: str | None = None
+
+
+def cancel_requested() -> bool:
+    """Whether this task was asked to cancel, even where a library swallowed the error.
+
+    Python 3.11's ``asyncio.wait_for`` (redis-py bounds each write by its socket timeout
+    with it) returns a reply that lands with a cancellation and drops the cancellation:
+    a loop that runs until stopped would then run on, and a loop closing its tasks waits
+    on it forever. The task still counts the request (``Task.cancelling``).
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def wait_at_most(event: asyncio.Event, seconds: float) -> None:

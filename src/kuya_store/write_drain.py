@@ -28,7 +28,7 @@ from kuya_store.logs import get_logger
 from kuya_store.observing import watch_write
 from kuya_store.persistence import FetchRecord, SearchRecord
 from kuya_store.write_batches import describe, halves, head_searches, log_fields
-from kuya_store.write_buffer import Record, WriteBuffer, wait_at_most
+from kuya_store.write_buffer import Record, WriteBuffer, cancel_requested, wait_at_most
 from kuya_store.write_faults import is_transient, may_be_unknown_user, reason, without_user
 
 __all__ = ["DatabaseDrain"]
@@ -42,6 +42,8 @@ class DatabaseDrain(WriteBuffer):
 
     async def _run(self) -> None:
         while not self._stopped:
+            if cancel_requested():
+                raise asyncio.CancelledError
             if not self._queue:
                 self._urgent = False
                 self._hurry.clear()

@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING
 from kuya_store.logs import get_logger
 from kuya_store.persistence import FetchRecord
 from kuya_store.write_batches import history_only
-from kuya_store.write_buffer import CANCEL_GRACE, Queued, WriteBuffer, wait_at_most
+from kuya_store.write_buffer import (
+    CANCEL_GRACE,
+    Queued,
+    WriteBuffer,
+    cancel_requested,
+    wait_at_most,
+)
 
 if TYPE_CHECKING:
     from kuya_store.tiers.journal_read import Entry
@@ -104,6 +110,8 @@ class JournalLink(WriteBuffer):
         journal = self._journal
         assert journal is not None
         while not self._stopped:
+            if cancel_requested():
+                raise asyncio.CancelledError
             if not self._outbox:
                 self._outbox_wakeup.clear()
                 await self._outbox_wakeup.wait()
@@ -137,6 +145,8 @@ class JournalLink(WriteBuffer):
         assert journal is not None
         next_claim = next_stats = 0.0
         while not self._stopped:
+            if cancel_requested():
+                raise asyncio.CancelledError
             got: list[Entry] = []
             # Cleared before reading: an append made meanwhile is read on the next turn.
             self._consume_wakeup.clear()
