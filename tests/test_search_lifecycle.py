@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 import kuya_store as ks
+from coherent import coherent, until
+from kuya_store import fetching
 from kuya_store.demo import FakeMarketplace
 from kuya_store.testing.servers import PostgresServer
 from readback import rows as _rows
@@ -48,6 +50,42 @@ async def test_lock_outlives_a_slow_healthy_fetch(redis_base_url: str, key_prefi
         other = await second.comps.search(CARD)
         assert other.source == "redis"  # waited for the holder instead of paying again
         await one
+    assert market.call_count == 1
+
+
+async def test_a_waiting_process_looks_as_soon_as_the_holders_value_lands(
+    redis_base_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Looks 60 s apart: only hearing the holder's value land can end the wait sooner.
+    monkeypatch.setattr(fetching, "_POLL_FIRST", 60.0)
+    monkeypatch.setattr(fetching, "_POLL_MAX", 60.0)
+    market = FakeMarketplace(listings=3, latency=0.5)
+    first, second = _two_workers(redis_base_url, key_prefix, market.sold)
+    async with first, second:
+        await until(lambda: coherent(first) and coherent(second))
+        one = asyncio.ensure_future(first.comps.search(CARD))
+        await until(lambda: market.call_count > 0)  # the first holds the lock and fetches
+        other = await asyncio.wait_for(second.comps.search(CARD), timeout=20)
+        assert other.source == "redis"
+        assert (await one).source == "api"
+        assert second.metrics()["lock_waits"] == 1
+    assert market.call_count == 1
+
+
+async def test_a_process_that_hears_nothing_still_finds_the_holders_value(
+    redis_base_url: str, key_prefix: str
+) -> None:
+    market = FakeMarketplace(listings=3, latency=0.3)
+    first, second = _two_workers(
+        redis_base_url, key_prefix, market.sold, near_cache_coherence=False
+    )
+    async with first, second:
+        one = asyncio.ensure_future(first.comps.search(CARD))
+        await until(lambda: market.call_count > 0)
+        other = await second.comps.search(CARD)
+        assert other.source == "redis"
+        await one
+        assert second.metrics()["lock_waits"] == 1
     assert market.call_count == 1
 
 

@@ -49,6 +49,8 @@ Outcome = tuple[StoredResult, Source, bool]
 OnFetched = Callable[[StoredResult], None]
 """Called inside the flight once a paid result is in the hot tiers (to persist it)."""
 
+_POLL_FIRST, _POLL_MAX = 0.01, 0.2
+"""Seconds between looks for another process's result: the first, and at most."""
 _LANDINGS_KEPT = 1024
 """Identities whose flight landed lately, kept to tell a search that raced one (see below)."""
 
@@ -66,6 +68,12 @@ class _Locking(Protocol):
     ) -> bool | None: ...
 
     async def mark_failed(self, identity: ResultIdentity, token: str, ttl: timedelta) -> None: ...
+
+    def expect_change(self, identity: ResultIdentity) -> asyncio.Future[None] | None: ...
+
+    async def until_changed(self, heard: asyncio.Future[None] | None, timeout: float) -> None: ...
+
+    def forget_change(self, heard: asyncio.Future[None] | None) -> None: ...
 
 
 @dataclass(eq=False)
@@ -326,23 +334,35 @@ class FetchCoordinator:
         deadline: float,
         newer_than: datetime | None,
     ) -> StoredResult | None:
-        """Poll for the holder's result until it appears, the lock goes, or time is up."""
-        delay = 0.01
-        while time.monotonic() < deadline:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.2)
-            ready = await self._ready(identity, newer_than)
-            if ready is not None:
-                return ready
-            state = await hot.lock_state(identity)
-            if state == "failed":
-                self._metrics.incr("lock_holder_failures")
-                raise FetcherError(
-                    f"the {identity.search_type.value!r} fetch by another process failed"
-                )
-            if state == "free":
-                return None  # the holder died: try to take over
-        return None
+        """Wait for the holder's result until it appears, the lock goes, or time is up.
+
+        A worker that hears changes in Redis (coherent near-caches) looks as soon as the
+        result's value changes; the poll, backing off from 10 to 200 ms, finds a holder that
+        failed or died, and the value in a worker that hears nothing.
+        """
+        delay = _POLL_FIRST
+        heard = hot.expect_change(identity)
+        try:
+            while time.monotonic() < deadline:
+                await hot.until_changed(heard, delay)
+                delay = min(delay * 2, _POLL_MAX)
+                # Asked before the look: a value that lands after it ends the next wait.
+                hot.forget_change(heard)
+                heard = hot.expect_change(identity)
+                ready = await self._ready(identity, newer_than)
+                if ready is not None:
+                    return ready
+                state = await hot.lock_state(identity)
+                if state == "failed":
+                    self._metrics.incr("lock_holder_failures")
+                    raise FetcherError(
+                        f"the {identity.search_type.value!r} fetch by another process failed"
+                    )
+                if state == "free":
+                    return None  # the holder died: try to take over
+            return None
+        finally:
+            hot.forget_change(heard)
 
     async def _upstream(self, flight: _Flight) -> StoredResult:
         stored = await self._upstream_fetch.fetch(

@@ -193,12 +193,16 @@ class InvalidationListener:
             self._metrics.incr("invalidations_unheard")
             return False
         finally:
-            waiter.cancel()
-            for key, waiting in list(self._waiters.items()):
-                if waiter in waiting:
-                    waiting.remove(waiter)
-                    if not waiting:
-                        del self._waiters[key]
+            self.forget(waiter)
+
+    def forget(self, waiter: asyncio.Future[None]) -> None:
+        """Stop expecting a change (heard or not): the waiter is dropped."""
+        waiter.cancel()
+        for key, waiting in list(self._waiters.items()):
+            if waiter in waiting:
+                waiting.remove(waiter)
+                if not waiting:
+                    del self._waiters[key]
 
     def _release_waiters(self, key: str | None = None) -> None:
         doomed = self._waiters.pop(key, []) if key is not None else self._all_waiters()

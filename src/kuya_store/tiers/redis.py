@@ -21,6 +21,7 @@ slot; each node has its own breaker there, so a node that is down costs only its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import secrets
 from collections import OrderedDict
@@ -414,6 +415,28 @@ class RedisTier:
         if not ok:
             return "unavailable", ""
         return ("acquired", token) if acquired else ("held", "")
+
+    def expect_change(self, identity: ResultIdentity) -> asyncio.Future[None] | None:
+        """A future resolved when this worker hears the result's value change in Redis.
+
+        ``None`` when the worker does not hear changes (no coherent near-cache, or its
+        listener is not connected): a process waiting for a lock's holder then only polls.
+        """
+        listener = self.listener
+        return None if listener is None else listener.expect(identity.redis_key(self._prefix))
+
+    async def until_changed(self, heard: asyncio.Future[None] | None, timeout: float) -> None:
+        """Wait until ``heard`` resolves (a value landed) or ``timeout`` seconds pass."""
+        if heard is None:
+            await asyncio.sleep(timeout)
+        elif not heard.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(heard), timeout)
+
+    def forget_change(self, heard: asyncio.Future[None] | None) -> None:
+        """Stop expecting the change :meth:`expect_change` asked for."""
+        if heard is not None and self.listener is not None:
+            self.listener.forget(heard)
 
     async def lock_state(self, identity: ResultIdentity) -> HolderState:
         """Whether some process holds the fetch lock, or its holder failed (``free`` if unknown)."""
