@@ -24,7 +24,7 @@ def test_db_commands_round_trip(runner: CliRunner, database_url: str) -> None:
     assert "not migrated" in result.output
     result = runner.invoke(main, ["db", "upgrade", "--database-url", database_url])
     assert result.exit_code == 0, result.output
-    assert "revision 0007" in result.output
+    assert "revision 0008" in result.output
     result = runner.invoke(main, ["db", "current", "--database-url", database_url])
     assert "up to date" in result.output
     result = runner.invoke(main, ["db", "downgrade", "base", "--database-url", database_url])

@@ -202,5 +202,5 @@ def migrations_error() -> type[Exception]:
 
 
 def test_head_is_shipped_in_the_package() -> None:
-    assert migrations.head() == "0007"
+    assert migrations.head() == "0008"
     assert asyncio.iscoroutinefunction(migrations.upgrade_async)

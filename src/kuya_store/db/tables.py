@@ -154,7 +154,6 @@ class ListingRow(Base):
     search_id: Mapped[int | None] = mapped_column(sa.ForeignKey("searches.id", ondelete="SET NULL"))
 
     __table_args__ = (
-        sa.Index("idx_listing_cache_item_id", "item_id"),
         sa.Index("idx_listing_cache_ttl", "ttl"),
         sa.Index("idx_listing_cache_sold_date", "sold_date"),
         sa.Index(
