@@ -3,8 +3,7 @@
 ``invalidate()`` (here, or another worker's, heard through the hot tier) puts a fence
 at the moment it ran; a copy fetched at or before that moment may not answer, fill a
 tier or be stored as a result, whichever tier or buffer it comes from. A fence is kept
-for ``max_stale``: past that, nothing it would refuse is old enough to answer anyway.
-Pure in-memory code, tested without servers.
+for ``max_stale``, by the store's clock. Pure in-memory code, tested without servers.
 """
 
 from __future__ import annotations
