@@ -23,6 +23,7 @@ __all__ = [
     "FreshnessPolicy",
     "SaleRateFreshness",
     "age",
+    "copy_ttl",
     "fresh_until",
     "is_fresh",
     "policy_for",
@@ -140,3 +141,13 @@ def fresh_until(stored: StoredResult, fallback: timedelta) -> datetime:
     if stored.fresh_until is not None:
         return stored.fresh_until
     return stored.fetched_at + fallback
+
+
+def copy_ttl(fresh_left: timedelta, shown_left: timedelta | None, tier_ttl: timedelta) -> timedelta:
+    """How long a tier keeps a copy from now: its own TTL, never past the result's freshness.
+
+    Nor past its display data's ``display_ttl`` (``shown_left``; ``None`` when unbound):
+    a copy never outlives either rule by being copied upwards.
+    """
+    left = fresh_left if shown_left is None else min(fresh_left, shown_left)
+    return max(min(left, tier_ttl), timedelta(0))
