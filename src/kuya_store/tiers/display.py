@@ -8,7 +8,7 @@ its display data back from here while it lives.
 
 - With Redis, one key per listing, tagged by card like every other key of the card, so
   on a Cluster the listings of one result share a slot: a fetch writes them in one
-  pipeline and a database answer reads them with one ``MGET``. They outlive a restart.
+  script call and a database answer reads them with one ``MGET``. They outlive a restart.
 - Without Redis, in process memory, bounded in bytes: gone when the process ends.
 
 Each entry carries the moment it must be forgotten, read against the store's clock, so
