@@ -208,3 +208,19 @@ def test_a_result_built_without_validation_compacts_too() -> None:
     held = compact(built)
     assert held == original and held.model_dump_json() == original.model_dump_json()
     assert held.listings[0].model_fields_set is compact(original).listings[0].model_fields_set
+
+
+def test_listings_given_alternating_fields_each_get_the_set_of_their_own_names() -> None:
+    # One result mixing combinations back and forth, and listings that are held already.
+    plain = _listing("wemby", 0)
+    bare = ks.Listing(item_id="wemby-b", title="lot", price=Decimal("2"))
+    held = compact(_result("other")).listings[0]
+    listings = [plain, bare, plain, held, bare, held, plain]
+    result = compact(_result("wemby", listings))
+    assert result == _result("wemby", listings)
+    for mine, theirs in zip(result.listings, listings, strict=True):
+        assert mine.model_fields_set == theirs.model_fields_set
+        assert type(mine.model_fields_set) is compacting._SharedNames
+    names = [x.model_fields_set for x in result.listings]
+    assert names[0] is names[2] is names[3] is names[5] is names[6] is held.model_fields_set
+    assert names[1] is names[4] and names[1] is not names[0]

@@ -333,3 +333,71 @@ async def test_a_cluster_keeps_and_reads_a_result_in_one_round_trip(
         assert "display_unreachable" not in snapshot
     finally:
         await tier.close()
+
+
+# Display data that could break a packing of many entries into one argument: line breaks
+# and braces inside strings, wide characters, nesting, and an empty object between others.
+_AWKWARD: list[dict[str, Any]] = [
+    {"link": "https://shop.example/itm/1", "note": "line one\nline two\r\nend"},
+    {},
+    {"seller": "}\n{", "quote": '"\\', "wide": "\u5927\u8c37 \U0001f600 \u2028"},
+    {"nested": {"a": [1, 2.5, None, True, {"b": "\n"}]}, "n": -3},
+    {"empty": "", "list": []},
+]
+
+
+async def test_a_keep_writes_each_entry_as_one_set_of_it_would(
+    redis_base_url: str, redis_client: Any, key_prefix: str
+) -> None:
+    tier = RedisTier(StoreSettings(redis_url=redis_base_url, key_prefix=key_prefix), Metrics())
+    store = RedisDisplay(tier, key_prefix, lambda: T0, Metrics())
+    until = T0 + timedelta(minutes=30)
+    ids = ["odd}{id", "caf\u00e9 1", "a b", "x" * 50, "-"]
+    listings = [
+        ks.Listing(item_id=item, title="card", price=Decimal("1"), extra=extra)
+        for item, extra in zip(ids, _AWKWARD, strict=True)
+    ]
+    try:
+        identity = ResultIdentity.of("wemby", SOLD, {})
+        await store.keep(identity, _result(listings, display_until=until))
+        keys = [identity.redis_display_key(key_prefix, item) for item in ids]
+        raws = await redis_client.mget(keys)
+        extras = [x.extra for x in listings]  # as the listing keeps them
+        assert "\n" in extras[0]["note"] and extras[2]["seller"] == "}\n{"
+        assert raws == [encode_entry(extra, until) for extra in extras]
+        assert [decode_entry(raw) for raw in raws] == [DisplayData(x, until) for x in extras]
+        ttls = [await redis_client.pttl(key) for key in keys]
+        assert all(29 * 60_000 < ttl <= 30 * 60_000 for ttl in ttls), ttls
+        # Nothing else was written for the card: one key a listing.
+        written = [k async for k in redis_client.scan_iter(f"{key_prefix}:*")]
+        assert sorted(written) == sorted(k.encode() for k in keys)
+    finally:
+        await tier.close()
+
+
+async def test_entries_as_earlier_versions_wrote_them_still_dress_an_answer(
+    redis_base_url: str, redis_client: Any, key_prefix: str
+) -> None:
+    # The bytes of one key a listing, written by a plain SET: the format every version reads.
+    stored = {
+        "X0": b'{"u":1767272400000,"x":{"link":"https://shop.example/itm/X0","seller":"s"}}',
+        "X1": b'{"u":1767272400000,"x":{}}',
+    }
+    identity = ResultIdentity.of("wemby", SOLD, {})
+    for item, raw in stored.items():
+        await redis_client.set(identity.redis_display_key(key_prefix, item), raw, px=60_000)
+    tier = RedisTier(StoreSettings(redis_url=redis_base_url, key_prefix=key_prefix), Metrics())
+    store = RedisDisplay(tier, key_prefix, lambda: T0, Metrics())
+    try:
+        bare = _result([_listing("X0", link=False), _listing("X1", link=False)])
+        back = await store.dress(identity, bare)
+        assert back.display_complete and back.display_until == T0 + timedelta(hours=1)
+        assert back.listings[0].extra == {"link": "https://shop.example/itm/X0", "seller": "s"}
+        assert back.listings[1].extra == {}
+        # And what is written now is byte for byte what they wrote.
+        await store.keep(identity, back)
+        assert await redis_client.mget(
+            [identity.redis_display_key(key_prefix, item) for item in stored]
+        ) == list(stored.values())
+    finally:
+        await tier.close()

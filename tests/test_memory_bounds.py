@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 import tracemalloc
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -14,7 +16,7 @@ from kuya_store.keys import ResultIdentity
 from kuya_store.stored import StoredResult, decode, encode
 from kuya_store.tiers.compact import compact
 from kuya_store.tiers.memory import MemoryTier
-from kuya_store.tiers.sizing import approximate_size
+from kuya_store.tiers.sizing import approximate_size, display_size
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
 
@@ -184,3 +186,83 @@ async def test_the_memory_hot_tier_of_a_store_keeps_to_its_byte_bound() -> None:
         # The most recent are kept; the first were evicted.
         assert (await store.comps.search("2023 Topps Chrome Prospect 39 #1")).source == "memory"
         assert (await store.comps.search("2023 Topps Chrome Prospect 0 #1")).source == "api"
+
+
+async def _fetched(listings: int, display: bool) -> StoredResult:
+    """A FakeMarketplace result with its snapshot, as ``bench/memory.py`` measures them."""
+    from kuya_store.demo import FakeMarketplace
+    from kuya_store.pricing import DefaultValuator
+
+    market = FakeMarketplace(listings=listings)
+    request = ks.FetchRequest(query="2023 Topps Chrome Wembanyama #1", search_type="sold")
+    fetched = await market.sold(request)
+    now = market._clock()
+    snapshot = DefaultValuator().value("card", fetched.listings, snapshot_date=now.date(), now=now)
+    return StoredResult(
+        query=request.query,
+        card_identifier="2023 topps chrome wembanyama 1",
+        search_type=ks.SearchType.SOLD,
+        params={"pages": 3},
+        listings=fetched.listings if display else [x.metadata_only() for x in fetched.listings],
+        fetched_at=now,
+        snapshot=snapshot,
+    )
+
+
+@pytest.mark.parametrize("display", [True, False], ids=["display", "bare"])
+@pytest.mark.parametrize("listings", [1, 10, 50, 120])
+async def test_the_estimate_of_marketplace_results_is_within_a_fifth(
+    listings: int, display: bool
+) -> None:
+    result = await _fetched(listings, display)
+    measured = _measured(result)
+    assert abs(approximate_size(result) - measured) / measured < 0.2
+
+
+# Display data a listing may carry, beyond the marketplace's flat texts.
+_DISPLAYS: list[dict[str, Any]] = [
+    {"link": "https://m.example/1", "seller": "s1"},
+    {},
+    {"seller": "\u5927\u8c37", "n": 3, "price": 2.5, "gone": None, "free": True},
+    {"nested": {"a": [1, "b", {"c": None}]}, "list": [], "text": "x" * 300},
+    {"emoji": "\U0001f600", "link": "https://m.example/2"},
+]
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [[0, 0, 0], [0, 1, 0], [2, 2], [0, 2, 0], [3, 0], [4, 0, 0], [0, 1, 2, 3, 4]],
+    ids=["texts", "empty", "scalars", "mixed", "nested", "wide", "all"],
+)
+def test_display_data_is_counted_as_walking_each_listing_would(pattern: list[int]) -> None:
+    # The listings are counted all at once; every shape counts what one listing alone does.
+    listings = [
+        ks.Listing(
+            item_id=f"id{i}", title=f"t{i}", price=Decimal("1"), extra=copy.deepcopy(_DISPLAYS[k])
+        )
+        for i, k in enumerate(pattern)
+    ]
+    bare = [x.metadata_only() for x in listings]
+    with_display, without = _result("a", 0), _result("a", 0)
+    with_display = with_display.model_copy(update={"listings": listings})
+    without = without.model_copy(update={"listings": bare})
+    counted = approximate_size(with_display) - approximate_size(without)
+    alone = sum(display_size(x.extra) - display_size({}) for x in listings)
+    assert counted == alone
+
+
+def test_one_wide_title_among_narrow_ones_is_the_only_one_counted_wide() -> None:
+    def titled(titles: list[str]) -> StoredResult:
+        listings = [
+            ks.Listing(item_id=f"id{i}", title=title, price=Decimal("1"))
+            for i, title in enumerate(titles)
+        ]
+        return _result("a", 0).model_copy(update={"listings": listings})
+
+    narrow = "2023 Topps Chrome Wembanyama"
+    wide = narrow[:-4] + "\u5927\u8c37\u7fd4\u5e73"  # as many characters
+    difference = approximate_size(titled([narrow] * 9 + [wide])) - approximate_size(
+        titled([narrow] * 10)
+    )
+    # CPython holds a wide text at two bytes a character, behind a larger header.
+    assert difference == (76 + 2 * len(wide)) - (50 + len(narrow))

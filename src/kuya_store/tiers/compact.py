@@ -37,8 +37,6 @@ _MAX_COMBINATIONS = 512
 # Distinct short texts remembered for sharing; the memo starts over when it is full.
 _MAX_TEXTS = 16_384
 
-_set_attribute = object.__setattr__
-
 
 class _SharedNames(set[str]):
     """A model's given field names, shared by every model given the same ones: read-only.
@@ -67,8 +65,7 @@ class _SharedNames(set[str]):
 _field_names: dict[frozenset[str], _SharedNames] = {}
 
 
-def _shared_names(model: BaseModel) -> set[str]:
-    names = model.__pydantic_fields_set__
+def _shared_names(names: set[str]) -> set[str]:
     if type(names) is _SharedNames:
         return names  # held already
     key = frozenset(names)
@@ -80,17 +77,28 @@ def _shared_names(model: BaseModel) -> set[str]:
     return shared
 
 
-def _rebuilt(model: _M, values: dict[str, Any]) -> _M:
-    """``model`` with ``values`` as its fields and the shared set of its given names."""
+# The slots every model has, set through their descriptors: ``object.__setattr__`` would
+# look each one up on the class first, four times for every listing held.
+_DICT = BaseModel.__dict__["__dict__"].__set__
+_FIELDS_SET = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_EXTRA = BaseModel.__dict__["__pydantic_extra__"].__set__
+_PRIVATE = BaseModel.__dict__["__pydantic_private__"].__set__
+
+
+def _rebuilt(model: _M, values: dict[str, Any], names: set[str]) -> _M:
+    """``model`` with ``values`` as its fields and ``names`` as the set of its given names."""
     # What ``model_construct`` does, without its per-field defaults pass: every field is given.
-    cls = type(model)
-    copy = object.__new__(cls)
-    _set_attribute(copy, "__dict__", values)
-    _set_attribute(copy, "__pydantic_fields_set__", _shared_names(model))
+    copy = object.__new__(type(model))
+    _DICT(copy, values)
+    _FIELDS_SET(copy, names)
     # A model built without validation may leave these unset.
-    _set_attribute(copy, "__pydantic_extra__", getattr(model, "__pydantic_extra__", None))
-    _set_attribute(copy, "__pydantic_private__", getattr(model, "__pydantic_private__", None))
+    _EXTRA(copy, getattr(model, "__pydantic_extra__", None))
+    _PRIVATE(copy, getattr(model, "__pydantic_private__", None))
     return copy
+
+
+def _rebuilt_whole(model: _M) -> _M:
+    return _rebuilt(model, dict(model.__dict__), _shared_names(model.__pydantic_fields_set__))
 
 
 _texts: dict[str, str] = {}
@@ -111,37 +119,47 @@ def _short(value: Any) -> Any:
     return _text(value) if type(value) is str and len(value) <= _SHORT else value
 
 
-def _display(extra: dict[str, Any]) -> dict[str, Any]:
-    # A copy keeps the original's table size; its keys are already shared (the JSON
-    # parser's key cache, or a fetcher's literals).
-    copy = extra.copy()
-    for key, value in extra.items():
-        copy[key] = _short(value)
-    return copy
-
-
-def _listing(listing: Listing) -> Listing:
-    values = dict(listing.__dict__)
-    for name in ("listing_type", "condition"):
-        text = values.get(name)
-        if text is not None:
-            values[name] = _text(text)
-    extra = values.get("extra")
-    if extra is not None:
-        # Its own copy even when empty: what the caller does to its listing stays there.
-        values["extra"] = _display(extra)
-    return _rebuilt(listing, values)
+def _listings(listings: list[Listing]) -> list[Listing]:
+    """Compacted copies of ``listings``, in one loop: this runs for every listing held."""
+    held: list[Listing] = []
+    given: set[str] | None = None
+    shared: set[str] = set()
+    known, text = _texts.get, _text
+    for listing in listings:
+        names = listing.__pydantic_fields_set__
+        # The listings of one fetch are mostly given the same fields: comparing with the
+        # last listing's costs less than looking the combination up.
+        if names != given or type(shared) is not _SharedNames:
+            given, shared = names, _shared_names(names)
+        values = listing.__dict__.copy()
+        for name in ("listing_type", "condition"):
+            value = values.get(name)
+            if value is not None:
+                values[name] = known(value) or text(value)
+        extra = values.get("extra")
+        if extra is not None:
+            # Its own copy even when empty: what the caller does to its listing stays there.
+            # A copy keeps the original's table size; its keys are already shared (the JSON
+            # parser's key cache, or a fetcher's literals), and only short texts repeat.
+            extra = values["extra"] = extra.copy()
+            for key, value in extra.items():
+                if type(value) is str and len(value) <= _SHORT:
+                    value_held = known(value) or text(value)
+                    if value_held is not value:
+                        extra[key] = value_held  # the same key: the loop may go on
+        held.append(_rebuilt(listing, values, shared))
+    return held
 
 
 def compact(result: StoredResult) -> StoredResult:
     """An equal copy of ``result`` that shares what repeats with the other results held."""
     values = dict(result.__dict__)
-    values["listings"] = [_listing(listing) for listing in result.listings]
+    values["listings"] = _listings(result.listings)
     if result.card_identifier == result.query:
         values["card_identifier"] = result.query
     values["params"] = {_text(key): _short(v) for key, v in result.params.items()}
     for name in ("snapshot", "stats"):
         part = values.get(name)
         if part is not None:
-            values[name] = _rebuilt(part, dict(part.__dict__))
-    return _rebuilt(result, values)
+            values[name] = _rebuilt_whole(part)
+    return _rebuilt(result, values, _shared_names(result.__pydantic_fields_set__))

@@ -8,7 +8,7 @@ its display data back from here while it lives.
 
 - With Redis, one key per listing, tagged by card like every other key of the card, so
   on a Cluster the listings of one result share a slot: a fetch writes them in one
-  pipeline and a database answer reads them with one ``MGET``. They outlive a restart.
+  script call and a database answer reads them with one ``MGET``. They outlive a restart.
 - Without Redis, in process memory, bounded in bytes: gone when the process ends.
 
 Each entry carries the moment it must be forgotten, read against the store's clock, so
@@ -144,16 +144,36 @@ def encode_entry(extra: Extra, until: datetime) -> bytes:
     return orjson.dumps({"u": _ms(until), "x": extra})
 
 
-_KEEP_ALL = Script(
+def _head(until: datetime) -> bytes:
+    """What :func:`encode_entry` writes before the display data itself."""
+    return b'{"u":%d,"x":' % _ms(until)
+
+
+def _packed(extras: Iterable[Extra]) -> bytes:
+    """Display data of many listings in one argument, one JSON object a line.
+
+    Compact JSON has no line break of its own (one inside a string is written ``\\n``),
+    so a line break can only end an entry.
     """
-local ttl = ARGV[#ARGV]
-for i, key in ipairs(KEYS) do
-  redis.call('SET', key, ARGV[i], 'PX', ttl)
+    return b"\n".join(map(orjson.dumps, extras))
+
+
+_KEEP_ALL = Script(
+    r"""
+local ttl, head, packed = ARGV[1], ARGV[2], ARGV[3]
+local at = 1
+for _, key in ipairs(KEYS) do
+  local stop = string.find(packed, '\n', at, true) or (#packed + 1)
+  redis.call('SET', key, head .. string.sub(packed, at, stop - 1) .. '}', 'PX', ttl)
+  at = stop + 1
 end
 return #KEYS
 """
 )
-"""Sets every display entry of a fetch, each with the same time to live (last argument)."""
+"""Sets every display entry of a fetch, each as :func:`encode_entry` writes it. Arguments:
+the time to live, the head every entry starts with (the moment to forget them), and the
+display data of every listing packed in one (:func:`_packed`), in the order of the keys:
+the values add no argument per listing for the client to encode."""
 
 
 def decode_entry(raw: bytes | str) -> DisplayData | None:
@@ -252,14 +272,13 @@ class RedisDisplay(_Counting):
         ttl_ms = int((until - self._clock()).total_seconds() * 1000)
         if ttl_ms <= 0:
             return
-        prefix, client = self._prefix, self._redis.client
-        keys = [identity.redis_display_key(prefix, item_id) for item_id in kept]
-        values: list[bytes | int] = [encode_entry(extra, until) for extra in kept.values()]
+        client = self._redis.client
+        # Every key of the card is this and an item id (``redis_display_key``).
+        keys = list(map(identity.redis_display_key(self._prefix, "").__add__, kept))
+        args = [ttl_ms, _head(until), _packed(kept.values())]
         # One script call, not a pipeline of a SET per listing: the keys share the card's
         # hash tag (one slot, also on a Cluster), and the client packs one command.
-        ok, _ = await self._redis.guarded(
-            lambda: _KEEP_ALL(client, keys, [*values, ttl_ms]), keys[0]
-        )
+        ok, _ = await self._redis.guarded(lambda: _KEEP_ALL(client, keys, args), keys[0])
         if ok:
             self._metrics.incr("display_kept", len(kept))
 
