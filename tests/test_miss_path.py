@@ -14,12 +14,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import redis.asyncio as redis
 
 import kuya_store as ks
 from kuya_store import models, upstream
 from kuya_store.demo import FakeMarketplace
 from kuya_store.fetching import FetchCoordinator
+from kuya_store.keys import ResultIdentity
 from kuya_store.models import is_fetch_checked_listing, is_validated_listing
+from kuya_store.tiers.redis import RedisTier
 from kuya_store.upstream import _as_data, validate_fetch_result
 
 CARD = "2023 Prizm Victor Wembanyama #136"
@@ -213,3 +216,95 @@ async def test_a_search_that_raced_another_processs_fetch_does_not_pay(
         assert market.call_count == 1
         assert (await second.comps.search(CARD)).source in ("memory", "redis")
         assert market.call_count == 1
+
+
+# -- the fetch lock goes with the result's write -------------------------------------------
+
+
+def _lock_key(prefix: str) -> str:
+    identity = ResultIdentity.of(ks.normalize_card(CARD), ks.SearchType.SOLD, {})
+    return identity.redis_lock_key(prefix)
+
+
+def _counted_unlocks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    unlocks: list[str] = []
+    unlock = RedisTier.unlock
+
+    async def counted(self: RedisTier, identity: ResultIdentity, token: str) -> None:
+        unlocks.append(token)
+        await unlock(self, identity, token)
+
+    monkeypatch.setattr(RedisTier, "unlock", counted)
+    return unlocks
+
+
+async def test_the_results_write_lets_go_of_the_fetch_lock(
+    redis_base_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unlocks = _counted_unlocks(monkeypatch)
+    market = FakeMarketplace(listings=3)
+    client = redis.Redis.from_url(redis_base_url)
+    async with _worker(redis_base_url, key_prefix, market) as store:
+        assert (await store.comps.search(CARD)).source == "api"
+        assert await client.exists(_lock_key(key_prefix)) == 0
+        assert unlocks == []  # no round trip of its own
+        assert (await store.comps.search(CARD)).source == "memory"
+    await client.aclose()
+    assert market.call_count == 1
+
+
+async def test_a_refused_write_lets_go_of_the_lock_too(
+    redis_base_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unlocks = _counted_unlocks(monkeypatch)
+    market = FakeMarketplace(listings=3)
+    client = redis.Redis.from_url(redis_base_url)
+    identity = ResultIdentity.of(ks.normalize_card(CARD), ks.SearchType.SOLD, {})
+    # Redis holds a newer fetch's stamp: the script refuses this older one.
+    await client.set(identity.redis_stamp_key(key_prefix), 2**52, px=60_000)
+    async with _worker(redis_base_url, key_prefix, market) as store:
+        assert (await store.comps.search(CARD)).source == "api"
+        assert await client.exists(identity.redis_key(key_prefix)) == 0  # refused
+        assert await client.exists(_lock_key(key_prefix)) == 0
+        assert unlocks == []
+    await client.aclose()
+
+
+async def test_a_fenced_result_that_is_not_written_still_releases_the_lock(
+    redis_base_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unlocks = _counted_unlocks(monkeypatch)
+    market = FakeMarketplace(listings=3)
+    client = redis.Redis.from_url(redis_base_url)
+    identity = ResultIdentity.of(ks.normalize_card(CARD), ks.SearchType.SOLD, {})
+    async with _worker(redis_base_url, key_prefix, market) as store:
+        # This worker learnt of an invalidation after any moment this fetch can have.
+        store.comps.learn_fence(identity.card_key, datetime(2100, 1, 1, tzinfo=UTC))
+        await store.comps.search(CARD)
+        assert len(unlocks) == 1  # the hot tier was not written: the holder let go itself
+        assert await client.exists(_lock_key(key_prefix)) == 0
+    await client.aclose()
+
+
+async def test_the_write_leaves_a_lock_that_is_no_longer_its_own(
+    redis_base_url: str, key_prefix: str
+) -> None:
+    market = FakeMarketplace(listings=3)
+    client = redis.Redis.from_url(redis_base_url)
+
+    async def outlived(request: ks.FetchRequest) -> ks.FetchResult:
+        # The holder's lock expired mid-fetch and another process took it.
+        await client.set(_lock_key(key_prefix), "another-holder", px=60_000)
+        return await market.sold(request)
+
+    store = ks.CompsStore(
+        database_url="sqlite+aiosqlite://",
+        mode="cache_only",
+        redis_url=redis_base_url,
+        key_prefix=key_prefix,
+        fetchers={"sold": outlived},
+    )
+    async with store:
+        assert (await store.comps.search(CARD)).source == "api"
+        assert await client.get(_lock_key(key_prefix)) == b"another-holder"
+    await client.aclose()

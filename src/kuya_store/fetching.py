@@ -38,12 +38,13 @@ from kuya_store.models import FetchRequest, Source
 from kuya_store.pricing import Valuator
 from kuya_store.settings import StoreSettings
 from kuya_store.stored import StoredResult
-from kuya_store.tiers import HotTier
+from kuya_store.tiers import HotTier, LockRelease
 from kuya_store.upstream import Fetcher, Upstream, validate_fetch_result
 
 __all__ = ["FetchCoordinator", "Fetcher", "validate_fetch_result"]
 
-Fill = Callable[[ResultIdentity, StoredResult, datetime], Awaitable[None]]
+Fill = Callable[[ResultIdentity, StoredResult, datetime, LockRelease | None], Awaitable[None]]
+"""Fills the hot tiers with a paid result; the lock, if given, goes with the hot tier's write."""
 Outcome = tuple[StoredResult, Source, bool]
 """The result, the tier it came from, and whether this call made the upstream request."""
 OnFetched = Callable[[StoredResult], None]
@@ -277,6 +278,7 @@ class FetchCoordinator:
         assert isinstance(hot, _Locking)
         ttl = self._settings.single_flight_lock_ttl
         keeper = asyncio.create_task(self._keep_lock(hot, identity, token, ttl))
+        release = LockRelease(token)
         failed = False
         try:
             # Another process may have fetched it between our last look and the lock.
@@ -284,7 +286,7 @@ class FetchCoordinator:
             if ready is not None:
                 return ready, Source.REDIS, False
             try:
-                stored = await self._upstream(flight)
+                stored = await self._upstream(flight, release)
             except (FetcherError, InvalidInputError):
                 failed = True
                 raise
@@ -294,7 +296,7 @@ class FetchCoordinator:
             if failed:
                 # Waiting processes give up instead of paying for the same failure again.
                 await hot.mark_failed(identity, token, self._settings.fetch_failure_notice)
-            else:
+            elif not release.released:  # the result's write let go of it already, mostly
                 await hot.unlock(identity, token)
 
     async def _keep_lock(
@@ -364,7 +366,7 @@ class FetchCoordinator:
         finally:
             hot.forget_change(heard)
 
-    async def _upstream(self, flight: _Flight) -> StoredResult:
+    async def _upstream(self, flight: _Flight, release: LockRelease | None = None) -> StoredResult:
         stored = await self._upstream_fetch.fetch(
             flight.identity,
             flight.request,
@@ -372,5 +374,5 @@ class FetchCoordinator:
             stale=flight.stale,
             keep_going=lambda: flight.waiters > 0,
         )
-        await self._fill(flight.identity, stored, self._clock())
+        await self._fill(flight.identity, stored, self._clock(), release)
         return stored

@@ -22,7 +22,7 @@ from kuya_store.models import Source
 from kuya_store.observing import watch_tier
 from kuya_store.settings import StoreSettings
 from kuya_store.stored import StoredResult
-from kuya_store.tiers import HotTier
+from kuya_store.tiers import HotTier, LockRelease
 from kuya_store.tiers.database import DatabaseTier
 from kuya_store.tiers.display import DisplayStore, display_ttl_left, outlived
 from kuya_store.tiers.near import NearCache, Ticket
@@ -164,18 +164,34 @@ class TierLookup:
             ttl = self._hot_ttl(result, now)
             await self._near.set(identity, result, ttl, ticket)
 
-    async def fill(self, identity: ResultIdentity, result: StoredResult, now: datetime) -> None:
-        """Copy ``result`` into the hot tier, then the near-cache (unless it is fenced)."""
+    async def fill(
+        self,
+        identity: ResultIdentity,
+        result: StoredResult,
+        now: datetime,
+        release: LockRelease | None = None,
+    ) -> None:
+        """Copy ``result`` into the hot tier, then the near-cache (unless it is fenced).
+
+        Args:
+            release: the fetch lock the hot tier's write lets go of too, when it can.
+        """
         if self._fences.fenced(identity, result.fetched_at):
             return
         # Its own echo then leaves this write's copy in the near-cache; others' changes do not.
         ticket = self._near.ticket(identity, own_write=True) if self._near is not None else None
-        if await self._hot.set(identity, result, self._hot_ttl(result, now)):
+        if await self._hot.set(identity, result, self._hot_ttl(result, now), release):
             # Written, not refused for newer data or an invalidation: the near-cache too.
             await self._fill_near(identity, result, now, ticket)
 
     async def fill_fetched(
-        self, identity: ResultIdentity, result: StoredResult, now: datetime
+        self,
+        identity: ResultIdentity,
+        result: StoredResult,
+        now: datetime,
+        release: LockRelease | None = None,
     ) -> None:
         """A paid result fills the hot tiers, and its display data is kept by listing."""
-        await asyncio.gather(self._display.keep(identity, result), self.fill(identity, result, now))
+        await asyncio.gather(
+            self._display.keep(identity, result), self.fill(identity, result, now, release)
+        )

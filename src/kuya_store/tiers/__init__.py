@@ -5,13 +5,26 @@ Each tier implements :class:`HotTier`; every implementation passes the same test
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from kuya_store.keys import ResultIdentity
 from kuya_store.stored import StoredResult
 
-__all__ = ["HotTier", "TierUnavailableError"]
+__all__ = ["HotTier", "LockRelease", "TierUnavailableError"]
+
+
+@dataclass(eq=False)
+class LockRelease:
+    """A cross-process fetch lock its holder lets go of with the write of its result.
+
+    The tier marks it ``released`` once the write (written or refused) has let go of it
+    too; otherwise the holder releases it itself.
+    """
+
+    token: str
+    released: bool = False
 
 
 class TierUnavailableError(Exception):
@@ -37,7 +50,15 @@ class HotTier(Protocol):
 
     async def get(self, identity: ResultIdentity) -> StoredResult | None: ...
 
-    async def set(self, identity: ResultIdentity, result: StoredResult, ttl: timedelta) -> bool: ...
+    async def set(
+        self,
+        identity: ResultIdentity,
+        result: StoredResult,
+        ttl: timedelta,
+        release: LockRelease | None = None,
+    ) -> bool:
+        """Keep ``result`` for ``ttl``, letting go of ``release``'s lock in the same step."""
+        ...
 
     async def invalidate(self, identity: ResultIdentity, at: datetime | None = None) -> int:
         """Drop every params variant of this card and search type; returns how many.

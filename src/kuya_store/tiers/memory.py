@@ -18,6 +18,7 @@ from cachetools import TLRUCache, TTLCache
 from kuya_store.clock import Clock, utcnow
 from kuya_store.keys import ResultIdentity
 from kuya_store.stored import StoredResult
+from kuya_store.tiers import LockRelease
 from kuya_store.tiers.compact import compact
 from kuya_store.tiers.sizing import approximate_size
 
@@ -102,8 +103,17 @@ class MemoryTier:
         entry = self._entries.get(identity)
         return None if entry is None else entry.result
 
-    async def set(self, identity: ResultIdentity, result: StoredResult, ttl: timedelta) -> bool:
-        """Keep ``result`` for ``ttl``; ``False`` when it is older than what is held or fenced."""
+    async def set(
+        self,
+        identity: ResultIdentity,
+        result: StoredResult,
+        ttl: timedelta,
+        release: LockRelease | None = None,
+    ) -> bool:
+        """Keep ``result`` for ``ttl``; ``False`` when it is older than what is held or fenced.
+
+        A process holds no cross-process lock on this tier: ``release`` is left as it is.
+        """
         if self.max_entries <= 0 or ttl <= timedelta(0):
             return True
         held = self._entries.get(identity)

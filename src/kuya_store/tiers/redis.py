@@ -38,7 +38,7 @@ from kuya_store.logs import get_logger
 from kuya_store.metrics import Metrics
 from kuya_store.settings import StoreSettings
 from kuya_store.stored import CorruptEntryError, StoredResult, ValueSeal, encode, unseal
-from kuya_store.tiers import TierUnavailableError
+from kuya_store.tiers import LockRelease, TierUnavailableError
 from kuya_store.tiers.redis_clients import RedisDeployment
 from kuya_store.tiers.redis_scripts import Script as _Script
 
@@ -97,12 +97,17 @@ if redis.call("get", KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-# KEYS: value, stamp, card index, card fence, and a witness naming this write (optional).
-# ARGV: payload, fetched_at (ms), ttl (ms), index ttl (ms). Refuses data older than the
-# stored stamp (0) or the card's invalidation (minus the fence, so the caller learns when
-# the card was invalidated). The witness is set and deleted at once: it leaves nothing,
-# but its name reaches every near-cache in the same message as the value's.
+# KEYS: value, stamp, card index, card fence, a witness naming this write, and optionally
+# the fetch lock to let go of. ARGV: payload, fetched_at (ms), ttl (ms), index ttl (ms),
+# and the lock's token. Refuses data older than the stored stamp (0) or the card's
+# invalidation (minus the fence, so the caller learns when the card was invalidated). The
+# witness is set and deleted at once: it leaves nothing, but its name reaches every
+# near-cache in the same message as the value's. The lock goes whether the value is
+# written or refused (as _RELEASE would let it go: only while it holds the token).
 _SET_NEWEST = """
+if ARGV[5] and redis.call("get", KEYS[6]) == ARGV[5] then
+    redis.call("del", KEYS[6])
+end
 local stamp = tonumber(redis.call("get", KEYS[2]) or "-1")
 local fence = tonumber(redis.call("get", KEYS[4]) or "-1")
 local at = tonumber(ARGV[2])
@@ -116,10 +121,8 @@ redis.call("set", KEYS[1], ARGV[1], "px", ARGV[3])
 redis.call("set", KEYS[2], ARGV[2], "px", ARGV[3])
 redis.call("sadd", KEYS[3], KEYS[1])
 redis.call("pexpire", KEYS[3], ARGV[4])
-if KEYS[5] then
-    redis.call("set", KEYS[5], "")
-    redis.call("del", KEYS[5])
-end
+redis.call("set", KEYS[5], "")
+redis.call("del", KEYS[5])
 return 1
 """
 # The first half of an invalidation. KEYS: card fence, card index. ARGV: moment (ms) or
@@ -308,8 +311,18 @@ class RedisTier:
         if len(self._decoded) > _DECODED_ENTRIES:
             self._decoded.popitem(last=False)
 
-    async def set(self, identity: ResultIdentity, result: StoredResult, ttl: timedelta) -> bool:
-        """Write unless older data than Redis holds, or fenced; ``False`` when refused."""
+    async def set(
+        self,
+        identity: ResultIdentity,
+        result: StoredResult,
+        ttl: timedelta,
+        release: LockRelease | None = None,
+    ) -> bool:
+        """Write unless older data than Redis holds, or fenced; ``False`` when refused.
+
+        With ``release``, the same script lets go of the fetch lock (one round trip less
+        for a lock's holder); it is marked ``released`` once the script ran.
+        """
         ttl_ms = int(ttl.total_seconds() * 1000)
         if ttl_ms <= 0:
             return True
@@ -330,6 +343,9 @@ class RedisTier:
         else:
             witness = witness_key(self._prefix, key)
         keys.append(witness)
+        if release is not None:
+            keys.append(identity.redis_lock_key(self._prefix))
+            args.append(release.token.encode())
         ok, written = False, None
         try:
             ok, written = await self._call(lambda: _SET_NEWEST_SCRIPT(self.client, keys, args), key)
@@ -339,6 +355,8 @@ class RedisTier:
                 listener.settle_echo(identity, witness, written == 1)
         if not ok or written is None:
             return True  # Redis is down: nothing refused it
+        if release is not None:
+            release.released = True
         if written == 1:
             self._remember(key, payload, result)
             return True
