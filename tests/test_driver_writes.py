@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -590,3 +591,74 @@ async def test_behind_pgbouncer_the_write_stays_with_sqlalchemy(pgbouncer_url: s
     finally:
         await database.close()
     assert [s for s in through_sqlalchemy if "INSERT INTO searches" in s]
+
+
+# -- the search log -------------------------------------------------------------------------
+
+
+def _log_batch(seed: int, count: int) -> list[SearchRecord]:
+    searches = [record.search for record in _shapes(seed, count)]
+    rng = random.Random(seed)
+    hits = [
+        dataclasses.replace(s, cache_hit=True, record_key=f"h{seed}-{n}", result_key=None)
+        for n, s in enumerate(rng.sample(searches, count // 2))
+    ]
+    return [*searches, *hits, *searches[:3]]  # the last three: replays inside the batch
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+async def test_the_search_log_batch_writes_the_rows_sqlalchemy_writes(
+    postgres_url: str, admin: asyncpg.Connection, seed: int
+) -> None:
+    batch = _log_batch(seed, 30)
+    written: dict[bool, tuple[list[int], dict[str, list[str]]]] = {}
+    for driver in (False, True):
+        await _clean(admin)
+        database = _database(postgres_url, driver=driver)
+        try:
+            counts = [await database.log_searches(batch), await database.log_searches(batch[:5])]
+            counts.append(await database.log_searches([]))
+        finally:
+            await database.close()
+        written[driver] = counts, await _rows(admin)
+    assert written[True] == written[False]
+    assert written[True][0] == [45, 0, 0]  # replays, in the batch or after it, are not new
+
+
+@pytest.mark.parametrize("case", ["unknown user", "record_key too long", "search_type too long"])
+async def test_a_refused_search_log_batch_fails_as_it_did_through_sqlalchemy(
+    postgres_url: str, admin: asyncpg.Connection, case: str
+) -> None:
+    good = _log_batch(6, 6)[:-3]  # no replays: every row is new
+    bad = {
+        "unknown user": dataclasses.replace(good[0], user_id=424242, record_key="u"),
+        "record_key too long": dataclasses.replace(good[0], record_key="r" * 33),
+        "search_type too long": dataclasses.replace(
+            good[0], search_type=ks.SearchType.SOLD, record_key="s", query="q"
+        ),
+    }[case]
+    batch = [*good, bad]
+    verdicts = []
+    for driver in (False, True):
+        database = _database(postgres_url, driver=driver, pool_size=1, max_overflow=0)
+        if case == "search_type too long":  # a value the column cannot hold
+            object.__setattr__(bad, "search_type", _LongType())
+        try:
+            with pytest.raises(Exception) as raised:
+                await database.log_searches(batch)
+            verdicts.append(_verdict(_record([], user_id=bad.user_id), raised.value))
+            await _assert_pool_clean(database)
+            assert await database.log_searches(good) == len(good)
+        finally:
+            await database.close()
+        await _clean(admin)
+    verdicts[0].pop("statement"), verdicts[1].pop("statement")  # the batch's own statement
+    assert verdicts[0] == verdicts[1]
+    assert not verdicts[0]["transient"]
+    assert verdicts[0]["unknown user"] is (case == "unknown user")
+
+
+class _LongType:
+    """A search type longer than its column (``VARCHAR(20)``) holds."""
+
+    value = "s" * 21

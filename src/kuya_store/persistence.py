@@ -34,10 +34,11 @@ from kuya_store.db.bulk import (
     listing_arrays,
     listing_rows,
     newest_wins,
+    postgres_log_searches,
     postgres_persist_fetch,
 )
 from kuya_store.db.checks import unchecked_read
-from kuya_store.db.driver_writes import DriverStatement, driver_transaction
+from kuya_store.db.driver_writes import DriverStatement, column_arrays, driver_transaction
 from kuya_store.db.driver_writes import run as run_on_driver
 from kuya_store.db.engine import (
     create_engine,
@@ -217,6 +218,7 @@ class Database:
             self.dialect == "postgresql" and self.engine.dialect.driver == "asyncpg"
         )
         self._driver_statements: dict[Any, DriverStatement] | None = None
+        self._log_batch_stmt = postgres_log_searches(_searches, _SEARCH_COLUMNS)
 
     def _time_queries(self, engine: AsyncEngine) -> None:
         def before(conn: Connection, *_: Any) -> None:
@@ -291,6 +293,18 @@ class Database:
         """Insert a batch of search-log rows in one statement; returns how many were new."""
         if not records:
             return 0
+        if self._driver_writes:
+            async with self.engine.connect() as conn:
+                driver = idle_driver_connection(conn)
+                if driver is not None:  # one statement: atomic without a transaction
+                    rows = [r.row() for r in records]
+                    arrays = column_arrays(_searches, rows, _SEARCH_COLUMNS, conn.dialect)
+                    async with driver_transaction(conn, driver, begin=False):
+                        run = self._through_driver(conn, driver)
+                        return len(await run(self._log_batch_stmt, arrays))
+                async with conn.begin():
+                    written = await conn.execute(self._log_stmt, [r.row() for r in records])
+                    return len(written.all())
         async with self.engine.begin() as conn:
             written = await conn.execute(self._log_stmt, [r.row() for r in records])
             return len(written.all())
@@ -332,6 +346,7 @@ class Database:
                 self._upsert_snapshot_stmt: DriverStatement(
                     self._upsert_snapshot_stmt, dialect, _SNAPSHOT_COLUMNS
                 ),
+                self._log_batch_stmt: DriverStatement(self._log_batch_stmt, dialect),
             }
         dialect, observe = conn.dialect, self._observe_query
 

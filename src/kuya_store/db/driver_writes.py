@@ -23,13 +23,20 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
+import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
-__all__ = ["DriverStatement", "as_sqlalchemy_error", "driver_transaction", "run"]
+__all__ = [
+    "DriverStatement",
+    "as_sqlalchemy_error",
+    "column_arrays",
+    "driver_transaction",
+    "run",
+]
 
 _LOST_STATEMENT = "26000"
 """SQLSTATE of a prepared statement the server lost: the pool retires the connection
@@ -80,6 +87,23 @@ class DriverStatement:
             value = values[name] if default is _MISSING else values.get(name, default)
             parameters.append(value if process is None else process(value))
         return parameters
+
+
+def column_arrays(
+    table: sa.Table, rows: Sequence[Mapping[str, Any]], names: Sequence[str], dialect: Dialect
+) -> dict[str, list[Any]]:
+    """The rows' values as one list per column, each processed as its column's type binds it.
+
+    For a statement whose parameters are arrays handed to the driver as they are
+    (``db/bulk.py``): SQLAlchemy would have processed each value of a row's own
+    parameters just so.
+    """
+    arrays: dict[str, list[Any]] = {}
+    for name in names:
+        process = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        values = [row[name] for row in rows]
+        arrays[name] = values if process is None else [process(v) for v in values]
+    return arrays
 
 
 def as_sqlalchemy_error(
@@ -170,7 +194,9 @@ async def run(
 
 
 @contextlib.asynccontextmanager
-async def driver_transaction(conn: AsyncConnection, driver: Any) -> AsyncIterator[None]:
+async def driver_transaction(
+    conn: AsyncConnection, driver: Any, begin: bool = True
+) -> AsyncIterator[None]:
     """A transaction of the driver's own on ``conn``'s connection, committed at the end.
 
     ``conn`` must have run nothing (``engine.idle_driver_connection``): SQLAlchemy then
@@ -179,31 +205,39 @@ async def driver_transaction(conn: AsyncConnection, driver: Any) -> AsyncIterato
     cancelled, the rollback failed) the connection is invalidated instead: the server
     ends a closed session's transaction, and the pool never hands out a connection with
     one open. A commit either happened or it did not: the write is whole or absent.
+
+    Args:
+        begin: ``False`` for one statement, atomic on its own: no ``BEGIN`` and
+            ``COMMIT`` around it (two round trips), the same care of the connection.
     """
     dialect = conn.dialect
     transaction = driver.transaction()
     try:
-        try:
-            await transaction.start()
-        except Exception as exc:
-            _raise_as_sqlalchemy(exc, dialect, None, None, driver)
+        if begin:
+            try:
+                await transaction.start()
+            except Exception as exc:
+                _raise_as_sqlalchemy(exc, dialect, None, None, driver)
         yield
-        try:
-            await transaction.commit()
-        except Exception as exc:
-            _raise_as_sqlalchemy(exc, dialect, None, None, driver)
+        if begin:
+            try:
+                await transaction.commit()
+            except Exception as exc:
+                _raise_as_sqlalchemy(exc, dialect, None, None, driver)
     except BaseException as exc:
-        await _discard(conn, driver, transaction, exc)
+        await _discard(conn, driver, transaction if begin else None, exc)
         raise
 
 
 async def _discard(
-    conn: AsyncConnection, driver: Any, transaction: Any, error: BaseException
+    conn: AsyncConnection, driver: Any, transaction: Any | None, error: BaseException
 ) -> None:
     """End a failed write's transaction, or the connection when its state is not known."""
     if not isinstance(error, asyncio.CancelledError) and not driver.is_closed():
         try:
             if driver.is_in_transaction():
+                if transaction is None:  # none of ours: this connection is not as it was
+                    raise RuntimeError("a transaction is open on the connection")
                 await transaction.rollback()
         except Exception:  # the connection is invalidated instead, below
             pass
