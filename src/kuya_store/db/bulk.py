@@ -36,9 +36,10 @@ on the same rows, ``bench/REPORT.md`` section 12.3 has the figures):
   1,000: real fetches have tens to a few hundred listings, and the catalog churn of a
   temporary table per fetch is a cost a busy primary pays in autovacuum of
   ``pg_class``/``pg_attribute`` too. ``unnest`` it is.
-- Arrays are plain bind parameters: the statement goes through SQLAlchemy's asyncpg
-  dialect (its events, timings and tracing) and through PgBouncer in transaction mode,
-  and the links need no ids sent back to the client (the ``RETURNING`` rows feed the
+- Arrays are plain bind parameters: the statement goes on the driver's own connection
+  (``db/driver_writes.py``, timed as SQLAlchemy's statements are) or through
+  SQLAlchemy's asyncpg dialect behind PgBouncer in transaction mode, and the links need
+  no ids sent back to the client (the ``RETURNING`` rows feed the
   next ``INSERT``): one round trip for the three tables, where a fetch of tens of
   listings spends as much on round trips as on rows.
 

@@ -232,8 +232,14 @@ async def driver_transaction(
 async def _discard(
     conn: AsyncConnection, driver: Any, transaction: Any | None, error: BaseException
 ) -> None:
-    """End a failed write's transaction, or the connection when its state is not known."""
-    if not isinstance(error, asyncio.CancelledError) and not driver.is_closed():
+    """End a failed write's transaction, or the connection when its state is not known.
+
+    A connection the error says is gone (SQLAlchemy's ``connection_invalidated``: closed,
+    or its prepared statements lost to an undeclared pooler) is retired, as SQLAlchemy
+    retires it.
+    """
+    retired = isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated
+    if not (retired or isinstance(error, asyncio.CancelledError) or driver.is_closed()):
         try:
             if driver.is_in_transaction():
                 if transaction is None:  # none of ours: this connection is not as it was
