@@ -299,10 +299,10 @@ class Database:
         if self._driver_writes:
             async with self.engine.connect() as conn:
                 driver = idle_driver_connection(conn)
-                if driver is not None:  # one statement: atomic without a transaction
+                if driver is not None:  # one statement, whatever the batch's size
                     rows = [r.row() for r in records]
                     arrays = column_arrays(_searches, rows, _SEARCH_COLUMNS, conn.dialect)
-                    async with driver_transaction(conn, driver, begin=False):
+                    async with driver_transaction(conn, driver):
                         run = self._through_driver(conn, driver)
                         return len(await run(self._log_batch_stmt, arrays))
                 async with conn.begin():

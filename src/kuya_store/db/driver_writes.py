@@ -194,9 +194,7 @@ async def run(
 
 
 @contextlib.asynccontextmanager
-async def driver_transaction(
-    conn: AsyncConnection, driver: Any, begin: bool = True
-) -> AsyncIterator[None]:
+async def driver_transaction(conn: AsyncConnection, driver: Any) -> AsyncIterator[None]:
     """A transaction of the driver's own on ``conn``'s connection, committed at the end.
 
     ``conn`` must have run nothing (``engine.idle_driver_connection``): SQLAlchemy then
@@ -206,31 +204,28 @@ async def driver_transaction(
     ends a closed session's transaction, and the pool never hands out a connection with
     one open. A commit either happened or it did not: the write is whole or absent.
 
-    Args:
-        begin: ``False`` for one statement, atomic on its own: no ``BEGIN`` and
-            ``COMMIT`` around it (two round trips), the same care of the connection.
+    Even one statement gets its transaction: behind a PgBouncer the store was not told
+    of, a statement's parse and its execution reach the same server only inside one.
     """
     dialect = conn.dialect
     transaction = driver.transaction()
     try:
-        if begin:
-            try:
-                await transaction.start()
-            except Exception as exc:
-                _raise_as_sqlalchemy(exc, dialect, None, None, driver)
+        try:
+            await transaction.start()
+        except Exception as exc:
+            _raise_as_sqlalchemy(exc, dialect, None, None, driver)
         yield
-        if begin:
-            try:
-                await transaction.commit()
-            except Exception as exc:
-                _raise_as_sqlalchemy(exc, dialect, None, None, driver)
+        try:
+            await transaction.commit()
+        except Exception as exc:
+            _raise_as_sqlalchemy(exc, dialect, None, None, driver)
     except BaseException as exc:
-        await _discard(conn, driver, transaction if begin else None, exc)
+        await _discard(conn, driver, transaction, exc)
         raise
 
 
 async def _discard(
-    conn: AsyncConnection, driver: Any, transaction: Any | None, error: BaseException
+    conn: AsyncConnection, driver: Any, transaction: Any, error: BaseException
 ) -> None:
     """End a failed write's transaction, or the connection when its state is not known.
 
@@ -242,8 +237,6 @@ async def _discard(
     if not (retired or isinstance(error, asyncio.CancelledError) or driver.is_closed()):
         try:
             if driver.is_in_transaction():
-                if transaction is None:  # none of ours: this connection is not as it was
-                    raise RuntimeError("a transaction is open on the connection")
                 await transaction.rollback()
         except Exception:  # the connection is invalidated instead, below
             pass
