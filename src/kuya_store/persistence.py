@@ -215,8 +215,8 @@ class Database:
             index_elements=[_snapshots.c.card_identifier, _snapshots.c.snapshot_date],
             set_={name: snapshots.excluded[name] for name in SNAPSHOT_UPDATE_COLUMNS},
         )
-        # On asyncpg the fetch's statements go on the driver's connection (compiled on
-        # first use, by the dialect the first connection set up).
+        # On asyncpg a fetch's statements and the search log go on the driver's connection
+        # (compiled on first use, by the dialect the first connection set up).
         self._driver_writes = (
             self.dialect == "postgresql" and self.engine.dialect.driver == "asyncpg"
         )
