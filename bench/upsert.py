@@ -232,7 +232,11 @@ class _Kuya(_Contender):
 class _CopyDatabase(Database):
     """``persist_fetch`` with the road not taken: ``COPY`` to a temporary table on PostgreSQL."""
 
-    async def _write_fetch(self, conn: Any, record: FetchRecord) -> int | None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._driver_writes = False  # its COPY runs in SQLAlchemy's transaction
+
+    async def _write_fetch(self, conn: Any, run: Any, record: FetchRecord) -> int | None:
         search_id: int | None = (
             await conn.execute(self._log_stmt.values(record.search.row()))
         ).scalar_one_or_none()

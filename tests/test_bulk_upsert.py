@@ -341,7 +341,12 @@ async def test_postgresql_writes_listings_and_links_in_one_statement(postgres_ur
     def seen(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
         statements.append(statement)
 
+    def watch(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.driver_connection.add_query_logger(lambda q: statements.append(q.query))
+
+    # Through SQLAlchemy, or on the driver's own connection (the logger sees only those).
     event.listen(db.engine.sync_engine, "before_cursor_execute", seen)
+    event.listen(db.engine.sync_engine, "connect", watch)
     try:
         listings = [_listing(f"S{i:04d}") for i in range(3000)]
         await db.persist_fetch(_record(listings, kind=ks.SearchType.ACTIVE))

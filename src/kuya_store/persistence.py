@@ -4,7 +4,10 @@ Every fetched result is written in one transaction; listings are upserted by ``i
 with native ``INSERT .. ON CONFLICT DO UPDATE``, in ``item_id`` order so two writers
 lock rows in the same order and never deadlock. Newest data wins: a listing row takes a
 write's values only when that write saw the listing later than the row did, so a fetch
-replayed late (after an outage, from another process) never rolls prices back.
+replayed late (after an outage, from another process) never rolls prices back. On
+PostgreSQL (not behind PgBouncer) a fetch's statements, and the search log's batch, go on
+the driver's own connection, compiled once (``db/driver_writes.py``): the same rows, the
+same errors, a third less CPU than through SQLAlchemy's execution.
 
 The day's ``price_snapshots`` row of a card values every distinct sold listing that the
 card's fetches saw that day (every params and query variant, each listing once), so it
@@ -34,9 +37,12 @@ from kuya_store.db.bulk import (
     listing_arrays,
     listing_rows,
     newest_wins,
+    postgres_log_searches,
     postgres_persist_fetch,
 )
 from kuya_store.db.checks import unchecked_read
+from kuya_store.db.driver_writes import DriverStatement, column_arrays, driver_transaction
+from kuya_store.db.driver_writes import run as run_on_driver
 from kuya_store.db.engine import (
     create_engine,
     driver_connection,
@@ -86,6 +92,20 @@ _links = metadata.tables[SearchResultRow.__tablename__]
 _snapshots = metadata.tables[PriceSnapshotRow.__tablename__]
 
 _T = TypeVar("_T")
+
+_Run = Callable[[Any, dict[str, Any]], Awaitable[Sequence[Any]]]
+"""Runs a statement with its parameters by name in the write's transaction; its rows."""
+
+_SNAPSHOT_COLUMNS = (*SNAPSHOT_FIELDS, "search_id", "created_at")
+"""The columns a day's snapshot row is written with (:meth:`Database._upsert_snapshot`)."""
+
+
+def _through_sqlalchemy(conn: AsyncConnection) -> _Run:
+    async def on_sqlalchemy(statement: Any, parameters: dict[str, Any]) -> Sequence[Any]:
+        result = await conn.execute(statement, parameters)
+        return result.all() if result.returns_rows else ()
+
+    return on_sqlalchemy
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +215,13 @@ class Database:
             index_elements=[_snapshots.c.card_identifier, _snapshots.c.snapshot_date],
             set_={name: snapshots.excluded[name] for name in SNAPSHOT_UPDATE_COLUMNS},
         )
+        # On asyncpg a fetch's statements and the search log go on the driver's connection
+        # (compiled on first use, by the dialect the first connection set up).
+        self._driver_writes = (
+            self.dialect == "postgresql" and self.engine.dialect.driver == "asyncpg"
+        )
+        self._driver_statements: dict[Any, DriverStatement] | None = None
+        self._log_batch_stmt = postgres_log_searches(_searches, _SEARCH_COLUMNS)
 
     def _time_queries(self, engine: AsyncEngine) -> None:
         def before(conn: Connection, *_: Any) -> None:
@@ -269,6 +296,18 @@ class Database:
         """Insert a batch of search-log rows in one statement; returns how many were new."""
         if not records:
             return 0
+        if self._driver_writes:
+            async with self.engine.connect() as conn:
+                driver = idle_driver_connection(conn)
+                if driver is not None:  # one statement, whatever the batch's size
+                    rows = [r.row() for r in records]
+                    arrays = column_arrays(_searches, rows, _SEARCH_COLUMNS, conn.dialect)
+                    async with driver_transaction(conn, driver):
+                        run = self._through_driver(conn, driver)
+                        return len(await run(self._log_batch_stmt, arrays))
+                async with conn.begin():
+                    written = await conn.execute(self._log_stmt, [r.row() for r in records])
+                    return len(written.all())
         async with self.engine.begin() as conn:
             written = await conn.execute(self._log_stmt, [r.row() for r in records])
             return len(written.all())
@@ -277,18 +316,49 @@ class Database:
         """Write a fetched result in one transaction; returns the new ``searches.id``.
 
         ``None`` when the record was written before (a replay): nothing is written again.
+        On PostgreSQL (not behind a transaction pooler) the statements go on the driver's
+        own connection, in its own transaction (``db/driver_writes.py``).
         """
-        async with self.engine.begin() as conn:
-            search_id = await self._write_fetch(conn, record)
-            if search_id is None:
-                return None
-            if record.search.search_type is SearchType.SOLD:
-                await self._revalue_day(conn, record, search_id)
+        if not self._driver_writes:
+            async with self.engine.begin() as conn:
+                return await self._persist_fetch(conn, _through_sqlalchemy(conn), record)
+        async with self.engine.connect() as conn:
+            driver = idle_driver_connection(conn)
+            if driver is None:  # behind PgBouncer: SQLAlchemy's transaction, as on SQLite
+                async with conn.begin():
+                    return await self._persist_fetch(conn, _through_sqlalchemy(conn), record)
+            async with driver_transaction(conn, driver):
+                return await self._persist_fetch(conn, self._through_driver(conn, driver), record)
+
+    async def _persist_fetch(
+        self, conn: AsyncConnection, run: _Run, record: FetchRecord
+    ) -> int | None:
+        search_id = await self._write_fetch(conn, run, record)
+        if search_id is not None and record.search.search_type is SearchType.SOLD:
+            await self._revalue_day(run, record, search_id)
         return search_id
 
-    async def _revalue_day(
-        self, conn: AsyncConnection, record: FetchRecord, search_id: int
-    ) -> None:
+    def _through_driver(self, conn: AsyncConnection, driver: Any) -> _Run:
+        """Runs this database's write statements on ``driver``, compiled once for it."""
+        statements = self._driver_statements
+        if statements is None:  # compiled by the dialect as the first connection set it up
+            dialect = conn.dialect
+            statements = self._driver_statements = {
+                self._persist_fetch_stmt: DriverStatement(self._persist_fetch_stmt, dialect),
+                self._day_sales_stmt: DriverStatement(self._day_sales_stmt, dialect),
+                self._upsert_snapshot_stmt: DriverStatement(
+                    self._upsert_snapshot_stmt, dialect, _SNAPSHOT_COLUMNS
+                ),
+                self._log_batch_stmt: DriverStatement(self._log_batch_stmt, dialect),
+            }
+        dialect, observe = conn.dialect, self._observe_query
+
+        async def on_driver(statement: Any, parameters: dict[str, Any]) -> Sequence[Any]:
+            return await run_on_driver(driver, dialect, statements[statement], parameters, observe)
+
+        return on_driver
+
+    async def _revalue_day(self, run: _Run, record: FetchRecord, search_id: int) -> None:
         """Recompute the card's snapshot of the fetch's UTC day from every sale seen that day.
 
         When the day's sales are exactly this fetch's listings, with the values it wrote,
@@ -308,19 +378,21 @@ class Database:
         if self.dialect == "postgresql":  # the statement upserts the fetch's own valuation
             values = dict.fromkeys(SNAPSHOT_FIELDS) if own is None else _snapshot_values(own)
             parameters.update({f"snapshot_{k}": v for k, v in values.items()}, created_at=moment)
-        rows = (await conn.execute(self._day_sales_stmt, parameters)).all()
+        rows = await run(self._day_sales_stmt, parameters)
         if not rows:  # pragma: no cover - the fetch being written is one of them
             return
         newest_id, newest_at, ours = rows[0][:3]
         if own is not None and ours:
             if self.dialect != "postgresql":
-                await self._upsert_snapshot(conn, own, newest_id, newest_at)
+                await self._upsert_snapshot(run, own, newest_id, newest_at)
             return
         listings = [] if rows[0][3] is None else listings_from_rows(r[3:] for r in rows)
         snapshot = self.valuator.value(card, listings, snapshot_date=start.date(), now=newest_at)
-        await self._upsert_snapshot(conn, snapshot, newest_id, newest_at)
+        await self._upsert_snapshot(run, snapshot, newest_id, newest_at)
 
-    async def _write_fetch(self, conn: AsyncConnection, record: FetchRecord) -> int | None:
+    async def _write_fetch(
+        self, conn: AsyncConnection, run: _Run, record: FetchRecord
+    ) -> int | None:
         """The fetch's search row, listings and links; ``None`` for a replay (nothing written).
 
         On PostgreSQL one statement (``db/bulk.py``); on SQLite the search row, then the
@@ -331,8 +403,8 @@ class Database:
         if self.dialect == "postgresql":
             parameters = {f"search_{name}": value for name, value in record.search.row().items()}
             parameters.update(listing_arrays(listings), moment=moment, ttl=ttl)
-            written = await conn.execute(self._persist_fetch_stmt, parameters)
-            return written.scalar_one_or_none()  # type: ignore[no-any-return]
+            written = await run(self._persist_fetch_stmt, parameters)
+            return None if not written else int(written[0][0])
         search_id: int | None = (
             await conn.execute(self._log_stmt.values(record.search.row()))
         ).scalar_one_or_none()
@@ -357,7 +429,7 @@ class Database:
 
     async def _upsert_snapshot(
         self,
-        conn: AsyncConnection,
+        run: _Run,
         snapshot: PriceSnapshot,
         search_id: int | None,
         created_at: datetime,
@@ -365,7 +437,7 @@ class Database:
         values = _snapshot_values(snapshot)
         values["search_id"] = search_id
         values["created_at"] = created_at  # the store's clock, as for every other row
-        await conn.execute(self._upsert_snapshot_stmt, values)
+        await run(self._upsert_snapshot_stmt, values)
 
     async def detach_results(self, identity: ResultIdentity, before: datetime | None = None) -> int:
         """Stop stored fetches of this card and search type from answering (``invalidate``).

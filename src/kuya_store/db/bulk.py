@@ -36,9 +36,10 @@ on the same rows, ``bench/REPORT.md`` section 12.3 has the figures):
   1,000: real fetches have tens to a few hundred listings, and the catalog churn of a
   temporary table per fetch is a cost a busy primary pays in autovacuum of
   ``pg_class``/``pg_attribute`` too. ``unnest`` it is.
-- Arrays are plain bind parameters: the statement goes through SQLAlchemy's asyncpg
-  dialect (its events, timings and tracing) and through PgBouncer in transaction mode,
-  and the links need no ids sent back to the client (the ``RETURNING`` rows feed the
+- Arrays are plain bind parameters: the statement goes on the driver's own connection
+  (``db/driver_writes.py``, timed as SQLAlchemy's statements are) or through
+  SQLAlchemy's asyncpg dialect behind PgBouncer in transaction mode, and the links need
+  no ids sent back to the client (the ``RETURNING`` rows feed the
   next ``INSERT``): one round trip for the three tables, where a fetch of tens of
   listings spends as much on round trips as on rows.
 
@@ -279,3 +280,39 @@ def _listings_and_links(
         joined = joined.join(search, sa.true())
     linked = sa.select(search_id, positions.c.n - sa.literal_column("1"), written.c.id)
     return written, linked.select_from(joined)
+
+
+def _unbounded(item_type: TypeEngine[Any]) -> TypeEngine[Any]:
+    # An array cast to VARCHAR(n)[] would cut a longer value silently; the column's own
+    # assignment refuses it, as an insert of plain values does.
+    return sa.String() if isinstance(item_type, sa.String) else item_type
+
+
+def postgres_log_searches(searches: sa.Table, search_columns: Sequence[str]) -> Any:
+    """The search log's batch insert with one array per column: one statement, any size.
+
+    Parameters: a list per name of ``search_columns``, the rows' values in order (each as
+    its column's type processes it: the arrays are handed to the driver as they are). A
+    replayed record meets the unique ``record_key`` and is skipped; ``RETURNING`` names
+    the rows written, in the arrays' order.
+    """
+    incoming = (
+        sa.func.unnest(
+            *(
+                sa.bindparam(name, type_=_DriverArray(_unbounded(searches.c[name].type)))
+                for name in search_columns
+            )
+        )
+        .table_valued(
+            *(sa.column(name, searches.c[name].type) for name in search_columns),
+            with_ordinality="ord",
+        )
+        .render_derived(name="incoming")
+    )
+    rows = sa.select(*(incoming.c[name] for name in search_columns)).order_by(incoming.c.ord)
+    return (
+        postgresql.insert(searches)
+        .from_select(list(search_columns), rows)
+        .on_conflict_do_nothing(index_elements=[searches.c.record_key, searches.c.created_at])
+        .returning(searches.c.id)
+    )
