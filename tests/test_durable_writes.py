@@ -40,6 +40,7 @@ from kuya_store.tiers.journal import (
 )
 from kuya_store.writer import WriteBehind
 from readback import rows as _rows
+from records import fetch_record, hit_of
 
 WORKERS = Path(__file__).with_name("workers.py")
 CARDS = [f"2023 Topps Chrome Card {i} #{i}" for i in range(20)]
@@ -263,43 +264,22 @@ NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 def _record_pair(query: str) -> list[SearchRecord | FetchRecord]:
     """A fetched result (listings, snapshot, params, filters, user-less) and a later hit."""
-    card = ks.normalize_card(query)
     listings = [
         ks.Listing(item_id=f"own-{i}", title=f"{query} #{i}", price=f"{10 + i}.05", sold=True)
         for i in range(3)
     ]
-    snapshot = ks.PriceSnapshot(
-        card_identifier=card, snapshot_date=NOW.date(), market_value="11.05", sample_size=3
-    )
-    search = SearchRecord(
-        query=query,
-        card_identifier=card,
-        search_type=ks.SearchType.SOLD,
-        filters={"raw_only": True, "base_only": False, "exclude_auto": False},
+    fetch = fetch_record(
+        query,
+        NOW,
+        listings,
+        "11.05",
         params={"pages": 2, "sort": "date_desc"},
-        created_at=NOW,
+        filters={"raw_only": True, "base_only": False, "exclude_auto": False},
         execution_time_ms=7,
-        cache_hit=False,
-        pages_scraped=1,
-        items_count=3,
         result_key="a" * 64,
         fetch_stats={"pages": 1},
-        complete=True,
     )
-    result = StoredResult(
-        query=query,
-        card_identifier=card,
-        search_type=ks.SearchType.SOLD,
-        params={"pages": 2, "sort": "date_desc"},
-        listings=listings,
-        fetched_at=NOW,
-        snapshot=snapshot,
-    )
-    fetch = FetchRecord(search, result, NOW + timedelta(days=1), snapshot)
-    hit = dataclasses.replace(
-        search, cache_hit=True, created_at=NOW + timedelta(minutes=1), record_key=uuid.uuid4().hex
-    )
-    return [fetch, hit]
+    return [fetch, hit_of(fetch.search, NOW + timedelta(minutes=1))]
 
 
 async def _written(url: str) -> dict[str, list[dict[str, Any]]]:
@@ -853,8 +833,6 @@ async def test_corrupt_entry_is_counted_and_skipped(
 def test_records_round_trip_through_their_json() -> None:
     from datetime import UTC, datetime
     from decimal import Decimal
-
-    from kuya_store.stored import StoredResult
 
     at = datetime(2026, 12, 1, 12, 30, 15, 123456, tzinfo=UTC)
     search = SearchRecord(

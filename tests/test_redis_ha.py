@@ -12,7 +12,6 @@ import random
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,10 @@ from kuya_store.demo import FakeMarketplace
 from kuya_store.keys import ResultIdentity
 from kuya_store.metrics import Metrics
 from kuya_store.settings import StoreSettings
-from kuya_store.stored import StoredResult
 from kuya_store.testing.redis_ha import ClusterSet, SentinelSet
 from kuya_store.testing.redis_ha import key_slot as harness_slot
 from kuya_store.tiers.redis import RedisTier
+from records import result_of as _result
 
 SOLD = ks.SearchType.SOLD
 _KINDS = {
@@ -35,17 +34,6 @@ _KINDS = {
     "sentinel": "redis_sentinel_url",
     "cluster": "redis_cluster_url",
 }
-
-
-def _result(card: str, at: datetime, price: str = "10.00") -> StoredResult:
-    return StoredResult(
-        query=card,
-        card_identifier=card,
-        search_type=SOLD,
-        params={},
-        listings=[ks.Listing(item_id="1", title=card, price=Decimal(price), sold=True)],
-        fetched_at=at,
-    )
 
 
 def _key(query: str, prefix: str) -> str:
