@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -322,6 +323,27 @@ async def _foreign_append(client: Any, prefix: str, payload: bytes, **fields: An
     return str(entry.decode())
 
 
+async def _foreign_appends(client: Any, prefix: str, payloads: list[bytes]) -> None:
+    for payload in payloads:
+        await _foreign_append(client, prefix, payload)
+
+
+async def _journal_written(
+    url: str, redis_url: str, prefix: str, append: Callable[[], Awaitable[object]], **settings: Any
+) -> dict[str, Any]:
+    """Open a store on ``prefix``, ``append`` entries for it and wait until it wrote and acked
+    two of them (one fetch, one hit); its journal metrics then."""
+    async with ks.CompsStore(
+        database_url=url, redis_url=redis_url, key_prefix=prefix, **settings
+    ) as store:
+        await store.start()
+        await append()
+        await _wait_for_rows(url, 2, within=30)
+        await _until(lambda: store.metrics()["journal"]["acked"] == 2, within=30)
+        metrics: dict[str, Any] = store.metrics()["journal"]
+    return metrics
+
+
 async def test_own_entries_are_written_from_memory_exactly_as_decoded_ones(
     migrated_url: str, redis_url: str, key_prefix: str, redis_client: Any
 ) -> None:
@@ -342,15 +364,10 @@ async def test_own_entries_are_written_from_memory_exactly_as_decoded_ones(
     # The same records as another process's entries: decoded, validated, then written.
     await _wipe(migrated_url)
     other = f"{key_prefix}b"
-    async with ks.CompsStore(
-        database_url=migrated_url, redis_url=redis_url, key_prefix=other
-    ) as store:
-        await store.start()
-        for record in records:
-            await _foreign_append(redis_client, other, encode_record(record))
-        await _wait_for_rows(migrated_url, 2, within=30)
-        await _until(lambda: store.metrics()["journal"]["acked"] == 2, within=30)
-        foreign = store.metrics()["journal"]
+    entries = [encode_record(record) for record in records]
+    foreign = await _journal_written(
+        migrated_url, redis_url, other, lambda: _foreign_appends(redis_client, other, entries)
+    )
     assert foreign["decoded"] == 2 and foreign["held"] == 0
     assert await _written(migrated_url) == from_memory
 

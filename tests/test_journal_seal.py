@@ -36,6 +36,8 @@ from kuya_store.tiers.redis import RedisTier
 from records import fetch_record, hit_of
 from test_durable_writes import (
     _foreign_append,
+    _foreign_appends,
+    _journal_written,
     _scalar,
     _stream,
     _until,
@@ -197,17 +199,13 @@ async def test_entries_another_worker_appended_are_written_on_trust_as_validated
 ) -> None:
     records = _pair()
     appender, _ = journal_for(SECRET)  # another worker's journal: it appends, never reads
-    async with ks.CompsStore(
-        database_url=migrated_url,
-        redis_url=redis_url,
-        key_prefix=key_prefix,
+    sealed = await _journal_written(
+        migrated_url,
+        redis_url,
+        key_prefix,
+        lambda: appender.append(records),
         hot_tier_secret=SECRET,
-    ) as store:
-        await store.start()
-        await appender.append(records)
-        await _wait_for_rows(migrated_url, 2, within=30)
-        await _until(lambda: store.metrics()["journal"]["acked"] == 2, within=30)
-        sealed = store.metrics()["journal"]
+    )
     assert (sealed["trusted"], sealed["decoded"], sealed["held"]) == (2, 0, 0)
     on_trust = await _written(migrated_url)
     assert len(on_trust["searches"]) == 2 and len(on_trust["links"]) == 4
@@ -216,15 +214,14 @@ async def test_entries_another_worker_appended_are_written_on_trust_as_validated
     # The very same entries as an older release appends them: validated, then written.
     await _wipe(migrated_url)
     other = f"{key_prefix}b"
-    async with ks.CompsStore(
-        database_url=migrated_url, redis_url=redis_url, key_prefix=other, hot_tier_secret=SECRET
-    ) as store:
-        await store.start()
-        for record in records:
-            await _foreign_append(redis_client, other, encode_record(record))
-        await _wait_for_rows(migrated_url, 2, within=30)
-        await _until(lambda: store.metrics()["journal"]["acked"] == 2, within=30)
-        validated = store.metrics()["journal"]
+    entries = [encode_record(record) for record in records]
+    validated = await _journal_written(
+        migrated_url,
+        redis_url,
+        other,
+        lambda: _foreign_appends(redis_client, other, entries),
+        hot_tier_secret=SECRET,
+    )
     assert (validated["trusted"], validated["decoded"]) == (0, 2)
     assert await _written(migrated_url) == on_trust
 
