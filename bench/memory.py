@@ -241,11 +241,7 @@ async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
         print(f"{shape:<40} {held / 1024:9.1f} KiB held, estimate {error:+6.1%}")
     worst = max(abs(e) for _, _, e in errors)
     print(f"\n## memory: RSS holding {n:,} results of {LISTINGS} listings in process")
-    if quick:  # each process measures its own RSS: side by side, their imports overlap
-        spawned = await asyncio.gather(*(asyncio.to_thread(_spawn, kind, n) for kind in KINDS))
-        reports = dict(zip(KINDS, spawned, strict=True))
-    else:
-        reports = {kind: await asyncio.to_thread(_spawn, kind, n) for kind in KINDS}
+    reports = {kind: await asyncio.to_thread(_spawn, kind, n) for kind in KINDS}
     grown = {k: r["rss_after_mb"] - r["rss_before_mb"] for k, r in reports.items()}
     peaks = {k: r["after_mb"] - r["before_mb"] for k, r in reports.items()}
     for kind, label in KINDS.items():
