@@ -5,7 +5,8 @@ through the database alone (no Redis configured: the ``api_usage`` upsert counts
 fires searches for cards of its own, all misses, concurrently, with a paged fetcher
 (two pages a search) that appends a line to a shared file per real request. The file is
 the count that matters: what the marketplace would bill. The baseline, an app without a
-budget, makes every request asked for; it is computed, not run.
+budget, makes every request asked for; it is computed, not run. A smoke run (``--quick``)
+uses 2 processes.
 
 Run as ``python -m bench.budget JSON`` this module is one worker process.
 """
@@ -87,13 +88,13 @@ async def worker(args: dict[str, Any]) -> dict[str, Any]:
     return {"outcomes": dict(outcomes), "budget": budget}
 
 
-def _run(args: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
+def _run(args: dict[str, Any], processes: int) -> tuple[int, list[dict[str, Any]]]:
     """Start the workers, release them together; requests really made, and their reports."""
     with tempfile.TemporaryDirectory(prefix="kuya-budget-") as scratch:
         calls_file = Path(scratch) / "calls"
         calls_file.touch()
         payloads = [
-            {**args, "calls_file": str(calls_file), "name": f"w{n}"} for n in range(PROCESSES)
+            {**args, "calls_file": str(calls_file), "name": f"w{n}"} for n in range(processes)
         ]
         reports = run_together("bench.budget", payloads, TIMEOUT)
         made = len(calls_file.read_text().splitlines())
@@ -101,11 +102,11 @@ def _run(args: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
 
 
 async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
-    searches = 40 if scale < 1 else 150
-    budget = 100 if scale < 1 else 500
-    asked = PROCESSES * searches * PAGES
+    # A smoke run starts half the processes: each one's imports cost seconds of CPU.
+    processes, searches, budget = (2, 30, 50) if scale < 1 else (PROCESSES, 150, 500)
+    asked = processes * searches * PAGES
     print(
-        f"\n## API budget: {PROCESSES} processes, {searches} distinct misses each "
+        f"\n## API budget: {processes} processes, {searches} distinct misses each "
         f"({PAGES} pages a search, concurrency 16 per process), budget {budget} requests a day"
     )
     print(f"baseline, no budget (computed): {asked:,} requests")
@@ -121,7 +122,7 @@ async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
             "searches": searches,
             "concurrency": 16,
         }
-        made, reports = await asyncio.to_thread(_run, args)
+        made, reports = await asyncio.to_thread(_run, args, processes)
         outcomes: collections.Counter[str] = collections.Counter()
         for report in reports:
             outcomes.update(report["outcomes"])
@@ -134,7 +135,7 @@ async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
         errors = sum(n for k, n in outcomes.items() if k.startswith("error:"))
         targets.append(
             Target(
-                f"budget of {budget} a day, {PROCESSES} processes, counted in {counter}",
+                f"budget of {budget} a day, {processes} processes, counted in {counter}",
                 "never exceeded (count exactly)",
                 f"{made} requests made; {errors} errors",
                 made <= budget and errors == 0,

@@ -102,7 +102,7 @@ async def _failover(kind: str, reset_after: float) -> float:
 
 
 async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
-    n = max(500, int(5000 * scale))
+    n = 200 if scale < 1 else max(500, int(5000 * scale))
     print(f"\n## hot hit through Sentinel and Cluster ({n} hits each; 50 listings; no near-cache)")
     with SentinelSet() as sentinels, ClusterSet(replicas=1) as cluster:
         urls = {"single": redis_url, "sentinel": sentinels.url, "cluster": cluster.url}

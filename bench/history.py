@@ -48,9 +48,9 @@ FROM generate_series(0, $2 - 1) AS d,
 
 
 async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
-    # A smoke run (scale < 1) loads a tenth of the table: the ratio, not the size, is checked.
-    cards, days = (10_000, 100) if scale >= 1 else (1_000, 100)
-    lookups = max(100, int(500 * scale))
+    # A smoke run (scale < 1) loads 3% of the table: the ratio, not the size, is checked.
+    cards, days = (10_000, 100) if scale >= 1 else (300, 100)
+    lookups = max(100, int(500 * scale)) if scale >= 1 else 50
     print(f"\n## price history: one card among {cards * days:,} snapshots ({lookups} random cards)")
     assert ks.normalize_card("prospect-123") == "prospect-123"
     dsn = pg_url.replace("postgresql+asyncpg://", "postgresql://", 1)

@@ -568,8 +568,8 @@ async def _run_in(
 ) -> tuple[list[Outcome], bytes, int, list[str]]:
     await ks.migrations.upgrade_async(db_url)
     # More paths than either contender can ask in the time, so none wraps around.
-    warmup_s, measure_s = (2.0, 5.0) if quick else (20.0, 40.0)
-    workers = 2 if quick else WORKERS  # a smoke run spends less of its minute starting up
+    warmup_s, measure_s = (1.0, 3.0) if quick else (20.0, 40.0)
+    workers = 1 if quick else WORKERS  # a smoke run spends less of its minute starting up
     paths = zipf_paths(60_000 if quick else 200_000)
     paths_file = scratch / "paths.txt"
     paths_file.write_text("\n".join(paths) + "\n")

@@ -39,7 +39,7 @@ asyncio.run(main(sys.argv[1]))
 async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
     from kuya_store.testing.pg_cluster import StreamingPair  # the test harness's servers
 
-    n = max(500, int(5000 * scale))
+    n = 200 if scale < 1 else max(500, int(5000 * scale))
     print(f"\n## database-tier reads through a streaming replica ({n} reads each, write load)")
     with StreamingPair() as pair:
         primary, replica = pair.create_database("bench_replicas")

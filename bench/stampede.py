@@ -5,7 +5,8 @@ all of them get one shared wall-clock moment and fire their share of the searche
 once. This is repeated for several rounds, a new card each round, because a race shows
 up in some rounds and not in others. The fetcher appends a line to a shared file per
 real call and takes 0.3 s, like a paid API. The baseline, an app with no store, calls the
-fetcher once per miss: 500 calls a round. It is computed, not run.
+fetcher once per miss: 500 calls a round. It is computed, not run. A smoke run
+(``--quick``) uses 2 processes and 2 rounds.
 
 Run as ``python -m bench.stampede JSON`` this module is one worker process.
 """
@@ -93,7 +94,9 @@ async def worker(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _stampede(pg_url: str, redis_url: str, rounds: int) -> tuple[list[int], list[dict[str, Any]]]:
+def _stampede(
+    pg_url: str, redis_url: str, rounds: int, processes: int
+) -> tuple[list[int], list[dict[str, Any]]]:
     """Start the worker processes and release them together; calls per round, and reports."""
     with tempfile.TemporaryDirectory(prefix="kuya-stampede-") as scratch:
         calls_file = Path(scratch) / "calls"
@@ -103,23 +106,24 @@ def _stampede(pg_url: str, redis_url: str, rounds: int) -> tuple[list[int], list
             "redis_url": redis_url,
             "key_prefix": f"stampede{uuid.uuid4().hex[:8]}",
             "calls_file": str(calls_file),
-            "concurrency": SEARCHES // PROCESSES,
+            "concurrency": SEARCHES // processes,
             "rounds": rounds,
         }
-        reports = run_together("bench.stampede", [args] * PROCESSES, TIMEOUT)
+        reports = run_together("bench.stampede", [args] * processes, TIMEOUT)
         made = collections.Counter(calls_file.read_text().splitlines())
     return [made[query(k)] for k in range(rounds)], reports
 
 
 async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
-    rounds = 3 if scale < 1 else 10
+    # A smoke run starts half the processes: each one's imports cost seconds of CPU.
+    rounds, processes = (2, 2) if scale < 1 else (10, PROCESSES)
     print(
-        f"\n## stampede: {SEARCHES} concurrent identical misses over {PROCESSES} processes "
+        f"\n## stampede: {SEARCHES} concurrent identical misses over {processes} processes "
         f"(fetcher takes {LATENCY} s), {rounds} rounds"
     )
     await ks.migrations.downgrade_async(pg_url, "base")
     await ks.migrations.upgrade_async(pg_url)
-    calls, reports = await asyncio.to_thread(_stampede, pg_url, redis_url, rounds)
+    calls, reports = await asyncio.to_thread(_stampede, pg_url, redis_url, rounds, processes)
     await ks.migrations.downgrade_async(pg_url, "base")
     per_round = [[r["rounds"][k] for r in reports] for k in range(rounds)]
     errors = sum(len(w["errors"]) for round_ in per_round for w in round_)
@@ -147,7 +151,7 @@ async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
     exact = sum(1 for c in calls if c == 1)
     return [
         Target(
-            f"stampede ({SEARCHES} misses, {PROCESSES} processes)",
+            f"stampede ({SEARCHES} misses, {processes} processes)",
             "exactly 1 fetcher call",
             f"{exact} of {rounds} rounds made 1 call (worst {worst}); {errors} errors",
             exact == rounds and errors == 0,

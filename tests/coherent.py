@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import kuya_store as ks
@@ -22,6 +23,19 @@ def cache_only_store(
         fetchers={"sold": market.sold},
         **more,
     )
+
+
+@contextlib.asynccontextmanager
+async def coherent_pair(
+    redis_url: str, key_prefix: str, market: FakeMarketplace
+) -> AsyncIterator[tuple[ks.CompsStore, ks.CompsStore]]:
+    """Two workers on one Redis and one marketplace, given once both hear every change."""
+    async with (
+        cache_only_store(redis_url, key_prefix, market) as one,
+        cache_only_store(redis_url, key_prefix, market) as two,
+    ):
+        await until(lambda: coherent(one) and coherent(two))
+        yield one, two
 
 
 async def until(predicate: Callable[[], object], timeout: float = 10.0) -> None:

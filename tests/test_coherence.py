@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 import kuya_store as ks
 from coherent import cache_only_store as _store
 from coherent import coherent as _coherent
+from coherent import coherent_pair as _pair
 from coherent import until as _until
 from kuya_store.demo import FakeMarketplace
 from kuya_store.keys import ResultIdentity, changed_key, tracked_prefixes
@@ -130,11 +131,7 @@ async def test_a_change_in_one_store_drops_the_copy_of_another(
     redis_url: str, key_prefix: str
 ) -> None:
     market = FakeMarketplace(listings=5)
-    async with (
-        _store(redis_url, key_prefix, market) as one,
-        _store(redis_url, key_prefix, market) as two,
-    ):
-        await _until(lambda: _coherent(one) and _coherent(two))
+    async with _pair(redis_url, key_prefix, market) as (one, two):
         await one.comps.search(QUERY)
         assert (await two.comps.search(QUERY)).source == "redis"
         old = await two.comps.search(QUERY)
@@ -157,11 +154,7 @@ def test_coherence_runs_on_uvloop(redis_url: str, key_prefix: str) -> None:
 
     async def scenario() -> None:
         market = FakeMarketplace(listings=5)
-        async with (
-            _store(redis_url, key_prefix, market) as one,
-            _store(redis_url, key_prefix, market) as two,
-        ):
-            await _until(lambda: _coherent(one) and _coherent(two))
+        async with _pair(redis_url, key_prefix, market) as (one, two):
             await one.comps.search(QUERY)
             await two.comps.search(QUERY)
             assert (await two.comps.search(QUERY)).source == "memory"

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from kuya_store.tiers.journal import (
 )
 from kuya_store.writer import WriteBehind
 from readback import rows as _rows
+from records import fetch_record, hit_of
 
 WORKERS = Path(__file__).with_name("workers.py")
 CARDS = [f"2023 Topps Chrome Card {i} #{i}" for i in range(20)]
@@ -263,43 +265,22 @@ NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 def _record_pair(query: str) -> list[SearchRecord | FetchRecord]:
     """A fetched result (listings, snapshot, params, filters, user-less) and a later hit."""
-    card = ks.normalize_card(query)
     listings = [
         ks.Listing(item_id=f"own-{i}", title=f"{query} #{i}", price=f"{10 + i}.05", sold=True)
         for i in range(3)
     ]
-    snapshot = ks.PriceSnapshot(
-        card_identifier=card, snapshot_date=NOW.date(), market_value="11.05", sample_size=3
-    )
-    search = SearchRecord(
-        query=query,
-        card_identifier=card,
-        search_type=ks.SearchType.SOLD,
-        filters={"raw_only": True, "base_only": False, "exclude_auto": False},
+    fetch = fetch_record(
+        query,
+        NOW,
+        listings,
+        "11.05",
         params={"pages": 2, "sort": "date_desc"},
-        created_at=NOW,
+        filters={"raw_only": True, "base_only": False, "exclude_auto": False},
         execution_time_ms=7,
-        cache_hit=False,
-        pages_scraped=1,
-        items_count=3,
         result_key="a" * 64,
         fetch_stats={"pages": 1},
-        complete=True,
     )
-    result = StoredResult(
-        query=query,
-        card_identifier=card,
-        search_type=ks.SearchType.SOLD,
-        params={"pages": 2, "sort": "date_desc"},
-        listings=listings,
-        fetched_at=NOW,
-        snapshot=snapshot,
-    )
-    fetch = FetchRecord(search, result, NOW + timedelta(days=1), snapshot)
-    hit = dataclasses.replace(
-        search, cache_hit=True, created_at=NOW + timedelta(minutes=1), record_key=uuid.uuid4().hex
-    )
-    return [fetch, hit]
+    return [fetch, hit_of(fetch.search, NOW + timedelta(minutes=1))]
 
 
 async def _written(url: str) -> dict[str, list[dict[str, Any]]]:
@@ -342,6 +323,27 @@ async def _foreign_append(client: Any, prefix: str, payload: bytes, **fields: An
     return str(entry.decode())
 
 
+async def _foreign_appends(client: Any, prefix: str, payloads: list[bytes]) -> None:
+    for payload in payloads:
+        await _foreign_append(client, prefix, payload)
+
+
+async def _journal_written(
+    url: str, redis_url: str, prefix: str, append: Callable[[], Awaitable[object]], **settings: Any
+) -> dict[str, Any]:
+    """Open a store on ``prefix``, ``append`` entries for it and wait until it wrote and acked
+    two of them (one fetch, one hit); its journal metrics then."""
+    async with ks.CompsStore(
+        database_url=url, redis_url=redis_url, key_prefix=prefix, **settings
+    ) as store:
+        await store.start()
+        await append()
+        await _wait_for_rows(url, 2, within=30)
+        await _until(lambda: store.metrics()["journal"]["acked"] == 2, within=30)
+        metrics: dict[str, Any] = store.metrics()["journal"]
+    return metrics
+
+
 async def test_own_entries_are_written_from_memory_exactly_as_decoded_ones(
     migrated_url: str, redis_url: str, key_prefix: str, redis_client: Any
 ) -> None:
@@ -362,15 +364,10 @@ async def test_own_entries_are_written_from_memory_exactly_as_decoded_ones(
     # The same records as another process's entries: decoded, validated, then written.
     await _wipe(migrated_url)
     other = f"{key_prefix}b"
-    async with ks.CompsStore(
-        database_url=migrated_url, redis_url=redis_url, key_prefix=other
-    ) as store:
-        await store.start()
-        for record in records:
-            await _foreign_append(redis_client, other, encode_record(record))
-        await _wait_for_rows(migrated_url, 2, within=30)
-        await _until(lambda: store.metrics()["journal"]["acked"] == 2, within=30)
-        foreign = store.metrics()["journal"]
+    entries = [encode_record(record) for record in records]
+    foreign = await _journal_written(
+        migrated_url, redis_url, other, lambda: _foreign_appends(redis_client, other, entries)
+    )
     assert foreign["decoded"] == 2 and foreign["held"] == 0
     assert await _written(migrated_url) == from_memory
 
@@ -853,8 +850,6 @@ async def test_corrupt_entry_is_counted_and_skipped(
 def test_records_round_trip_through_their_json() -> None:
     from datetime import UTC, datetime
     from decimal import Decimal
-
-    from kuya_store.stored import StoredResult
 
     at = datetime(2026, 12, 1, 12, 30, 15, 123456, tzinfo=UTC)
     search = SearchRecord(

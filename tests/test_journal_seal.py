@@ -30,11 +30,14 @@ import kuya_store as ks
 from kuya_store.keys import KEY_VERSION, ResultIdentity
 from kuya_store.metrics import Metrics
 from kuya_store.persistence import FetchRecord, SearchRecord
-from kuya_store.stored import CorruptEntryError, StoredResult, ValueSeal, unseal
+from kuya_store.stored import CorruptEntryError, ValueSeal, unseal
 from kuya_store.tiers.journal import Journal, RecordSeal, decode_record, encode_record
 from kuya_store.tiers.redis import RedisTier
+from records import fetch_record, hit_of
 from test_durable_writes import (
     _foreign_append,
+    _foreign_appends,
+    _journal_written,
     _scalar,
     _stream,
     _until,
@@ -131,7 +134,6 @@ def test_money_moments_and_display_data_come_back_exact() -> None:
 
 
 def _fetch(query: str = "2023 Topps Chrome Sealed #1") -> FetchRecord:
-    card = ks.normalize_card(query)
     listings = [
         ks.Listing(
             item_id=f"seal-{i}",
@@ -143,44 +145,22 @@ def _fetch(query: str = "2023 Topps Chrome Sealed #1") -> FetchRecord:
         )
         for i in range(4)
     ]
-    snapshot = ks.PriceSnapshot(
-        card_identifier=card, snapshot_date=NOW.date(), market_value="1.50", sample_size=4
-    )
-    search = SearchRecord(
-        query=query,
-        card_identifier=card,
-        search_type=ks.SearchType.SOLD,
-        filters={"raw_only": False, "base_only": False, "exclude_auto": True},
+    return fetch_record(
+        query,
+        NOW,
+        listings,
+        "1.50",
         params={"pages": 1},
+        filters={"raw_only": False, "base_only": False, "exclude_auto": True},
         created_at=NOW.astimezone(timezone(timedelta(hours=5, minutes=30))),
         execution_time_ms=9,
-        cache_hit=False,
-        pages_scraped=1,
-        items_count=4,
         result_key="c" * 64,
-        complete=True,
     )
-    result = StoredResult(
-        query=query,
-        card_identifier=card,
-        search_type=ks.SearchType.SOLD,
-        params={"pages": 1},
-        listings=listings,
-        fetched_at=NOW,
-        snapshot=snapshot,
-    )
-    return FetchRecord(search, result, NOW + timedelta(days=1), snapshot)
 
 
 def _pair(query: str = "2023 Topps Chrome Sealed #1") -> list[Record]:
     fetch = _fetch(query)
-    hit = dataclasses.replace(
-        fetch.search,
-        cache_hit=True,
-        created_at=NOW + timedelta(minutes=1),
-        record_key=uuid.uuid4().hex,
-    )
-    return [fetch, hit]
+    return [fetch, hit_of(fetch.search, NOW + timedelta(minutes=1))]
 
 
 JournalFor = Callable[..., tuple[Journal, Metrics]]
@@ -219,17 +199,13 @@ async def test_entries_another_worker_appended_are_written_on_trust_as_validated
 ) -> None:
     records = _pair()
     appender, _ = journal_for(SECRET)  # another worker's journal: it appends, never reads
-    async with ks.CompsStore(
-        database_url=migrated_url,
-        redis_url=redis_url,
-        key_prefix=key_prefix,
+    sealed = await _journal_written(
+        migrated_url,
+        redis_url,
+        key_prefix,
+        lambda: appender.append(records),
         hot_tier_secret=SECRET,
-    ) as store:
-        await store.start()
-        await appender.append(records)
-        await _wait_for_rows(migrated_url, 2, within=30)
-        await _until(lambda: store.metrics()["journal"]["acked"] == 2, within=30)
-        sealed = store.metrics()["journal"]
+    )
     assert (sealed["trusted"], sealed["decoded"], sealed["held"]) == (2, 0, 0)
     on_trust = await _written(migrated_url)
     assert len(on_trust["searches"]) == 2 and len(on_trust["links"]) == 4
@@ -238,15 +214,14 @@ async def test_entries_another_worker_appended_are_written_on_trust_as_validated
     # The very same entries as an older release appends them: validated, then written.
     await _wipe(migrated_url)
     other = f"{key_prefix}b"
-    async with ks.CompsStore(
-        database_url=migrated_url, redis_url=redis_url, key_prefix=other, hot_tier_secret=SECRET
-    ) as store:
-        await store.start()
-        for record in records:
-            await _foreign_append(redis_client, other, encode_record(record))
-        await _wait_for_rows(migrated_url, 2, within=30)
-        await _until(lambda: store.metrics()["journal"]["acked"] == 2, within=30)
-        validated = store.metrics()["journal"]
+    entries = [encode_record(record) for record in records]
+    validated = await _journal_written(
+        migrated_url,
+        redis_url,
+        other,
+        lambda: _foreign_appends(redis_client, other, entries),
+        hot_tier_secret=SECRET,
+    )
     assert (validated["trusted"], validated["decoded"]) == (0, 2)
     assert await _written(migrated_url) == on_trust
 

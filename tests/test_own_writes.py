@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import random
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ import pytest
 import kuya_store as ks
 from coherent import cache_only_store as _store
 from coherent import coherent as _coherent
+from coherent import coherent_pair as _pair
 from coherent import until as _until
 from kuya_store.demo import FakeMarketplace
 from kuya_store.keys import ResultIdentity, changed_key, witness_key
@@ -25,6 +25,7 @@ from kuya_store.stored import StoredResult, decode
 from kuya_store.testing.servers import RedisServer
 from kuya_store.tiers.memory import MemoryTier
 from kuya_store.tiers.near import EchoLedger, NearCache
+from records import result_of
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)
 QUERY = "2023 Topps Chrome Victor Wembanyama #1"
@@ -33,14 +34,7 @@ SOLD = ks.SearchType.SOLD
 
 
 def _result(card: str, at: datetime = NOW, price: str = "1.00") -> StoredResult:
-    return StoredResult(
-        query=card,
-        card_identifier=card,
-        search_type=SOLD,
-        params={},
-        listings=[ks.Listing(item_id="1", title=card, price=Decimal(price), sold=True)],
-        fetched_at=at,
-    )
+    return result_of(card, at, price)
 
 
 def _identity(card: str) -> ResultIdentity:
@@ -240,11 +234,7 @@ async def test_another_workers_write_after_ours_drops_our_copy(
 ) -> None:
     redis_url = request.getfixturevalue(url_fixture)
     market = FakeMarketplace(listings=5)
-    async with (
-        _store(redis_url, key_prefix, market) as one,
-        _store(redis_url, key_prefix, market) as two,
-    ):
-        await _until(lambda: _coherent(one) and _coherent(two))
+    async with _pair(redis_url, key_prefix, market) as (one, two):
         ours = await one.comps.search(QUERY)
         await _settled(one)
         assert (await one.comps.search(QUERY)).source == "memory"
@@ -262,11 +252,7 @@ async def test_racing_writes_of_two_workers_leave_no_stale_copy(
     # echo before or after our reply: our copy is either gone or the value Redis holds.
     market = FakeMarketplace(listings=5)
     rng = random.Random(7)
-    async with (
-        _store(redis_url, key_prefix, market) as one,
-        _store(redis_url, key_prefix, market) as two,
-    ):
-        await _until(lambda: _coherent(one) and _coherent(two))
+    async with _pair(redis_url, key_prefix, market) as (one, two):
         identity = _identity("race")
         base = datetime.now(UTC)
         for round_ in range(60):
@@ -349,11 +335,7 @@ async def test_a_refused_write_keeps_nothing_and_a_change_heard_meanwhile_applie
     redis_url: str, key_prefix: str
 ) -> None:
     market = FakeMarketplace(listings=5)
-    async with (
-        _store(redis_url, key_prefix, market) as one,
-        _store(redis_url, key_prefix, market) as two,
-    ):
-        await _until(lambda: _coherent(one) and _coherent(two))
+    async with _pair(redis_url, key_prefix, market) as (one, two):
         identity = _identity("refused")
         now = datetime.now(UTC)
         first = _result("refused", now - timedelta(seconds=2))
@@ -373,11 +355,7 @@ async def test_invalidate_elsewhere_drops_a_copy_kept_through_its_echo(
     redis_url: str, key_prefix: str
 ) -> None:
     market = FakeMarketplace(listings=5)
-    async with (
-        _store(redis_url, key_prefix, market) as one,
-        _store(redis_url, key_prefix, market) as two,
-    ):
-        await _until(lambda: _coherent(one) and _coherent(two))
+    async with _pair(redis_url, key_prefix, market) as (one, two):
         fetched = await one.comps.search(QUERY)
         await _settled(one)
         assert (await one.comps.search(QUERY)).source == "memory"
@@ -420,11 +398,7 @@ async def test_many_concurrent_fetches_leave_the_ledger_empty_and_copies_right(
     redis_url: str, key_prefix: str, redis_client: Any
 ) -> None:
     market = FakeMarketplace(listings=5, latency=0.005)
-    async with (
-        _store(redis_url, key_prefix, market) as one,
-        _store(redis_url, key_prefix, market) as two,
-    ):
-        await _until(lambda: _coherent(one) and _coherent(two))
+    async with _pair(redis_url, key_prefix, market) as (one, two):
         queries = [f"{QUERY} {i}" for i in range(40)]
         searches = [s.comps.search(q) for q in queries for s in (one, two)]
         searches += [one.comps.search(QUERY) for _ in range(20)]

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,10 @@ from kuya_store.demo import FakeMarketplace
 from kuya_store.keys import ResultIdentity
 from kuya_store.metrics import Metrics
 from kuya_store.settings import StoreSettings
-from kuya_store.stored import StoredResult
 from kuya_store.testing.redis_ha import ClusterSet, SentinelSet
 from kuya_store.testing.redis_ha import key_slot as harness_slot
 from kuya_store.tiers.redis import RedisTier
+from records import result_of as _result
 
 SOLD = ks.SearchType.SOLD
 _KINDS = {
@@ -35,17 +35,6 @@ _KINDS = {
     "sentinel": "redis_sentinel_url",
     "cluster": "redis_cluster_url",
 }
-
-
-def _result(card: str, at: datetime, price: str = "10.00") -> StoredResult:
-    return StoredResult(
-        query=card,
-        card_identifier=card,
-        search_type=SOLD,
-        params={},
-        listings=[ks.Listing(item_id="1", title=card, price=Decimal(price), sold=True)],
-        fetched_at=at,
-    )
 
 
 def _key(query: str, prefix: str) -> str:
@@ -154,20 +143,31 @@ async def _kill_mid_load(
     return recovery, seen
 
 
+@contextlib.asynccontextmanager
+async def _store_on(
+    url: str, key_prefix: str, tmp_path: Path, **more: Any
+) -> AsyncIterator[tuple[ks.CompsStore, RedisTier]]:
+    """A store over ``url`` sending every search to Redis (no near-cache); its Redis tier."""
+    market = FakeMarketplace(listings=10)
+    async with ks.CompsStore(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'kuya.db'}",
+        redis_url=url,
+        key_prefix=key_prefix,
+        near_cache_size=0,
+        fetchers={"sold": market.sold},
+        **more,
+    ) as store:
+        await store.create_schema()
+        hot = store._hot
+        assert isinstance(hot, RedisTier)
+        yield store, hot
+
+
 async def test_sentinel_failover_mid_load_fails_no_search(key_prefix: str, tmp_path: Path) -> None:
     with SentinelSet() as sentinels:
-        market = FakeMarketplace(listings=10)
-        async with ks.CompsStore(
-            database_url=f"sqlite+aiosqlite:///{tmp_path / 'kuya.db'}",
-            redis_url=sentinels.url,
-            key_prefix=key_prefix,
-            near_cache_size=0,  # every search goes to Redis
-            breaker_reset_after=timedelta(seconds=1),
-            fetchers={"sold": market.sold},
-        ) as store:
-            await store.create_schema()
-            hot = store._hot
-            assert isinstance(hot, RedisTier)
+        async with _store_on(
+            sentinels.url, key_prefix, tmp_path, breaker_reset_after=timedelta(seconds=1)
+        ) as (store, hot):
             queries = [f"2023 Topps Chrome Prospect {i} #1" for i in range(30)]
             fenced = ResultIdentity.of_query(queries[0], SOLD, {})
             invalidated_at = datetime.now(UTC)
@@ -199,18 +199,9 @@ async def test_cluster_master_killed_with_a_replica_fails_over(
     key_prefix: str, tmp_path: Path
 ) -> None:
     with ClusterSet(replicas=1) as cluster:
-        market = FakeMarketplace(listings=10)
-        async with ks.CompsStore(
-            database_url=f"sqlite+aiosqlite:///{tmp_path / 'kuya.db'}",
-            redis_url=cluster.url,
-            key_prefix=key_prefix,
-            near_cache_size=0,
-            breaker_reset_after=timedelta(seconds=1),
-            fetchers={"sold": market.sold},
-        ) as store:
-            await store.create_schema()
-            hot = store._hot
-            assert isinstance(hot, RedisTier)
+        async with _store_on(
+            cluster.url, key_prefix, tmp_path, breaker_reset_after=timedelta(seconds=1)
+        ) as (store, hot):
             queries = [f"2023 Topps Chrome Prospect {i} #1" for i in range(30)]
             watched = ResultIdentity.of_query(queries[0], SOLD, {})
             key = watched.redis_key(key_prefix)
@@ -231,17 +222,7 @@ async def test_cluster_master_killed_without_replica_skips_only_its_cards(
     key_prefix: str, tmp_path: Path
 ) -> None:
     with ClusterSet(replicas=0) as cluster:
-        market = FakeMarketplace(listings=10)
-        async with ks.CompsStore(
-            database_url=f"sqlite+aiosqlite:///{tmp_path / 'kuya.db'}",
-            redis_url=cluster.url,
-            key_prefix=key_prefix,
-            near_cache_size=0,
-            fetchers={"sold": market.sold},
-        ) as store:
-            await store.create_schema()
-            hot = store._hot
-            assert isinstance(hot, RedisTier)
+        async with _store_on(cluster.url, key_prefix, tmp_path) as (store, hot):
             queries = [f"2023 Topps Chrome Prospect {i} #1" for i in range(30)]
             for query in queries:
                 await store.comps.search(query, record=False)

@@ -54,7 +54,7 @@ class Size:
     @classmethod
     def of(cls, scale: float) -> Size:
         if scale < 1:
-            return cls(searches=200, cards=80, days=2, samples=150)
+            return cls(searches=100, cards=50, days=2, samples=80)
         return cls(searches=3_000, cards=150, days=3, samples=1_000)
 
 

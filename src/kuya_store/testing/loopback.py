@@ -1,4 +1,5 @@
-"""Processes on loopback for the harness: free ports, scratch directories, waiting, apt.
+"""Processes on loopback for the harness: free ports, scratch directories, waiting, apt,
+and the base of every server process (:class:`Daemon`).
 
 Shared by every server kind (:mod:`~kuya_store.testing.pg_server`,
 :mod:`~kuya_store.testing.redis_server`, :mod:`~kuya_store.testing.pg_cluster`,
@@ -14,11 +15,22 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
-__all__ = ["HOST", "START_TIMEOUT", "STOP_TIMEOUT", "free_port", "scratch_root"]
+__all__ = [
+    "HOST",
+    "START_TIMEOUT",
+    "STOP_TIMEOUT",
+    "Daemon",
+    "Started",
+    "free_port",
+    "scratch_root",
+]
+
+_T = TypeVar("_T")
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 10.0
@@ -144,6 +156,32 @@ def _apt_install(package: str) -> None:
         )
 
 
+def _installed(find: Callable[[], _T | None], package: str, what: str) -> _T:
+    """What ``find`` finds, installing the apt ``package`` first when it finds nothing."""
+    found = find()
+    if found is None:
+        _apt_install(package)
+        found = find()
+    if found is None:
+        raise RuntimeError(f"{what} not found after installing the {package} package")
+    return found
+
+
+def _program(name: str) -> str:
+    """The path of program ``name``, installing the apt package of that name if missing."""
+
+    def find() -> str | None:
+        found = shutil.which(name)
+        if found:
+            return found
+        for candidate in (f"/usr/bin/{name}", f"/usr/sbin/{name}"):
+            if os.access(candidate, os.X_OK):
+                return candidate
+        return None
+
+    return _installed(find, name, name)
+
+
 class Started:
     """A server, or a set of them, as a ``with`` block: started on entering, cleaned up on
     leaving, and cleaned up too when the start fails (``__exit__`` would not run then)."""
@@ -168,3 +206,75 @@ class Started:
         tb: TracebackType | None,
     ) -> None:
         self.cleanup()
+
+
+class Daemon(Started):
+    """A server process on a loopback port with a scratch directory of its own.
+
+    Args:
+        prefix: name prefix of the scratch directory made when ``base_dir`` is not given
+            (that one is removed again by :meth:`_remove_scratch`).
+        port: a fixed port; without one a free port is picked, and a start that finds it
+            taken meanwhile may pick another (:meth:`_next_port`).
+    """
+
+    _PIDFILE = "server.pid"
+    _LOGFILE = "server.log"
+    _START_ATTEMPTS = 3
+
+    def __init__(self, prefix: str, base_dir: Path | None = None, port: int | None = None) -> None:
+        self._owns_base = base_dir is None
+        self.base_dir = _mkdtemp(prefix) if base_dir is None else Path(base_dir)
+        self._auto_port = port is None
+        self._port = free_port() if port is None else port
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def pidfile(self) -> Path:
+        return self.base_dir / self._PIDFILE
+
+    @property
+    def logfile(self) -> Path:
+        return self.base_dir / self._LOGFILE
+
+    @property
+    def pid(self) -> int | None:
+        return _read_pid(self.pidfile)
+
+    def _alive(self) -> bool:
+        """Whether the process its pidfile names is alive (answering or not)."""
+        pid = self.pid
+        return pid is not None and _pid_alive(pid)
+
+    def is_running(self) -> bool:
+        """Whether the port accepts connections."""
+        return _port_open(self._port)
+
+    def _closed(self) -> bool:
+        """Wait for the port to refuse connections; whether it did within the stop timeout."""
+        return _wait_until(lambda: not _port_open(self._port), STOP_TIMEOUT)
+
+    def _signal(self, signum: int, pid: int | None = None) -> bool:
+        """Send ``signum`` to ``pid`` (default: the pidfile's) if alive, then :meth:`_closed`."""
+        pid = self.pid if pid is None else pid
+        if pid is not None and _pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        return self._closed()
+
+    def _next_port(self, attempt: int) -> bool:
+        """Move to a fresh port for another start attempt, if the port was picked here."""
+        if self._auto_port and attempt + 1 < self._START_ATTEMPTS:
+            self._port = free_port()
+            return True
+        return False
+
+    def _remove_scratch(self) -> None:
+        if self._owns_base:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(port={self._port}, base_dir={str(self.base_dir)!r})"

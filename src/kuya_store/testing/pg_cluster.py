@@ -11,31 +11,25 @@ running as root), installed with apt when missing. Only the standard library is 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
-import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Self
 
 from kuya_store.testing.loopback import (
     HOST,
     START_TIMEOUT,
-    STOP_TIMEOUT,
+    Daemon,
     Started,
     _apt_install,
     _is_root,
-    _mkdtemp,
-    _pid_alive,
-    _port_open,
-    _read_pid,
+    _program,
     _wait_until,
-    free_port,
 )
-from kuya_store.testing.pg_server import PostgresServer, _clean_env, _quote_ident, _quote_literal
+from kuya_store.testing.pg_server import PostgresServer
+from kuya_store.testing.pg_tools import SUPERUSER, _as_postgres, _quote_ident, _quote_literal, _run
 
 __all__ = [
     "PgBouncer",
@@ -52,21 +46,7 @@ REPLICATION_PASSWORD = "kuya-repl-pw"
 
 def ensure_pgbouncer_installed() -> str:
     """The path of ``pgbouncer``, installing the Debian package when missing (root only)."""
-
-    def find() -> str | None:
-        found = shutil.which("pgbouncer")
-        if found:
-            return found
-        candidate = "/usr/sbin/pgbouncer"
-        return candidate if os.access(candidate, os.X_OK) else None
-
-    path = find()
-    if path is None:
-        _apt_install("pgbouncer")
-        path = find()
-    if path is None:
-        raise RuntimeError("pgbouncer not found after installing the pgbouncer package")
-    return path
+    return _program("pgbouncer")
 
 
 def ensure_partman_installed(bin_dir: Path) -> None:
@@ -129,13 +109,7 @@ class StandbyServer(PostgresServer):
             "fast",
             "--no-sync",
         ]
-        cmd = self._as_postgres(args)
-        env = dict(_clean_env(), PGPASSWORD=REPLICATION_PASSWORD)
-        result = subprocess.run(
-            cmd, cwd="/", env=env, capture_output=True, text=True, check=False, timeout=60
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"pg_basebackup failed:\n{result.stdout}{result.stderr}")
+        _run(args, as_owner=True, env={"PGPASSWORD": REPLICATION_PASSWORD})
 
     def _ensure_role_and_database(self) -> None:
         """Nothing to create: the role and databases replicate from the primary."""
@@ -188,13 +162,16 @@ class StreamingPair(Started):
 # --------------------------------------------------------------------------- PgBouncer
 
 
-class PgBouncer(Started):
+class PgBouncer(Daemon):
     """PgBouncer in transaction pooling mode in front of one PostgreSQL (any database).
 
     Args:
         pool_size: server connections per database and user; small, so that many client
             transactions share few server connections, as in production.
     """
+
+    _PIDFILE = "pgbouncer.pid"
+    _LOGFILE = "pgbouncer.log"
 
     def __init__(
         self,
@@ -204,8 +181,7 @@ class PgBouncer(Started):
         password: str,
         pool_size: int = 10,
     ) -> None:
-        self.base_dir = _mkdtemp("kuya-pgb-")
-        self.port = free_port()
+        super().__init__("kuya-pgb-")
         self.server_host = server_host
         self.server_port = server_port
         self.user = user
@@ -216,14 +192,6 @@ class PgBouncer(Started):
     @property
     def ini(self) -> Path:
         return self.base_dir / "pgbouncer.ini"
-
-    @property
-    def pidfile(self) -> Path:
-        return self.base_dir / "pgbouncer.pid"
-
-    @property
-    def logfile(self) -> Path:
-        return self.base_dir / "pgbouncer.log"
 
     def url_for(self, database: str) -> str:
         return f"postgresql+asyncpg://{self.user}:{self.password}@{HOST}:{self.port}/{database}"
@@ -259,7 +227,7 @@ class PgBouncer(Started):
         if _is_root():
             import pwd
 
-            entry = pwd.getpwnam(PostgresServer.SUPERUSER)
+            entry = pwd.getpwnam(SUPERUSER)
             for path in (self.base_dir, self.ini, self.base_dir / "users.txt"):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
 
@@ -268,10 +236,7 @@ class PgBouncer(Started):
             return self
         self._executable = self._executable or ensure_pgbouncer_installed()
         self._write_config()
-        args = [self._executable, "-d", "-q", str(self.ini)]
-        if _is_root():  # PgBouncer refuses to run as root
-            runuser = shutil.which("runuser") or "/usr/sbin/runuser"
-            args = [runuser, "-u", PostgresServer.SUPERUSER, "--", *args]
+        args = _as_postgres([self._executable, "-d", "-q", str(self.ini)])  # not as root
         result = subprocess.run(
             args, cwd="/", capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
         )
@@ -283,22 +248,13 @@ class PgBouncer(Started):
             )
         return self
 
-    def is_running(self) -> bool:
-        return _port_open(self.port)
-
     def stop(self) -> None:
-        pid = _read_pid(self.pidfile)
-        if pid is not None and _pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            if not _wait_until(lambda: not _port_open(self.port), STOP_TIMEOUT):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                time.sleep(0.1)
+        if self._alive() and not self._signal(signal.SIGTERM):
+            self._signal(signal.SIGKILL)
 
     def cleanup(self) -> None:
         self.stop()
-        shutil.rmtree(self.base_dir, ignore_errors=True)
+        self._remove_scratch()
 
     def __repr__(self) -> str:
         return f"PgBouncer(port={self.port}, server={self.server_host}:{self.server_port})"

@@ -1,19 +1,14 @@
-"""A private PostgreSQL cluster on loopback, and its installation on demand.
+"""A private PostgreSQL cluster on loopback: started, stopped, crashed, and given SQL.
 
+The programs it runs come from :mod:`~kuya_store.testing.pg_tools` (installed on demand).
 Only the standard library is used.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import os
-import pwd
 import shlex
 import shutil
 import signal
-import stat
-import subprocess
 from pathlib import Path
 from typing import Self
 
@@ -21,16 +16,21 @@ from kuya_store.testing.loopback import (
     HOST,
     START_TIMEOUT,
     STOP_TIMEOUT,
-    Started,
-    _apt_install,
-    _is_root,
+    Daemon,
     _log_tail,
     _mkdtemp,
     _pid_alive,
     _port_open,
-    _read_pid,
     _wait_until,
-    free_port,
+)
+from kuya_store.testing.pg_tools import (
+    SUPERUSER,
+    _hand_over,
+    _initdb,
+    _quote_ident,
+    _quote_literal,
+    _run,
+    ensure_postgres_installed,
 )
 
 __all__ = ["PostgresServer", "ensure_postgres_installed"]
@@ -39,70 +39,15 @@ __all__ = ["PostgresServer", "ensure_postgres_installed"]
 MAX_SOCKET_DIR_LEN = 80
 
 
-def _clean_env() -> dict[str, str]:
-    # Stray PG* variables (PGHOST, PGPASSWORD, PGSERVICE, ...) would redirect or alter
-    # the client tools; a fixed C locale keeps initdb deterministic.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env["LC_ALL"] = "C"
-    env["LANG"] = "C"
-    return env
-
-
-def _find_postgres_bin() -> Path | None:
-    def version_key(path: Path) -> tuple[int, ...]:
-        try:
-            return tuple(int(part) for part in path.parent.name.split("."))
-        except ValueError:
-            return (0,)
-
-    debian = [p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "initdb").is_file()]
-    if debian:
-        return max(debian, key=version_key)
-    initdb = shutil.which("initdb")
-    if initdb:
-        return Path(initdb).resolve().parent
-    return None
-
-
-def ensure_postgres_installed() -> Path:
-    """Return the PostgreSQL server bin dir (newest version), installing it with apt if needed."""
-    bin_dir = _find_postgres_bin()
-    if bin_dir is None:
-        _apt_install("postgresql")
-        bin_dir = _find_postgres_bin()
-    if bin_dir is None:
-        raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) not found")
-    return bin_dir
-
-
-# initdb takes about a second while copying a fresh cluster takes a few milliseconds, so
-# each process runs initdb once per PostgreSQL version and copies the result.
-_TEMPLATES: dict[Path, Path] = {}
-
-
-@atexit.register
-def _remove_templates() -> None:
-    for template in _TEMPLATES.values():
-        shutil.rmtree(template.parent, ignore_errors=True)
-    _TEMPLATES.clear()
-
-
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _quote_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-class PostgresServer(Started):
+class PostgresServer(Daemon):
     """A private PostgreSQL cluster on 127.0.0.1 with password auth over TCP.
 
     fsync and full-page writes are off for speed. Committed data still survives ``kill()``
     followed by ``restart()``: it is in the OS page cache, which outlives the server.
     """
 
-    SUPERUSER = "postgres"
+    SUPERUSER = SUPERUSER
+    _LOGFILE = "postgres.log"
 
     def __init__(
         self,
@@ -112,10 +57,7 @@ class PostgresServer(Started):
         password: str = "kuya-test-pw",
         database: str = "kuya_test",
     ) -> None:
-        self._owns_base = base_dir is None
-        self.base_dir = _mkdtemp("kuya-pg-") if base_dir is None else Path(base_dir)
-        self._auto_port = port is None
-        self._port = free_port() if port is None else port
+        super().__init__("kuya-pg-", base_dir, port)
         self.user = user
         self.password = password
         self.database = database
@@ -124,10 +66,6 @@ class PostgresServer(Started):
         self._owns_socket_dir = False
 
     # -- properties
-
-    @property
-    def port(self) -> int:
-        return self._port
 
     @property
     def bin_dir(self) -> Path:
@@ -140,8 +78,8 @@ class PostgresServer(Started):
         return self.base_dir / "data"
 
     @property
-    def logfile(self) -> Path:
-        return self.base_dir / "postgres.log"
+    def pidfile(self) -> Path:
+        return self.data_dir / "postmaster.pid"
 
     @property
     def socket_dir(self) -> Path:
@@ -164,91 +102,22 @@ class PostgresServer(Started):
         """asyncpg / libpq DSN (``postgresql://``) of the main test database."""
         return self.dsn_for(self.database)
 
-    @property
-    def pid(self) -> int | None:
-        return _read_pid(self.data_dir / "postmaster.pid")
-
     def url_for(self, database: str) -> str:
         return f"postgresql+asyncpg://{self.user}:{self.password}@{HOST}:{self._port}/{database}"
 
     def dsn_for(self, database: str) -> str:
         return f"postgresql://{self.user}:{self.password}@{HOST}:{self._port}/{database}"
 
-    # -- running binaries
-
-    def _as_postgres(self, args: list[str]) -> list[str]:
-        # initdb, pg_ctl and postgres refuse to run as root.
-        if not _is_root():
-            return args
-        runuser = shutil.which("runuser") or "/usr/sbin/runuser"
-        return [runuser, "-u", self.SUPERUSER, "--", *args]
-
-    def _run(
-        self, args: list[str], *, as_owner: bool, check: bool = True, timeout: float = 60
-    ) -> subprocess.CompletedProcess[str]:
-        cmd = self._as_postgres(args) if as_owner else args
-        # cwd "/" because runuser keeps the caller's cwd, which postgres may not be able to read.
-        result = subprocess.run(
-            cmd,
-            cwd="/",
-            env=_clean_env(),
-            capture_output=True,
-            text=True,
-            check=False,
-            stdin=subprocess.DEVNULL,
-            timeout=timeout,
-        )
-        if check and result.returncode != 0:
-            raise RuntimeError(
-                f"{' '.join(shlex.quote(a) for a in args)} failed "
-                f"(exit {result.returncode}):\n{result.stdout}{result.stderr}"
-            )
-        return result
+    # -- files
 
     def _prepare_dirs(self) -> None:
         for path in (self.base_dir, self.socket_dir):
             path.mkdir(parents=True, exist_ok=True)
-            self._hand_over(path)
-
-    def _hand_over(self, path: Path) -> None:
-        """Make ``path`` usable by the server user when running as root."""
-        if not _is_root():
-            return
-        entry = pwd.getpwnam(self.SUPERUSER)
-        os.chown(path, entry.pw_uid, entry.pw_gid)
-        os.chmod(path, 0o755)
-        # The server user must be able to walk down to its directories; grant search
-        # (not read) permission on ancestors that lack it, e.g. private pytest temp roots.
-        for parent in path.parents:
-            mode = parent.stat().st_mode
-            if not mode & stat.S_IXOTH:
-                os.chmod(parent, stat.S_IMODE(mode) | stat.S_IXOTH)
+            _hand_over(path)
 
     def _initdb(self) -> None:
-        if (self.data_dir / "PG_VERSION").is_file():
-            return
-        template = _TEMPLATES.get(self.bin_dir)
-        if template is None or not (template / "PG_VERSION").is_file():
-            holder = _mkdtemp("kuya-pg-template-")
-            self._hand_over(holder)
-            template = holder / "data"
-            self._run(
-                [
-                    str(self.bin_dir / "initdb"),
-                    "--no-sync",
-                    "--auth-local=trust",
-                    "--auth-host=scram-sha-256",
-                    "--encoding=UTF8",
-                    "--locale=C",
-                    "-U",
-                    self.SUPERUSER,
-                    "-D",
-                    str(template),
-                ],
-                as_owner=True,
-            )
-            _TEMPLATES[self.bin_dir] = template
-        self._run(["cp", "-a", str(template), str(self.data_dir)], as_owner=True)
+        if not (self.data_dir / "PG_VERSION").is_file():
+            _initdb(self.bin_dir, self.data_dir)
 
     def _pg_ctl_start(self) -> bool:
         options = " ".join(
@@ -263,7 +132,7 @@ class PostgresServer(Started):
                 "-c full_page_writes=off",
             ]
         )
-        result = self._run(
+        result = _run(
             [
                 str(self.bin_dir / "pg_ctl"),
                 "-w",
@@ -286,23 +155,20 @@ class PostgresServer(Started):
 
     def start(self) -> Self:
         """initdb on first use, start the server, and ensure the login role and database."""
-        if self.is_running() and self.pid is not None and _pid_alive(self.pid):
+        if self.is_running() and self._alive():
             return self
         self._prepare_dirs()
         self._initdb()
         self._clear_stale_pidfile()
-        attempts = 3 if self._auto_port else 1
-        for attempt in range(attempts):
+        for attempt in range(self._START_ATTEMPTS):
             if _port_open(self._port):
-                if attempt + 1 < attempts:
-                    self._port = free_port()
+                if self._next_port(attempt):
                     continue
                 raise RuntimeError(f"port {self._port} is already in use")
             if self._pg_ctl_start():
                 break
             # Another process may have grabbed the auto-picked port in the meantime.
-            if attempt + 1 < attempts and _port_open(self._port):
-                self._port = free_port()
+            if _port_open(self._port) and self._next_port(attempt):
                 continue
             raise RuntimeError(
                 f"PostgreSQL failed to start on port {self._port}; log tail:\n"
@@ -319,18 +185,15 @@ class PostgresServer(Started):
 
     def stop(self) -> None:
         """Fast shutdown (clean checkpoint); data stays for the next start."""
-        pid = self.pid
-        if pid is None or not _pid_alive(pid):
+        if not self._alive():
             self._clear_stale_pidfile()
             return
-        result = self._run(
+        result = _run(
             [str(self.bin_dir / "pg_ctl"), "-w", "-D", str(self.data_dir), "-m", "fast", "stop"],
             as_owner=True,
             check=False,
         )
-        if result.returncode != 0 or not _wait_until(
-            lambda: not _port_open(self._port), STOP_TIMEOUT
-        ):
+        if result.returncode != 0 or not self._closed():
             self.kill()
 
     def kill(self) -> None:
@@ -339,7 +202,7 @@ class PostgresServer(Started):
         if pid is None or not _pid_alive(pid):
             self._clear_stale_pidfile()
             return
-        self._run(
+        _run(
             [
                 str(self.bin_dir / "pg_ctl"),
                 "-w",
@@ -354,10 +217,8 @@ class PostgresServer(Started):
             as_owner=True,
             check=False,
         )
-        if _pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        if not _wait_until(lambda: not _port_open(self._port), STOP_TIMEOUT):
+        # pg_ctl may have removed the pidfile of a postmaster that still lingers.
+        if not self._signal(signal.SIGKILL, pid):
             raise RuntimeError(f"PostgreSQL on port {self._port} did not die")
         self._clear_stale_pidfile()
 
@@ -366,31 +227,26 @@ class PostgresServer(Started):
         self.stop()
         return self.start()
 
-    def is_running(self) -> bool:
-        return _port_open(self._port)
-
     def cleanup(self) -> None:
         """Stop the server and remove the directories this object created."""
         if self.data_dir.is_dir():
             self.stop()
-        if self._owns_base:
-            shutil.rmtree(self.base_dir, ignore_errors=True)
+        self._remove_scratch()
         if self._owns_socket_dir and self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     def _clear_stale_pidfile(self) -> None:
         # After a SIGKILL the postmaster may linger as an unreaped zombie; postgres would
         # then mistake the stale lock file for a live server and refuse to start.
-        pidfile = self.data_dir / "postmaster.pid"
-        pid = _read_pid(pidfile)
+        pid = self.pid
         if pid is not None and not _pid_alive(pid):
-            pidfile.unlink(missing_ok=True)
+            self.pidfile.unlink(missing_ok=True)
 
     # -- SQL as superuser over the Unix socket (local auth is trust)
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL as the superuser and return psql's unaligned, tuples-only output."""
-        result = self._run(
+        result = _run(
             [
                 str(self.bin_dir / "psql"),
                 "-X",
@@ -432,8 +288,3 @@ class PostgresServer(Started):
         if exists != "1":
             self.psql(f"CREATE DATABASE {_quote_ident(name)} OWNER {_quote_ident(self.user)}")
         return self.url_for(name)
-
-    # -- context manager
-
-    def __repr__(self) -> str:
-        return f"PostgresServer(port={self._port}, base_dir={str(self.base_dir)!r})"

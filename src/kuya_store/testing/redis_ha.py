@@ -26,11 +26,10 @@ from kuya_store.testing.loopback import (
     Started,
     _log_tail,
     _mkdtemp,
-    _pid_alive,
     _wait_until,
     free_port,
 )
-from kuya_store.testing.redis_server import RedisServer, ensure_redis_installed
+from kuya_store.testing.redis_server import RedisServer
 
 __all__ = ["ClusterSet", "RedisNode", "SentinelSet", "key_slot"]
 
@@ -43,35 +42,16 @@ class RedisNode(RedisServer):
 
     def __init__(self, base_dir: Path, port: int, options: list[str], sentinel: bool = False):
         super().__init__(base_dir=base_dir, port=port)
-        self._auto_port = False
         self.options = options
         self.sentinel = sentinel
 
-    def _launch(self) -> None:
-        self._executable = self._executable or ensure_redis_installed()
-        self.pidfile.unlink(missing_ok=True)
-        common = [
-            "--bind",
-            HOST,
-            "--port",
-            str(self.port),
-            "--daemonize",
-            "yes",
-            "--dir",
-            str(self.base_dir),
-            "--pidfile",
-            str(self.pidfile),
-            "--logfile",
-            str(self.logfile),
-        ]
-        if self.sentinel:
-            # A sentinel rewrites its configuration file, so it needs one of its own.
-            conf = self.base_dir / "sentinel.conf"
-            conf.write_text("\n".join(self.options) + "\n")
-            cmd = [self._executable, str(conf), "--sentinel", *common]
-        else:
-            cmd = [self._executable, *common, "--save", "", "--appendonly", "no", *self.options]
-        self._daemonize(cmd)
+    def _launch_args(self) -> list[str]:
+        if not self.sentinel:
+            return [*super()._launch_args(), *self.options]
+        # A sentinel rewrites its configuration file, so it needs one of its own.
+        conf = self.base_dir / "sentinel.conf"
+        conf.write_text("\n".join(self.options) + "\n")
+        return [str(conf), "--sentinel", *self._common_args()]
 
     def stop(self) -> None:
         if self.sentinel:
@@ -256,11 +236,11 @@ class ClusterSet(_NodeSet):
         self._settle("the cluster", self._settled)
         return self
 
-    def _alive(self) -> list[RedisNode]:
-        return [n for n in self.nodes if n.pid is not None and _pid_alive(n.pid)]
+    def _live_nodes(self) -> list[RedisNode]:
+        return [n for n in self.nodes if n._alive()]
 
     def _settled(self) -> bool:
-        for node in self._alive():
+        for node in self._live_nodes():
             if node.info("cluster").get("cluster_state") != "ok":
                 return False
             replication = node.info("replication")
@@ -270,7 +250,7 @@ class ClusterSet(_NodeSet):
 
     def masters(self) -> list[RedisNode]:
         """The live nodes that serve slots as masters now."""
-        return [n for n in self._alive() if n.info("replication").get("role") == "master"]
+        return [n for n in self._live_nodes() if n.info("replication").get("role") == "master"]
 
     def master_of(self, key: str) -> RedisNode:
         """The live master that owns ``key``'s slot now."""

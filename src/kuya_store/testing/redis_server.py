@@ -6,8 +6,6 @@ Only the standard library is used.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,16 +15,11 @@ from typing import Self
 from kuya_store.testing.loopback import (
     HOST,
     START_TIMEOUT,
-    STOP_TIMEOUT,
-    Started,
-    _apt_install,
+    Daemon,
     _log_tail,
-    _mkdtemp,
-    _pid_alive,
     _port_open,
-    _read_pid,
+    _program,
     _wait_until,
-    free_port,
 )
 
 __all__ = ["RedisServer", "ensure_redis_installed"]
@@ -34,71 +27,34 @@ __all__ = ["RedisServer", "ensure_redis_installed"]
 
 def ensure_redis_installed() -> str:
     """Return the path of ``redis-server``, installing it with apt when missing (root only)."""
-
-    def find() -> str | None:
-        found = shutil.which("redis-server")
-        if found:
-            return found
-        for candidate in ("/usr/bin/redis-server", "/usr/sbin/redis-server"):
-            if os.access(candidate, os.X_OK):
-                return candidate
-        return None
-
-    path = find()
-    if path is None:
-        _apt_install("redis-server")
-        path = find()
-    if path is None:
-        raise RuntimeError("redis-server not found after installing the redis-server package")
-    return path
+    return _program("redis-server")
 
 
-class RedisServer(Started):
+class RedisServer(Daemon):
     """A throw-away ``redis-server`` bound to 127.0.0.1 with persistence disabled."""
 
+    _PIDFILE = "redis.pid"
+    _LOGFILE = "redis.log"
+
     def __init__(self, base_dir: Path | None = None, port: int | None = None) -> None:
-        self._owns_base = base_dir is None
-        self.base_dir = _mkdtemp("kuya-redis-") if base_dir is None else Path(base_dir)
-        self._auto_port = port is None
-        self._port = free_port() if port is None else port
+        super().__init__("kuya-redis-", base_dir, port)
         self._executable: str | None = None
-
-    # -- properties
-
-    @property
-    def port(self) -> int:
-        return self._port
 
     @property
     def url(self) -> str:
         return f"redis://{HOST}:{self._port}/0"
 
-    @property
-    def pidfile(self) -> Path:
-        return self.base_dir / "redis.pid"
-
-    @property
-    def logfile(self) -> Path:
-        return self.base_dir / "redis.log"
-
-    @property
-    def pid(self) -> int | None:
-        return _read_pid(self.pidfile)
-
     # -- lifecycle
 
     def start(self) -> Self:
         """Start and wait for PING; a no-op if this server is already up."""
-        if self.pid is not None and _pid_alive(self.pid) and self.is_running():
+        if self._alive() and self.is_running():
             return self
-        self._executable = self._executable or ensure_redis_installed()
         self.base_dir.mkdir(parents=True, exist_ok=True)
-        attempts = 3 if self._auto_port else 1
-        for attempt in range(attempts):
+        for attempt in range(self._START_ATTEMPTS):
             if _port_open(self._port):
                 # Something else owns the port; a PING there would be answered by a stranger.
-                if attempt + 1 < attempts:
-                    self._port = free_port()
+                if self._next_port(attempt):
                     continue
                 raise RuntimeError(f"port {self._port} is already in use")
             self._launch()
@@ -107,8 +63,7 @@ class RedisServer(Started):
                 self._auto_port = False
                 return self
             self.kill()
-            if attempt + 1 < attempts and not _port_open(self._port):
-                self._port = free_port()
+            if not _port_open(self._port) and self._next_port(attempt):
                 continue
             break
         raise RuntimeError(
@@ -117,18 +72,21 @@ class RedisServer(Started):
         )
 
     def _launch(self) -> None:
-        assert self._executable is not None
+        self._executable = self._executable or ensure_redis_installed()
         self.pidfile.unlink(missing_ok=True)
-        cmd = [
-            self._executable,
+        self._daemonize([self._executable, *self._launch_args()])
+
+    def _launch_args(self) -> list[str]:
+        """The command line after the executable: a data node that never persists."""
+        return [*self._common_args(), "--save", "", "--appendonly", "no"]
+
+    def _common_args(self) -> list[str]:
+        """Options every ``redis-server`` of the harness runs with: loopback, daemon, own files."""
+        return [
             "--bind",
             HOST,
             "--port",
             str(self._port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
             "--daemonize",
             "yes",
             "--dir",
@@ -138,7 +96,6 @@ class RedisServer(Started):
             "--logfile",
             str(self.logfile),
         ]
-        self._daemonize(cmd)
 
     def _daemonize(self, cmd: list[str]) -> None:
         """Run a ``redis-server`` command line that forks into the background; fail loudly."""
@@ -156,10 +113,10 @@ class RedisServer(Started):
         if self.is_running():
             with contextlib.suppress(OSError):
                 self._command(b"SHUTDOWN NOSAVE\r\n", expect_close=True)
-            if not _wait_until(lambda: not _port_open(self._port), STOP_TIMEOUT):
+            if not self._closed():
                 self.kill()
                 return
-        elif self.pid is not None and _pid_alive(self.pid):
+        elif self._alive():
             # Alive but not answering PING: hung, so only a signal will do.
             self.kill()
             return
@@ -167,12 +124,8 @@ class RedisServer(Started):
 
     def kill(self) -> None:
         """SIGKILL the server, as a crash would; returns once the port refuses connections."""
-        pid = self.pid
-        if pid is not None and _pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            if not _wait_until(lambda: not _port_open(self._port), STOP_TIMEOUT):
-                raise RuntimeError(f"redis-server on port {self._port} did not die")
+        if self._alive() and not self._signal(signal.SIGKILL):
+            raise RuntimeError(f"redis-server on port {self._port} did not die")
         self.pidfile.unlink(missing_ok=True)
 
     def restart(self) -> Self:
@@ -190,8 +143,7 @@ class RedisServer(Started):
     def cleanup(self) -> None:
         """Stop the server and remove its directory if this object created it."""
         self.stop()
-        if self._owns_base:
-            shutil.rmtree(self.base_dir, ignore_errors=True)
+        self._remove_scratch()
 
     # -- raw protocol
 
@@ -210,8 +162,3 @@ class RedisServer(Started):
                 if not expect_close and chunk.endswith(b"\r\n"):
                     break
             return b"".join(chunks)
-
-    # -- context manager
-
-    def __repr__(self) -> str:
-        return f"RedisServer(port={self._port}, base_dir={str(self.base_dir)!r})"
