@@ -152,16 +152,21 @@ def _worker(redis_url: str, prefix: str, market: FakeMarketplace) -> ks.CompsSto
     )
 
 
+def _counted(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> list[object]:
+    """The first argument of every call of ``owner.name`` from now on, in order."""
+    calls: list[object] = []
+    method = getattr(owner, name)
+
+    async def counted(self: object, *args: Any, **kwargs: Any) -> Any:
+        calls.append(args[0])
+        return await method(self, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
 def _counted_looks(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    looks: list[object] = []
-    ready = FetchCoordinator._ready
-
-    async def counted(self: FetchCoordinator, *args: Any, **kwargs: Any) -> Any:
-        looks.append(args[0])
-        return await ready(self, *args, **kwargs)
-
-    monkeypatch.setattr(FetchCoordinator, "_ready", counted)
-    return looks
+    return _counted(monkeypatch, FetchCoordinator, "_ready")
 
 
 async def test_a_never_seen_query_is_looked_up_once_before_paying(
@@ -226,16 +231,8 @@ def _lock_key(prefix: str) -> str:
     return identity.redis_lock_key(prefix)
 
 
-def _counted_unlocks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    unlocks: list[str] = []
-    unlock = RedisTier.unlock
-
-    async def counted(self: RedisTier, identity: ResultIdentity, token: str) -> None:
-        unlocks.append(token)
-        await unlock(self, identity, token)
-
-    monkeypatch.setattr(RedisTier, "unlock", counted)
-    return unlocks
+def _counted_unlocks(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    return _counted(monkeypatch, RedisTier, "unlock")
 
 
 async def test_the_results_write_lets_go_of_the_fetch_lock(
