@@ -448,8 +448,11 @@ class RedisTier:
         if heard is None:
             await asyncio.sleep(timeout)
         elif not heard.done():
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation
+            # that lands together with the change.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(heard), timeout)
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(heard)
 
     def forget_change(self, heard: asyncio.Future[None] | None) -> None:
         """Stop expecting the change :meth:`expect_change` asked for."""
