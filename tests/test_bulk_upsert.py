@@ -19,7 +19,7 @@ from sqlalchemy import event
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 
 import kuya_store as ks
-from kuya_store import persistence
+from kuya_store import write_records
 from kuya_store.db.bulk import (
     LISTING_COLUMNS,
     LISTING_UPDATE_COLUMNS,
@@ -360,7 +360,7 @@ async def test_postgresql_writes_listings_and_links_in_one_statement(postgres_ur
 
 def test_the_search_row_statement_names_every_column_a_record_fills() -> None:
     record = _record([])
-    assert set(record.search.row()) == set(persistence._SEARCH_COLUMNS)
+    assert set(record.search.row()) == set(write_records.SEARCH_COLUMNS)
 
 
 async def test_a_replayed_fetch_writes_nothing_again(database: Database, migrated_url: str) -> None:

@@ -14,15 +14,14 @@ card's fetches saw that day (every params and query variant, each listing once),
 does not flip with whichever variant was fetched last, and a late write recomputes the
 same row. When the fetch written is the day's newest and the day's sales are exactly its
 listings, with the values it wrote, that valuation is the one the request path already
-made of the fetch (``FetchRecord.snapshot``): the row takes it without valuing again.
+made of the fetch (``FetchRecord.snapshot``; the rule is
+:func:`~kuya_store.write_records.own_valuation`): the row takes it without valuing again.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -76,6 +75,13 @@ from kuya_store.models import Listing, PriceSnapshot, SearchType
 from kuya_store.pricing import DefaultValuator, Valuator
 from kuya_store.settings import StoreSettings
 from kuya_store.stored import StoredResult
+from kuya_store.write_records import (
+    SEARCH_COLUMNS,
+    FetchRecord,
+    SearchRecord,
+    listing_ttl,
+    own_valuation,
+)
 
 __all__ = [
     "LISTING_UPDATE_COLUMNS",
@@ -108,65 +114,6 @@ def _through_sqlalchemy(conn: AsyncConnection) -> _Run:
     return on_sqlalchemy
 
 
-@dataclass(frozen=True, slots=True)
-class SearchRecord:
-    """One ``searches`` row: a search call, whether a tier or the fetcher answered it."""
-
-    query: str
-    card_identifier: str
-    search_type: SearchType
-    filters: dict[str, bool]
-    params: dict[str, Any]
-    created_at: datetime
-    execution_time_ms: int
-    cache_hit: bool
-    pages_scraped: int | None = None
-    items_count: int | None = None
-    user_id: int | None = None
-    result_key: str | None = None
-    fetch_stats: dict[str, int] | None = None
-    complete: bool | None = None
-    trace: object | None = field(default=None, compare=False, repr=False)
-    """The span of the search or fetch this row records (its write is traced under it)."""
-    record_key: str = field(default_factory=lambda: uuid.uuid4().hex)
-    """Names this record wherever it is replayed from: the row is written once."""
-
-    def row(self) -> dict[str, Any]:
-        """The row's values by column (every field but ``trace``)."""
-        return {
-            "query": self.query,
-            "search_type": self.search_type.value,
-            "filters": self.filters,
-            "pages_scraped": self.pages_scraped,
-            "items_count": self.items_count,
-            "created_at": self.created_at,
-            "execution_time_ms": self.execution_time_ms,
-            "cache_hit": self.cache_hit,
-            "user_id": self.user_id,
-            "card_identifier": self.card_identifier,
-            "params": self.params,
-            "result_key": self.result_key,
-            "fetch_stats": self.fetch_stats,
-            "complete": self.complete,
-            "record_key": self.record_key,
-        }
-
-
-# The columns SearchRecord.row() fills.
-_SEARCH_COLUMNS = tuple(f.name for f in fields(SearchRecord) if f.name != "trace")
-
-
-@dataclass(frozen=True, slots=True)
-class FetchRecord:
-    """A fetched result to persist: its search row, its listings and, if sold, its snapshot."""
-
-    search: SearchRecord
-    result: StoredResult
-    listing_ttl: datetime
-    snapshot: PriceSnapshot | None = None
-    """The store's valuation of ``result.listings`` as of ``result.fetched_at``, if sold."""
-
-
 def snapshot_from_row(row: Row[Any]) -> PriceSnapshot:
     """A stored snapshot; the column types already give exact money and aware dates."""
     return PriceSnapshot.model_construct(**{name: getattr(row, name) for name in SNAPSHOT_FIELDS})
@@ -195,7 +142,7 @@ class Database:
             index_elements=[_listings.c.item_id], set_=newest_wins(listings, _listings)
         ).returning(_listings.c.id, _listings.c.item_id, sort_by_parameter_order=True)
         self._persist_fetch_stmt = postgres_persist_fetch(
-            _searches, _listings, _links, _SEARCH_COLUMNS
+            _searches, _listings, _links, SEARCH_COLUMNS
         )
         # A record replayed (from the journal, or after a commit whose answer was lost)
         # meets the unique key and is skipped: RETURNING names only the rows written.
@@ -221,7 +168,7 @@ class Database:
             self.dialect == "postgresql" and self.engine.dialect.driver == "asyncpg"
         )
         self._driver_statements: dict[Any, DriverStatement] | None = None
-        self._log_batch_stmt = postgres_log_searches(_searches, _SEARCH_COLUMNS)
+        self._log_batch_stmt = postgres_log_searches(_searches, SEARCH_COLUMNS)
 
     def _time_queries(self, engine: AsyncEngine) -> None:
         def before(conn: Connection, *_: Any) -> None:
@@ -301,7 +248,7 @@ class Database:
                 driver = idle_driver_connection(conn)
                 if driver is not None:  # one statement, whatever the batch's size
                     rows = [r.row() for r in records]
-                    arrays = column_arrays(_searches, rows, _SEARCH_COLUMNS, conn.dialect)
+                    arrays = column_arrays(_searches, rows, SEARCH_COLUMNS, conn.dialect)
                     async with driver_transaction(conn, driver):
                         run = self._through_driver(conn, driver)
                         return len(await run(self._log_batch_stmt, arrays))
@@ -363,11 +310,12 @@ class Database:
 
         When the day's sales are exactly this fetch's listings, with the values it wrote,
         and it is the day's newest fetch, the day's valuation is the fetch's own
-        (``record.snapshot``, see :func:`_own_valuation`): it is written as it is.
+        (``record.snapshot``, see :func:`~kuya_store.write_records.own_valuation`): it is
+        written as it is.
         """
         card, moment = record.search.card_identifier, record.search.created_at
         start = datetime.combine(moment.astimezone(UTC).date(), datetime.min.time(), UTC)
-        own = _own_valuation(record, start) if self._set_valued else None
+        own = own_valuation(record, start) if self._set_valued else None
         parameters = {
             "card": card,
             "start": start,
@@ -559,41 +507,7 @@ def _snapshot_values(snapshot: PriceSnapshot) -> dict[str, Any]:
     return snapshot.model_dump(mode="python")
 
 
-def _own_valuation(record: FetchRecord, start: datetime) -> PriceSnapshot | None:
-    """The fetch's own valuation, if it is the day's whenever the day's sales are its listings.
-
-    The request path values exactly ``result.listings`` as of ``fetched_at``
-    (``upstream``), which is the search row's ``created_at``, for the UTC day that
-    starts at ``start``; the day's valuation values each sale once, as of the day's
-    newest fetch. They agree when the fetch is that newest one, its listings are the
-    day's sales with the values it wrote (the caller's statement checks both) and it
-    gives no ``item_id`` twice (counted twice in its own valuation, once in the day's).
-    """
-    snapshot = record.snapshot
-    if (
-        snapshot is None
-        or record.result.fetched_at != record.search.created_at
-        or snapshot.card_identifier != record.search.card_identifier
-        or snapshot.snapshot_date != start.date()
-    ):
-        return None
-    listings = record.result.listings
-    if len({x.item_id for x in listings}) != len(listings):
-        return None
-    return snapshot
-
-
 def _conflicts_with_recovery(error: BaseException) -> bool:
     """A standby cancelled the query so replay could go on (SQLSTATE 40001): ask elsewhere."""
     orig = getattr(error, "orig", None)
     return getattr(orig, "sqlstate", None) == "40001"
-
-
-def listing_ttl(settings: StoreSettings, search_type: SearchType, now: datetime) -> datetime:
-    """When a listing seen now is due for a refresh: active ones change, sold ones rarely."""
-    after = (
-        settings.active_fresh_for
-        if search_type is SearchType.ACTIVE
-        else settings.listing_refresh_after
-    )
-    return now + after
