@@ -243,21 +243,17 @@ class Database:
         """Insert a batch of search-log rows in one statement; returns how many were new."""
         if not records:
             return 0
-        if self._driver_writes:
-            async with self.engine.connect() as conn:
-                driver = idle_driver_connection(conn)
-                if driver is not None:  # one statement, whatever the batch's size
-                    rows = [r.row() for r in records]
-                    arrays = column_arrays(_searches, rows, SEARCH_COLUMNS, conn.dialect)
-                    async with driver_transaction(conn, driver):
-                        run = self._through_driver(conn, driver)
-                        return len(await run(self._log_batch_stmt, arrays))
+        rows = [r.row() for r in records]
+        async with self.engine.connect() as conn:
+            driver = self._idle_driver(conn)
+            if driver is None:
                 async with conn.begin():
-                    written = await conn.execute(self._log_stmt, [r.row() for r in records])
-                    return len(written.all())
-        async with self.engine.begin() as conn:
-            written = await conn.execute(self._log_stmt, [r.row() for r in records])
-            return len(written.all())
+                    return len((await conn.execute(self._log_stmt, rows)).all())
+            # One statement of one array per column, whatever the batch's size.
+            arrays = column_arrays(_searches, rows, SEARCH_COLUMNS, conn.dialect)
+            async with driver_transaction(conn, driver):
+                run = self._through_driver(conn, driver)
+                return len(await run(self._log_batch_stmt, arrays))
 
     async def persist_fetch(self, record: FetchRecord) -> int | None:
         """Write a fetched result in one transaction; returns the new ``searches.id``.
@@ -266,16 +262,21 @@ class Database:
         On PostgreSQL (not behind a transaction pooler) the statements go on the driver's
         own connection, in its own transaction (``db/driver_writes.py``).
         """
-        if not self._driver_writes:
-            async with self.engine.begin() as conn:
-                return await self._persist_fetch(conn, _through_sqlalchemy(conn), record)
         async with self.engine.connect() as conn:
-            driver = idle_driver_connection(conn)
-            if driver is None:  # behind PgBouncer: SQLAlchemy's transaction, as on SQLite
+            driver = self._idle_driver(conn)
+            if driver is None:
                 async with conn.begin():
                     return await self._persist_fetch(conn, _through_sqlalchemy(conn), record)
             async with driver_transaction(conn, driver):
                 return await self._persist_fetch(conn, self._through_driver(conn, driver), record)
+
+    def _idle_driver(self, conn: AsyncConnection) -> Any:
+        """The driver's connection under ``conn`` for a write, or ``None``: SQLAlchemy's path.
+
+        ``None`` on SQLite, and behind PgBouncer (in transaction mode a statement's parse
+        and execution must share SQLAlchemy's transaction).
+        """
+        return idle_driver_connection(conn) if self._driver_writes else None
 
     async def _persist_fetch(
         self, conn: AsyncConnection, run: _Run, record: FetchRecord
