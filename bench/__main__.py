@@ -24,6 +24,7 @@ from bench import (
     hot_path,
     http_cpu,
     http_load,
+    http_paced,
     journal,
     memory,
     near_cache,
@@ -62,6 +63,7 @@ BENCHMARKS = {
     "replicas": Benchmark(replicas.run),
     "journal": Benchmark(journal.run),
     "http": Benchmark(http_load.run),
+    "http-paced": Benchmark(http_paced.run),
     "http-cpu": Benchmark(http_cpu.run),
 }
 

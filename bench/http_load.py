@@ -228,7 +228,9 @@ def ratios(kuya: Outcome, baseline: Outcome) -> dict[str, float]:
     }
 
 
-def targets(kuya: Outcome, baseline: Outcome, logged: int, paths: list[str]) -> list[Target]:
+def targets(
+    kuya: Outcome, baseline: Outcome, logged: int, paths: list[str], label: str = "http"
+) -> list[Target]:
     """The targets: throughput and p99 at least the Redis-only route's, fewer paid calls,
     every answered search in the log.
 
@@ -242,31 +244,31 @@ def targets(kuya: Outcome, baseline: Outcome, logged: int, paths: list[str]) -> 
     floor = fetches_needed(paths[: kuya.served], keyed_by_filters=True)
     return [
         Target(
-            "http: requests/s, app on kuya-store vs Redis-only route",
+            f"{label}: requests/s, app on kuya-store vs Redis-only route",
             ">= 1.0x",
             f"{r['rps']:.2f}x ({kuya.load.rps:.0f} vs {baseline.load.rps:.0f})",
             r["rps"] >= 1.0,
         ),
         Target(
-            "http: p99 latency vs Redis-only route",
+            f"{label}: p99 latency vs Redis-only route",
             "<= 1.0x",
             f"{r['p99']:.2f}x ({kuya.load.p99_ms:.0f} vs {baseline.load.p99_ms:.0f} ms)",
             r["p99"] <= 1.0,
         ),
         Target(
-            "http: upstream calls for the same requests vs Redis-only route",
+            f"{label}: upstream calls for the same requests vs Redis-only route",
             "< its fewest",
             f"{paid:,} paid vs >= {floor:,} for the first {kuya.served:,} requests",
             paid < floor,
         ),
         Target(
-            "http: searches in the PostgreSQL search log",
+            f"{label}: searches in the PostgreSQL search log",
             ">= answered requests",
             f"{logged:,} rows for {answered:,} answered",
             logged >= answered,
         ),
         Target(
-            "http: non-2xx and socket errors (kuya-store)",
+            f"{label}: non-2xx and socket errors (kuya-store)",
             "0",
             f"{kuya.load.non_2xx + kuya.warmup.non_2xx} non-2xx, "
             f"{kuya.load.socket_errors + kuya.warmup.socket_errors} socket",
@@ -389,10 +391,11 @@ def wrk_binary() -> str:
     return shutil.which("wrk") or "wrk"
 
 
-def _wrk(wrk: str, base: str, paths: Path, start: int, seconds: float) -> Load:
+def _wrk(wrk: str, base: str, paths: Path, start: int, seconds: float, think_ms: int) -> Load:
     argv = [
         wrk, "-t", str(THREADS), "-c", str(CONNECTIONS), "-d", f"{seconds:.0f}s",
         "--timeout", "30s", "-s", str(LUA), base, "--", str(paths), str(start), str(THREADS),
+        str(think_ms),
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     if done.returncode != 0:
@@ -413,6 +416,7 @@ class _Plan:
     measure_s: float
     workers: int
     logs: Path
+    think_ms: int
 
 
 def _contend(
@@ -422,9 +426,10 @@ def _contend(
     port = free_port()
     with _serving(app, port, _env(env), plan.workers, plan.logs) as base:
         _get(f"{upstream}/reset", method="POST")
-        warm = _wrk(plan.wrk, base, plan.paths, 0, plan.warmup_s)
+        warm = _wrk(plan.wrk, base, plan.paths, 0, plan.warmup_s, plan.think_ms)
         warm_calls = _calls(upstream)
-        load = _wrk(plan.wrk, base, plan.paths, -(-warm.requests // THREADS), plan.measure_s)
+        start = -(-warm.requests // THREADS)
+        load = _wrk(plan.wrk, base, plan.paths, start, plan.measure_s, plan.think_ms)
         calls = _calls(upstream) - warm_calls
         metrics = b""
         if name == "kuya-store":
@@ -540,21 +545,28 @@ async def _drop_keys(redis_url: str, prefix: str) -> None:
 
 
 async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
-    """Run both contenders, print the report, return the targets."""
+    """Both contenders under a closed loop of 64 connections: as fast as the apps answer."""
     print("\n## http: the example app under load, kuya-store against the Redis-only route\n")
+    return await run_at(pg_url, redis_url, scale, think_ms=0, label="http")
+
+
+async def run_at(
+    pg_url: str, redis_url: str, scale: float, *, think_ms: int, label: str
+) -> list[Target]:
+    """Run both contenders, print the report, return the targets named after ``label``."""
     wrk = await asyncio.to_thread(wrk_binary)
     prefix = f"bh{uuid.uuid4().hex[:6]}"
     async with scratch_database(pg_url, f"bench_http_{prefix}") as db_url:
         with tempfile.TemporaryDirectory(prefix="kuya-http-") as scratch:
             try:
                 outcomes, metrics, logged, paths = await _run_in(
-                    wrk, Path(scratch), db_url, redis_url, prefix, quick=scale < 1.0
+                    wrk, Path(scratch), db_url, redis_url, prefix, scale < 1.0, think_ms
                 )
             finally:
                 await _drop_keys(redis_url, prefix)
     baseline, kuya = outcomes
     _print_report(outcomes, kuya, baseline, metrics, logged, paths)
-    return targets(kuya, baseline, logged, paths)
+    return targets(kuya, baseline, logged, paths, label)
 
 
 async def _run_in(
@@ -563,8 +575,8 @@ async def _run_in(
     db_url: str,
     redis_url: str,
     prefix: str,
-    *,
     quick: bool,
+    think_ms: int,
 ) -> tuple[list[Outcome], bytes, int, list[str]]:
     await ks.migrations.upgrade_async(db_url)
     # More paths than either contender can ask in the time, so none wraps around.
@@ -575,17 +587,19 @@ async def _run_in(
     paths_file.write_text("\n".join(paths) + "\n")
     print(f"machine: {_machine()}; measured on a shared, loaded machine")
     print(f"versions: {await asyncio.to_thread(_versions, wrk)}")
+    users = f", each waiting {think_ms} ms after an answer" if think_ms else ""
     print(
         f"setup: each app on uvicorn --workers {workers} --loop {LOOP}, one after the other; "
-        f"wrk -t {THREADS} -c {CONNECTIONS}, {warmup_s:.0f} s warm-up (reported apart) then "
-        f"{measure_s:.0f} s measured; upstream 300 ms a call; everything shares the same cores"
+        f"wrk -t {THREADS} -c {CONNECTIONS}{users}, {warmup_s:.0f} s warm-up (reported apart) "
+        f"then {measure_s:.0f} s measured; upstream 300 ms a call; everything shares the same "
+        "cores"
     )
     print(
         f"mix: {DISTINCT:,} cards, Zipf s={ZIPF_S} (top 20 paths {top_share(paths, 20):.0%} of "
         f"requests), {NEW_SHARE:.0%} never-seen queries, {SOLD_SHARE:.0%} sold, "
         f"{1 - FILTERS[0][1]:.0%} with a filter"
     )
-    plan = _Plan(wrk, paths_file, warmup_s, measure_s, workers, scratch)
+    plan = _Plan(wrk, paths_file, warmup_s, measure_s, workers, scratch, think_ms)
     outcomes, metrics = await asyncio.to_thread(_measure, plan, db_url, redis_url, prefix)
     conn = await asyncpg.connect(_dsn(db_url))
     try:

@@ -1,11 +1,15 @@
 -- wrk script for bench/http_load.py: every thread walks one shared list of request paths.
 --
---   wrk -s bench/wrk_mix.lua URL -- PATHS_FILE START THREADS
+--   wrk -s bench/wrk_mix.lua URL -- PATHS_FILE START THREADS [THINK_MS]
 --
 -- Thread t asks paths START*THREADS + t, then + THREADS, ... (wrapping around), so the
 -- threads together follow the file in order from START on; a second run given the first
 -- run's requests as START goes on where it stopped (wrk checks the script with one call of
 -- thread 0's request(): that path is skipped). done() prints one JSON line.
+--
+-- THINK_MS > 0 makes each connection a user who waits that long after an answer before
+-- asking again (wrk's delay()): the offered load is then bounded by the users, not by how
+-- fast the app answers.
 
 local made = 0
 
@@ -21,6 +25,11 @@ function init(args)
   end
   step = tonumber(args[2])
   threads = tonumber(args[3])
+  local think = tonumber(args[4] or "0")
+  if think > 0 then
+    -- wrk looks for delay() after init(), so a closed loop without think time keeps none.
+    delay = function() return think end
+  end
 end
 
 function request()

@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from bench import http_load
+from bench import http_load, http_paced
 from bench.http_load import Load, Outcome
 
 
@@ -242,6 +242,26 @@ def test_wrk_script_walks_the_paths_in_order_from_start(
     assert even == list(range(1002, 1002 + 2 * len(even), 2))
 
 
+def test_wrk_script_waits_the_think_time_between_a_users_requests(
+    wrk: str, recording_server: tuple[str, list[str]], tmp_path: Path
+) -> None:
+    base, seen = recording_server
+    listed = tmp_path / "paths.txt"
+    listed.write_text("\n".join(f"/p/{i}" for i in range(10_000)) + "\n")
+    argv = [wrk, "-t", "2", "-c", "2", "-d", "2s", "-s", str(http_load.LUA), base]
+    args = ["--", str(listed), "0", "2"]
+    paced = subprocess.run([*argv, *args, "250"], capture_output=True, text=True, timeout=60)
+    assert paced.returncode == 0, paced.stderr
+    load = http_load.parse_wrk(paced.stdout)
+    # Two users, each asking at most once per 250 ms for 2 s: 16 requests at most.
+    assert 2 <= load.requests <= 18, load
+    assert len(seen) <= 20
+    # Without the wait the same users ask again as soon as they are answered (this server
+    # takes about 40 ms an answer: its header and body go out as separate segments).
+    closed = subprocess.run([*argv, *args, "0"], capture_output=True, text=True, timeout=60)
+    assert http_load.parse_wrk(closed.stdout).requests > 3 * load.requests
+
+
 # --- the whole benchmark, shortened ---------------------------------------------------------
 
 
@@ -267,3 +287,17 @@ async def test_quick_run_end_to_end(
     assert len(names) == 5 and all(n.startswith("http: ") for n in names)
     logged = next(t for t in found if "search log" in t.name)
     assert logged.met, logged.measured  # every answered search reached PostgreSQL
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.skipif(shutil.which("wrk") is None and shutil.which("apt-get") is None, reason="wrk")
+async def test_paced_quick_run_names_its_load(
+    postgres_url: str, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("uvicorn")
+    found = await http_paced.run(postgres_url, redis_url, 0.1)
+    out = capsys.readouterr().out
+    assert f"each waiting {http_paced.THINK_MS} ms after an answer" in out
+    assert "| Redis-only route |" in out and "| kuya-store |" in out
+    assert len(found) == 5 and all(t.name.startswith("http-paced: ") for t in found)
