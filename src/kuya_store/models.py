@@ -252,9 +252,18 @@ class Listing(_Frozen):
     # The values validation gave the fields, and those a fetch result's checks passed:
     # not fields, not copied by ``model_copy``, ``copy`` or pickling, not compared by ``==``.
     __slots__ = ("_fetch_checked", "_validated")
+    # The metadata's strings are stripped field by field: a model-wide setting would also
+    # strip the display data's strings, in Python mode only (JSON mode leaves a
+    # ``JsonValue`` as it is), so one fetch would differ by how its fetcher handed it over.
+    model_config = ConfigDict(str_strip_whitespace=False)
 
-    item_id: Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=_NO_NUL)]
-    title: Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=_NO_NUL)]
+    item_id: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50, pattern=_NO_NUL)
+    ]
+    title: Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=500, pattern=_NO_NUL),
+    ]
     price: Annotated[
         Decimal,
         # The rounding comes after the constraints, so it runs before them and they stay
@@ -265,7 +274,10 @@ class Listing(_Frozen):
         PlainSerializer(_cents, return_type=str, when_used="json"),
     ]
     listing_type: Literal["auction", "buy_it_now"] | None = None
-    condition: Annotated[str, StringConstraints(max_length=50, pattern=_NO_NUL)] | None = None
+    condition: (
+        Annotated[str, StringConstraints(strip_whitespace=True, max_length=50, pattern=_NO_NUL)]
+        | None
+    ) = None
     sold: bool = False
     sold_date: AwareDatetime | None = None
     bids: Annotated[int, Field(ge=0, le=2_147_483_647)] | None = None
