@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 
 import kuya_store as ks
-from kuya_store.collections import _grade, _Holding, card_value, collection_history
+from kuya_store.collection_values import _grade, _Holding, card_value, collection_history
 
 PASSWORD = "correct horse battery"
 NOW = datetime(2026, 11, 2, 12, tzinfo=UTC)
