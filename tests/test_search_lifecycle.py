@@ -89,6 +89,38 @@ async def test_a_process_that_hears_nothing_still_finds_the_holders_value(
     assert market.call_count == 1
 
 
+async def test_a_waiter_whose_listener_drops_mid_wait_still_finds_the_holders_value(
+    redis_base_url: str, key_prefix: str, redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Looks 3 s apart: the first wait outlasts the holder's fetch unless the drop ends it.
+    monkeypatch.setattr(fetching, "_POLL_FIRST", 3.0)
+    monkeypatch.setattr(fetching, "_POLL_MAX", 3.0)
+    market = FakeMarketplace(listings=3, latency=1.0)
+    first, second = _two_workers(redis_base_url, key_prefix, market.sold)
+    async with first, second:
+        await until(lambda: coherent(first) and coherent(second))
+        listener = second._listener
+        assert listener is not None
+        one = asyncio.ensure_future(first.comps.search(CARD))
+        await until(lambda: market.call_count > 0)  # the first holds the lock and fetches
+        other = asyncio.ensure_future(second.comps.search(CARD))
+        await until(lambda: bool(listener._waiters))  # the second waits to hear the value
+        expecting = [w for waiting in listener._waiters.values() for w in waiting]
+        tracking_id = listener._connections[0].client_id
+        await redis_client.execute_command("CLIENT", "KILL", "ID", str(tracking_id))
+        # The drop releases the waiter while the holder is still fetching: it looks at once,
+        # then polls, so it neither waits out its whole wait nor pays again.
+        await until(lambda: all(w.done() and not w.cancelled() for w in expecting))
+        assert not one.done()
+        found = await asyncio.wait_for(other, timeout=10)
+        assert found.source == "redis"
+        assert (await one).source == "api"
+        assert second.metrics()["coherence"]["drops"] >= 1
+        assert second.metrics()["lock_waits"] == 1
+        assert not listener._waiters  # nothing left expecting a change
+    assert market.call_count == 1
+
+
 async def test_holder_failure_is_paid_once_across_processes(
     redis_base_url: str, key_prefix: str
 ) -> None:
