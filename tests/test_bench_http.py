@@ -10,6 +10,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -268,36 +269,35 @@ def test_wrk_script_waits_the_think_time_between_a_users_requests(
 @pytest.mark.postgres
 @pytest.mark.redis
 @pytest.mark.skipif(shutil.which("wrk") is None and shutil.which("apt-get") is None, reason="wrk")
+@pytest.mark.parametrize(
+    ("section", "label", "users"),
+    [
+        (http_load.run, "http", "wrk -t 2 -c 64, "),
+        (http_paced.run, "http-paced", f"each waiting {http_paced.THINK_MS} ms after an answer"),
+    ],
+)
 async def test_quick_run_end_to_end(
-    postgres_url: str, redis_url: str, capsys: pytest.CaptureFixture[str]
+    postgres_url: str,
+    redis_url: str,
+    capsys: pytest.CaptureFixture[str],
+    section: Any,
+    label: str,
+    users: str,
 ) -> None:
     pytest.importorskip("uvicorn")
-    found = await http_load.run(postgres_url, redis_url, 0.1)
+    found = await section(postgres_url, redis_url, 0.1)
     out = capsys.readouterr().out
-    for section in (
+    for part in (
+        users,
         "### measured run",
         "### warm-up",
         "### kuya-store / Redis-only",
         "### search log",
         "### inside one kuya-store worker",
     ):
-        assert section in out
+        assert part in out
     assert "| Redis-only route |" in out and "| kuya-store |" in out
     names = [t.name for t in found]
-    assert len(names) == 5 and all(n.startswith("http: ") for n in names)
+    assert len(names) == 5 and all(n.startswith(f"{label}: ") for n in names)
     logged = next(t for t in found if "search log" in t.name)
     assert logged.met, logged.measured  # every answered search reached PostgreSQL
-
-
-@pytest.mark.postgres
-@pytest.mark.redis
-@pytest.mark.skipif(shutil.which("wrk") is None and shutil.which("apt-get") is None, reason="wrk")
-async def test_paced_quick_run_names_its_load(
-    postgres_url: str, redis_url: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    pytest.importorskip("uvicorn")
-    found = await http_paced.run(postgres_url, redis_url, 0.1)
-    out = capsys.readouterr().out
-    assert f"each waiting {http_paced.THINK_MS} ms after an answer" in out
-    assert "| Redis-only route |" in out and "| kuya-store |" in out
-    assert len(found) == 5 and all(t.name.startswith("http-paced: ") for t in found)

@@ -38,6 +38,12 @@ def _two_workers(
     ]
 
 
+def _poll_every(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """A waiter for a lock's holder looks for the result only every ``seconds``."""
+    monkeypatch.setattr(fetching, "_POLL_FIRST", seconds)
+    monkeypatch.setattr(fetching, "_POLL_MAX", seconds)
+
+
 # -- the cross-process lock ----------------------------------------------------------------
 
 
@@ -57,8 +63,7 @@ async def test_a_waiting_process_looks_as_soon_as_the_holders_value_lands(
     redis_base_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Looks 60 s apart: only hearing the holder's value land can end the wait sooner.
-    monkeypatch.setattr(fetching, "_POLL_FIRST", 60.0)
-    monkeypatch.setattr(fetching, "_POLL_MAX", 60.0)
+    _poll_every(monkeypatch, 60.0)
     market = FakeMarketplace(listings=3, latency=0.5)
     first, second = _two_workers(redis_base_url, key_prefix, market.sold)
     async with first, second:
@@ -93,8 +98,7 @@ async def test_a_waiter_whose_listener_drops_mid_wait_still_finds_the_holders_va
     redis_base_url: str, key_prefix: str, redis_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Looks 3 s apart: the first wait outlasts the holder's fetch unless the drop ends it.
-    monkeypatch.setattr(fetching, "_POLL_FIRST", 3.0)
-    monkeypatch.setattr(fetching, "_POLL_MAX", 3.0)
+    _poll_every(monkeypatch, 3.0)
     market = FakeMarketplace(listings=3, latency=1.0)
     first, second = _two_workers(redis_base_url, key_prefix, market.sold)
     async with first, second:
