@@ -15,6 +15,7 @@ PostgreSQL the same statement writes the fetch's own valuation as the day's row.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -135,12 +136,13 @@ newest_listings = (
 """SQLite: the listings of fetch ``search_id``, in position order."""
 
 
-def day_sales(postgres: bool) -> sa.Select[Any]:
+def day_sales(postgres: bool, fields: Sequence[str] = LISTING_FIELDS) -> sa.Select[Any]:
     """The newest of a card's sold fetches of one UTC day, and the day's sales if needed.
 
     Parameters: ``card``, ``start`` and ``end`` (the day), ``search_id`` (the fetch
     being written) and ``trusted`` (whether that fetch's own valuation could stand for
-    the day's). Rows: ``newest_id``, ``newest_at``, ``ours`` and :data:`LISTING_FIELDS`.
+    the day's). Rows: ``newest_id``, ``newest_at``, ``ours`` and each sale's ``fields``
+    (of :data:`LISTING_FIELDS`; the default valuation reads fewer).
     On PostgreSQL also ``snapshot_<field>`` for each of :data:`SNAPSHOT_FIELDS` and
     ``created_at``: when ``ours``, the statement itself upserts that snapshot as the
     day's row (one round trip less); SQLite has no writes inside a query.
@@ -171,8 +173,12 @@ def day_sales(postgres: bool) -> sa.Select[Any]:
         .subquery("newest")
     )
     seen = sa.select(_links.c.listing_id).join(day, day.c.id == _links.c.search_id)
+    read = {"item_id", *fields}  # item_id: the order of the rows
     sales = (
-        sa.select(*listing_columns(postgres), _listings.c.search_id.label("holder"))
+        sa.select(
+            *(c for c in listing_columns(postgres) if c.name in read),
+            _listings.c.search_id.label("holder"),
+        )
         .where(_listings.c.id.in_(seen))
         .cte("sales")
     )
@@ -186,7 +192,7 @@ def day_sales(postgres: bool) -> sa.Select[Any]:
             newest.c.newest_id,
             newest.c.newest_at,
             ours_label,
-            *(sales.c[name] for name in LISTING_FIELDS),
+            *(sales.c[name] for name in fields),
         )
         .select_from(newest.outerjoin(sales, sa.not_(ours)))
         .order_by(sales.c.item_id)
