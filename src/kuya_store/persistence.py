@@ -61,7 +61,7 @@ from kuya_store.db.fetches import (
     newest_result_text,
 )
 from kuya_store.db.replicas import ReplicaSet
-from kuya_store.db.rows import LISTING_FIELDS, listings_from_rows
+from kuya_store.db.rows import listings_from_rows
 from kuya_store.db.tables import (
     ListingRow,
     PriceSnapshotRow,
@@ -159,8 +159,10 @@ class Database:
         # read gives just those, as rows; another valuator gets whole listings.
         self._default = self.valuator if type(self.valuator) is DefaultValuator else None
         self._set_valued = self._default is not None
-        self._day_sales_stmt = day_sales(
-            self.dialect == "postgresql", SOLD_FIELDS if self._set_valued else LISTING_FIELDS
+        self._day_sales_stmt = (
+            day_sales(self.dialect == "postgresql", SOLD_FIELDS, ordered=False)
+            if self._set_valued
+            else day_sales(self.dialect == "postgresql")
         )
         snapshots = self._insert(_snapshots)
         self._upsert_snapshot_stmt = snapshots.on_conflict_do_update(
