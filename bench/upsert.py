@@ -7,8 +7,12 @@ DO UPDATE`` of the same columns, listings only. kuya-store's transaction also wr
 fetch's ``searches`` row and its 1,000 ``search_results`` links, keeps the newest-wins
 ``CASE`` on every column, and for a sold fetch re-values the card's day from every sale
 its fetches saw that day (all fetches are of one card on one day: 10,500 sales by the
-last one). So persist_fetch is measured twice, on the same listings: as active fetches
-(the writes alone) and as sold fetches (the writes and the day's valuation).
+last one). So persist_fetch is measured on the same listings as active fetches (the
+writes alone) and as sold fetches (the writes and the day's valuation). A card's day of
+10,500 sales is ten times what a card price app meets: a fetch's sales span weeks, and
+the card's next fetches that day see mostly the same ones, plus the day's few new sales.
+So the sold fetches are measured once more on days of two fetches (1,000 and 1,500
+sales), the same listings again.
 
 Then the bulk statements PostgreSQL offers, on raw asyncpg, each writing the listings
 (with the newest-wins ``CASE``) and the links in one transaction per fetch: kuya-store's
@@ -93,6 +97,18 @@ def _listings(fetch: int, size: int) -> list[ks.Listing]:
 
 def _record(fetch: int, listings: list[ks.Listing]) -> FetchRecord:
     return fetch_record(fetch, listings, START + timedelta(hours=fetch))
+
+
+def _two_a_day(record: FetchRecord) -> FetchRecord:
+    """The same sold fetch on a day of its own and its neighbour's: 1,000 or 1,500 sales."""
+    number = record.search.params["fetch"]
+    at = START + timedelta(days=number // 2, hours=number % 2)
+    return dataclasses.replace(
+        record,
+        search=dataclasses.replace(record.search, created_at=at),
+        result=record.result.model_copy(update={"fetched_at": at}),
+        listing_ttl=at + timedelta(days=1),
+    )
 
 
 def _active(record: FetchRecord) -> FetchRecord:
@@ -205,14 +221,20 @@ class _Raw(_Contender):
 class _Kuya(_Contender):
     """``Database.persist_fetch``, as the store's write-behind task calls it."""
 
-    def __init__(self, kind: ks.SearchType, database: type[Database] = Database) -> None:
+    def __init__(
+        self,
+        kind: ks.SearchType,
+        database: type[Database] = Database,
+        day: Callable[[FetchRecord], FetchRecord] = lambda record: record,
+    ) -> None:
         self._kind = kind
         self._class = database
+        self._day = day
 
     async def start(self, url: str, records: list[FetchRecord]) -> None:
         self._database = self._class(ks.StoreSettings(database_url=url), Metrics())
         sold = self._kind is ks.SearchType.SOLD
-        self._records = records if sold else [_active(r) for r in records]
+        self._records = [self._day(r) for r in records] if sold else [_active(r) for r in records]
         assert await self._database.ping()
 
     async def write(self, index: int, record: FetchRecord) -> None:
@@ -251,6 +273,7 @@ def _dsn(url: str) -> str:
 
 
 BASELINE = "asyncpg executemany ON CONFLICT (baseline)"
+REALISTIC = "kuya-store persist_fetch, sold, days of <= 1,500 sales"
 
 
 def _contenders() -> dict[str, Callable[[], _Contender]]:
@@ -259,6 +282,7 @@ def _contenders() -> dict[str, Callable[[], _Contender]]:
         BASELINE: _Raw,
         "kuya-store persist_fetch, active fetches": lambda: _Kuya(ks.SearchType.ACTIVE),
         "kuya-store persist_fetch, sold fetches": lambda: _Kuya(ks.SearchType.SOLD),
+        REALISTIC: lambda: _Kuya(ks.SearchType.SOLD, day=_two_a_day),
         "asyncpg: unnest arrays, one statement (kuya-store's)": lambda: _Raw(unnest),
         "asyncpg: COPY to a temp table + INSERT .. SELECT": lambda: _Raw(_copy_write),
     }
@@ -333,6 +357,15 @@ async def run(pg_url: str, redis_url: str, scale: float) -> list[Target]:
                 ratio >= TARGET,
             )
         )
+    ratio = rates[REALISTIC] / baseline
+    targets.append(
+        Target(
+            "persist_fetch (sold fetches, days of up to 1,500 sales) vs asyncpg executemany",
+            f">= {TARGET:.1f}x the throughput",
+            f"{ratio:.2f}x",
+            ratio >= TARGET,
+        )
+    )
     return targets
 
 

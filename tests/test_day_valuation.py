@@ -145,15 +145,16 @@ async def _assert_day_is_recomputed(db: Database, card: str, day: date) -> ks.Pr
 
 @pytest.fixture
 def valuations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The cards the store valued again (every call of ``DefaultValuator.value``)."""
+    """The cards the store valued again (every call of ``DefaultValuator.value_sold``, which
+    ``value`` calls and the day's valuation calls on stored rows)."""
     calls: list[str] = []
-    original = DefaultValuator.value
+    original = DefaultValuator.value_sold
 
     def counted(self: DefaultValuator, card_identifier: str, *args: Any, **kwargs: Any) -> Any:
         calls.append(card_identifier)
         return original(self, card_identifier, *args, **kwargs)
 
-    monkeypatch.setattr(DefaultValuator, "value", counted)
+    monkeypatch.setattr(DefaultValuator, "value_sold", counted)
     return calls
 
 
@@ -376,3 +377,70 @@ async def test_random_days_are_valued_as_a_full_recomputation(
             assert await _stored(db, card, day) == before
         else:
             await _assert_day_is_recomputed(db, card, day)
+
+
+_WIDE_TITLES = [
+    "2023 Prizm Wembanyama #136",
+    "2023 Prizm Wembanyama #136 RC",
+    "2023 Prizm Wembanyama #136 PSA 10",
+    "2023 Prizm Wembanyama #136 PSA 9",
+    "2023 Prizm Wembanyama #136 BGS 9.5",
+    "2023 Prizm Wembanyama #136 Silver /99",
+    "2023 Prizm Wembanyama #136 Gold Prizm 7/10",
+    "2023 Prizm Wembanyama #136 Auto",
+    "2023 Prizm Wembanyama #136 reprint",
+    "2023 Prizm Wembanyama #136 lot of 3",
+]
+_wide_day = st.lists(
+    st.fixed_dictionaries(
+        {
+            "minute": st.integers(min_value=0, max_value=24 * 60 - 1),
+            "own": st.booleans(),
+            "items": st.lists(
+                st.tuples(
+                    st.integers(min_value=0, max_value=60),
+                    st.integers(min_value=1, max_value=99_999),  # cents
+                    st.sampled_from(_WIDE_TITLES),
+                    st.sampled_from([None, "auction", "buy_it_now"]),
+                    st.none() | st.integers(min_value=0, max_value=15),
+                    st.none() | st.integers(min_value=-2, max_value=400),  # hours before
+                ),
+                max_size=40,
+            ),
+        }
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(day=_wide_day, graded=st.booleans())
+async def test_random_days_of_every_kind_of_sale_are_valued_as_a_full_recomputation(
+    db: Database, day: list[dict[str, Any]], graded: bool
+) -> None:
+    """Grades, parallels, lots and reprints, either listing type, any bids, sales with no
+    date or dated after the fetch, a graded card's day: the stored row is the full one."""
+    tag = uuid.uuid4().hex[:8]
+    card = f"wemby-{tag}" + ("-psa_10" if graded else "")
+    start = datetime.combine(DAY, time(), UTC)
+    for spec in day:
+        at = start + timedelta(minutes=spec["minute"])
+        listings = [
+            ks.Listing(
+                item_id=f"{tag}-{item}",
+                title=title,
+                price=Decimal(cents).scaleb(-2),
+                sold=True,
+                sold_date=None if hours is None else at - timedelta(hours=hours),
+                listing_type=kind,
+                bids=bids,
+            )
+            for item, cents, title, kind, bids, hours in {x[0]: x for x in spec["items"]}.values()
+        ]
+        assert await db.persist_fetch(_record(card, listings, at, own=spec["own"])) is not None
+        await _assert_day_is_recomputed(db, card, DAY)

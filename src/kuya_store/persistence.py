@@ -73,6 +73,7 @@ from kuya_store.keys import ResultIdentity
 from kuya_store.metrics import Metrics
 from kuya_store.models import Listing, PriceSnapshot, SearchType
 from kuya_store.pricing import DefaultValuator, Valuator
+from kuya_store.pricing.sold import SOLD_FIELDS, SoldRow
 from kuya_store.settings import StoreSettings
 from kuya_store.stored import StoredResult
 from kuya_store.write_records import (
@@ -151,12 +152,18 @@ class Database:
             .on_conflict_do_nothing(index_elements=[_searches.c.record_key, _searches.c.created_at])
             .returning(_searches.c.id)
         )
-        self._day_sales_stmt = day_sales(self.dialect == "postgresql")
         self._listing_columns = listing_columns(self.dialect == "postgresql")
         # Only a valuation known to be a function of the set of sales (not of their
         # order, which differs between the fetch and the day's rows) may stand for the
-        # day's: the default one is.
-        self._set_valued = type(self.valuator) is DefaultValuator
+        # day's: the default one is. It reads a sale's priced fields only, so the day's
+        # read gives just those, as rows; another valuator gets whole listings.
+        self._default = self.valuator if type(self.valuator) is DefaultValuator else None
+        self._set_valued = self._default is not None
+        self._day_sales_stmt = (
+            day_sales(self.dialect == "postgresql", SOLD_FIELDS, ordered=False)
+            if self._set_valued
+            else day_sales(self.dialect == "postgresql")
+        )
         snapshots = self._insert(_snapshots)
         self._upsert_snapshot_stmt = snapshots.on_conflict_do_update(
             index_elements=[_snapshots.c.card_identifier, _snapshots.c.snapshot_date],
@@ -335,8 +342,13 @@ class Database:
             if self.dialect != "postgresql":
                 await self._upsert_snapshot(run, own, newest_id, newest_at)
             return
-        listings = [] if rows[0][3] is None else listings_from_rows(r[3:] for r in rows)
-        snapshot = self.valuator.value(card, listings, snapshot_date=start.date(), now=newest_at)
+        day, empty = start.date(), rows[0][3] is None
+        if self._default is not None:
+            sales = [] if empty else [SoldRow._make(r[3:]) for r in rows]
+            snapshot = self._default.value_sold(card, sales, snapshot_date=day, now=newest_at)
+        else:
+            listings = [] if empty else listings_from_rows(r[3:] for r in rows)
+            snapshot = self.valuator.value(card, listings, snapshot_date=day, now=newest_at)
         await self._upsert_snapshot(run, snapshot, newest_id, newest_at)
 
     async def _write_fetch(

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from kuya_store.models import MAX_PRICE, Listing, PriceSnapshot
 from kuya_store.pricing import DefaultValuator, normalize_card
 from kuya_store.pricing.confidence import dispersion
-from kuya_store.pricing.valuation import weighted_percentiles
+from kuya_store.pricing.sold import SOLD_FIELDS, SoldRow
+from kuya_store.pricing.valuation import _usable_title, weighted_percentiles
 
 NOW = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 DAY = date(2024, 3, 1)
@@ -213,3 +214,33 @@ def test_the_synthetic_market_is_valued_exactly_as_before() -> None:
                 new.value(identifier, listings, snapshot_date=DAY, now=NOW),
                 old.value(identifier, listings, snapshot_date=DAY, now=NOW),
             )
+
+
+@settings(max_examples=200, deadline=None)
+@given(listings=samples(), identifier=st.sampled_from(IDENTIFIERS), config=configurations)
+def test_stored_rows_of_the_sales_are_valued_as_their_listings(
+    listings: list[Listing], identifier: str, config: dict[str, object]
+) -> None:
+    """What the day's valuation reads from the database: rows of the priced fields only."""
+    rows = [SoldRow._make(getattr(x, name) for name in SOLD_FIELDS) for x in listings]
+    valuator = DefaultValuator(**config)  # type: ignore[arg-type]
+    new = valuator.value_sold(identifier, rows, snapshot_date=DAY, now=NOW)
+    old = reference.ReferenceValuator(**config).value(  # type: ignore[arg-type]
+        identifier, listings, snapshot_date=DAY, now=NOW
+    )
+    assert_same(new, old)
+
+
+def test_a_day_of_more_titles_than_the_old_cache_held_parses_each_title_once() -> None:
+    """The day's valuation reads its titles in the same order on every fetch of the card:
+    a title cache smaller than the day would miss every one of them, every time."""
+    titles = [f"{CARD} {TITLES[n % len(TITLES)][len(CARD) :]} seller {n}" for n in range(10_000)]
+    rows = [
+        SoldRow(title, Decimal(10 + n % 40), "auction", True, NOW - timedelta(hours=n), n % 5)
+        for n, title in enumerate(titles)
+    ]
+    valuator = DefaultValuator()
+    first = valuator.value_sold(IDENTIFIERS[0], rows, snapshot_date=DAY, now=NOW)
+    misses = _usable_title.cache_info().misses
+    assert valuator.value_sold(IDENTIFIERS[0], rows, snapshot_date=DAY, now=NOW) == first
+    assert _usable_title.cache_info().misses == misses

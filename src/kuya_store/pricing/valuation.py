@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from kuya_store.errors import InvalidInputError
 from kuya_store.models import Listing, PriceSnapshot
@@ -33,6 +33,7 @@ from kuya_store.pricing._exact import (
 )
 from kuya_store.pricing.confidence import Confidence, volume_confidence
 from kuya_store.pricing.grades import grading_key, query_grade
+from kuya_store.pricing.sold import SoldFields
 from kuya_store.pricing.titles import TitleInfo, parse_title
 
 __all__ = [
@@ -80,9 +81,10 @@ class Sale:
 
 # ---------------------------------------------------------------------- percentiles
 
-_Usable = tuple[Listing, tuple[TitleInfo, str, str]]
+_S = TypeVar("_S", bound=SoldFields)
+_Usable = tuple[SoldFields, tuple[TitleInfo, str, str]]
 """A usable sale: its listing, and its title facts with its grade and parallel groups."""
-_Priced = tuple[int, int, Listing, TitleInfo, float | None, str, str]
+_Priced = tuple[int, int, SoldFields, TitleInfo, float | None, str, str]
 """A sale in integers: price units (over the valuation's ``scale``), integer weight; then
 its listing, title, seconds before ``now`` (``None``: no sale date), grade and parallel
 groups.
@@ -151,10 +153,17 @@ def _of_sales(sales: Sequence[Sale]) -> tuple[list[_Priced], int]:
     return _priced(usable, [s.weight for s in sales], [None] * len(sales))
 
 
-@functools.lru_cache(maxsize=8192)
+TITLE_CACHE_SIZE = 32_768
+"""Titles whose usable facts are remembered: more than a card's day holds, so the day's
+valuation, run again on every sold fetch of the card over the same titles, parses each
+title once (a cache smaller than the titles read in turn would miss every one). About
+0.4 KB a title."""
+
+
+@functools.lru_cache(maxsize=TITLE_CACHE_SIZE)
 def _usable_title(title: str) -> tuple[TitleInfo, str, str] | None:
     """A title's facts with its grade and parallel groups; ``None`` for a lot, reprint,
-    custom or digital card. Cached per title, as :func:`parse_title` is."""
+    custom or digital card. Cached per title (:data:`TITLE_CACHE_SIZE`)."""
     info = parse_title(title)
     if info.is_lot or info.is_reprint or info.is_custom or info.is_digital:
         return None
@@ -241,14 +250,14 @@ class DefaultValuator:
         customs and digital cards are left out)."""
         return [(listing, facts[0]) for listing, facts in self._usable(listings)]
 
-    def _usable(self, listings: Sequence[Listing]) -> list[_Usable]:
+    def _usable(self, listings: Sequence[_S]) -> list[tuple[_S, tuple[TitleInfo, str, str]]]:
         return [
             (listing, facts)
             for listing in listings
             if listing.sold and (facts := _usable_title(listing.title)) is not None
         ]
 
-    def competition(self, listing: Listing) -> float:
+    def competition(self, listing: SoldFields) -> float:
         """Auction factor: ``(bids / min_bids) ** 2`` below ``min_bids`` bids, else
         ``1 + bid_step * min(bids, bid_cap)``; buy-it-now and unknown bids give 1.
 
@@ -266,7 +275,7 @@ class DefaultValuator:
         return [Sale(listing, info, w) for (listing, info), w in zip(usable, weights, strict=True)]
 
     def _weights(
-        self, listings: Sequence[Listing], now: datetime
+        self, listings: Sequence[SoldFields], now: datetime
     ) -> tuple[list[float], list[float | None]]:
         """The weights, and each sale's seconds before ``now`` (``None``: no sale date)."""
         _check_now(now)
@@ -410,11 +419,23 @@ class DefaultValuator:
         Raises:
             InvalidInputError: empty ``card_identifier`` or a naive ``now``.
         """
+        return self.value_sold(card_identifier, listings, snapshot_date=snapshot_date, now=now)
+
+    def value_sold(
+        self,
+        card_identifier: str,
+        sold: Sequence[SoldFields],
+        *,
+        snapshot_date: date,
+        now: datetime,
+    ) -> PriceSnapshot:
+        """:meth:`value` of anything with a sale's :class:`~kuya_store.pricing.sold.SoldFields`
+        (listings, or :class:`~kuya_store.pricing.sold.SoldRow` of stored sales)."""
         card_identifier = _check_identifier(card_identifier)
         _check_now(now)
         if not isinstance(snapshot_date, date):
             raise InvalidInputError("snapshot_date", "must be a date")
-        usable = self._usable(listings)
+        usable = self._usable(sold)
         weights, seconds = self._weights([u[0] for u in usable], now)
         everything, scale = _priced(usable, weights, seconds)
         grade = query_grade(card_identifier)
