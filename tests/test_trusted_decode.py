@@ -38,6 +38,7 @@ from kuya_store.stored import (
     encode,
     unseal,
 )
+from kuya_store.tiers.compact import compact
 from kuya_store.tiers.redis import RedisTier
 
 SECRET = "hot-tier-secret-0f3c9a7e5b1d4c2a8e6f"
@@ -507,6 +508,21 @@ def test_an_integer_beyond_64_bits_still_round_trips() -> None:
     seal = ValueSeal(SECRET.encode())
     read, _ = unseal(seal.seal(KEY, raw), KEY, seal)
     assert read == decode(raw) and read.listings[0].extra["big"] == 2**70
+
+
+def test_the_listings_of_one_value_share_their_given_names_and_copies_get_their_own() -> None:
+    seal = ValueSeal(SECRET.encode())
+    read, trusted = unseal(seal.seal(KEY, encode(_result(listings=3))), KEY, seal)
+    assert trusted
+    first, second, third = read.listings
+    assert first.model_fields_set is second.model_fields_set is third.model_fields_set
+    changed = first.model_copy(update={"bids": 4})
+    assert changed.bids == 4 and changed.model_fields_set is not first.model_fields_set
+    assert second.model_fields_set == set(ks.Listing.model_fields)
+    # The near-cache's copy of them shares its own set, not theirs.
+    held = compact(read)
+    assert held == read and held.listings[0].model_fields_set is held.listings[2].model_fields_set
+    assert held.listings[0].model_fields_set is not first.model_fields_set
 
 
 # -- the setting ----------------------------------------------------------------------------

@@ -194,12 +194,17 @@ def unseal(raw: bytes, key: str, seal: ValueSeal) -> tuple[StoredResult, bool]:
 
 # -- rebuilding a sealed value ----------------------------------------------------------
 
-_set = object.__setattr__
 _MODEL_FIELDS = frozenset(StoredResult.model_fields)
 _RESULT_FIELDS = _MODEL_FIELDS | {"mac"}
 _LISTING_FIELDS = frozenset(Listing.model_fields)
 _SNAPSHOT_FIELDS = frozenset(PriceSnapshot.model_fields)
 _STATS_FIELDS = frozenset(FetchStats.model_fields)
+# The slots every model has, set through their descriptors: ``object.__setattr__`` would
+# look each one up on the class first, four times for every listing.
+_SET_DICT = BaseModel.__dict__["__dict__"].__set__
+_SET_NAMES = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_SET_EXTRA = BaseModel.__dict__["__pydantic_extra__"].__set__
+_SET_PRIVATE = BaseModel.__dict__["__pydantic_private__"].__set__
 _SNAPSHOT_MONEY = (
     "fmv_low",
     "fmv_high",
@@ -248,9 +253,12 @@ def _listings(items: list[Any]) -> list[Listing]:
     # inline, and only checks that cost next to nothing. The seal binds the models'
     # schema, so a listing of another layout can only come from a writer with the same
     # secret and other models; a member count, the price's type and an aware sold_date
-    # catch those (a full member check would cost a tenth of the whole rebuild).
-    new, fields_set, parse = Listing.__new__, _LISTING_FIELDS, datetime.fromisoformat
-    count = len(fields_set)
+    # catch those (a full member check would cost a tenth of the whole rebuild). The
+    # slots are set through their descriptors, and the listings of one value share one
+    # set of given names, as listings read from the database do: pydantic only reads it.
+    new, parse, names = object.__new__, datetime.fromisoformat, set(_LISTING_FIELDS)
+    set_dict, set_names, set_extra, set_private = _SET_DICT, _SET_NAMES, _SET_EXTRA, _SET_PRIVATE
+    count = len(names)
     for index, fields in enumerate(items):
         price = fields["price"]
         if len(fields) != count or type(price) is not str:
@@ -262,10 +270,10 @@ def _listings(items: list[Any]) -> list[Listing]:
             if sold.tzinfo is None:
                 raise NotRebuiltError("naive sold_date")
         item = new(Listing)
-        _set(item, "__dict__", fields)
-        _set(item, "__pydantic_fields_set__", set(fields_set))
-        _set(item, "__pydantic_extra__", None)
-        _set(item, "__pydantic_private__", None)
+        set_dict(item, fields)
+        set_names(item, names)
+        set_extra(item, None)
+        set_private(item, None)
         items[index] = item
     return items
 

@@ -124,18 +124,22 @@ def _listings(listings: list[Listing]) -> list[Listing]:
     held: list[Listing] = []
     given: set[str] | None = None
     shared: set[str] = set()
-    known, text = _texts.get, _text
+    known, text, new = _texts.get, _text, object.__new__
+    set_dict, set_names, set_extra, set_private = _DICT, _FIELDS_SET, _EXTRA, _PRIVATE
     for listing in listings:
         names = listing.__pydantic_fields_set__
-        # The listings of one fetch are mostly given the same fields: comparing with the
-        # last listing's costs less than looking the combination up.
-        if names != given or type(shared) is not _SharedNames:
+        # The listings of one fetch are mostly given the same fields (one set, when read
+        # back from Redis or the database): comparing with the last listing's costs less
+        # than looking the combination up.
+        if (names is not given and names != given) or type(shared) is not _SharedNames:
             given, shared = names, _shared_names(names)
         values = listing.__dict__.copy()
-        for name in ("listing_type", "condition"):
-            value = values.get(name)
-            if value is not None:
-                values[name] = known(value) or text(value)
+        value = values.get("listing_type")
+        if value is not None:
+            values["listing_type"] = known(value) or text(value)
+        value = values.get("condition")
+        if value is not None:
+            values["condition"] = known(value) or text(value)
         extra = values.get("extra")
         if extra is not None:
             # Its own copy even when empty: what the caller does to its listing stays there.
@@ -147,7 +151,13 @@ def _listings(listings: list[Listing]) -> list[Listing]:
                     value_held = known(value) or text(value)
                     if value_held is not value:
                         extra[key] = value_held  # the same key: the loop may go on
-        held.append(_rebuilt(listing, values, shared))
+        # What ``_rebuilt`` does, inline.
+        copy = new(type(listing))
+        set_dict(copy, values)
+        set_names(copy, shared)
+        set_extra(copy, getattr(listing, "__pydantic_extra__", None))
+        set_private(copy, getattr(listing, "__pydantic_private__", None))
+        held.append(copy)
     return held
 
 
