@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextlib import AbstractContextManager
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 
 __all__ = [
@@ -53,18 +52,30 @@ class LogFields:
 _current: ContextVar[LogFields | None] = ContextVar("kuya_store_log_fields", default=None)
 
 
-@contextmanager
-def searching(card: str, search_type: str) -> Iterator[LogFields]:
+class _Searching:
+    """The ``with`` block of :func:`searching`: a plain class, since every search enters one."""
+
+    __slots__ = ("_fields", "_token")
+
+    def __init__(self, fields: LogFields) -> None:
+        self._fields = fields
+        self._token: Token[LogFields | None] | None = None
+
+    def __enter__(self) -> LogFields:
+        self._token = _current.set(self._fields)
+        return self._fields
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _current.reset(self._token)
+
+
+def searching(card: str, search_type: str) -> AbstractContextManager[LogFields]:
     """Tag every record logged inside (and in the tasks started inside) with this search.
 
     Set ``source`` on what it yields once a tier answers.
     """
-    fields = LogFields(card, search_type)
-    token = _current.set(fields)
-    try:
-        yield fields
-    finally:
-        _current.reset(token)
+    return _Searching(LogFields(card, search_type))
 
 
 def answered_by(source: str) -> None:
