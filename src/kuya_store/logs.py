@@ -52,22 +52,17 @@ class LogFields:
 _current: ContextVar[LogFields | None] = ContextVar("kuya_store_log_fields", default=None)
 
 
-class _Searching:
-    """The ``with`` block of :func:`searching`: a plain class, since every search enters one."""
+class _Searching(LogFields):
+    """A search's fields that are their own ``with`` block: one object per search, not two."""
 
-    __slots__ = ("_fields", "_token")
-
-    def __init__(self, fields: LogFields) -> None:
-        self._fields = fields
-        self._token: Token[LogFields | None] | None = None
+    __slots__ = ("_token",)
 
     def __enter__(self) -> LogFields:
-        self._token = _current.set(self._fields)
-        return self._fields
+        self._token: Token[LogFields | None] = _current.set(self)
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._token is not None:
-            _current.reset(self._token)
+        _current.reset(self._token)
 
 
 def searching(card: str, search_type: str) -> AbstractContextManager[LogFields]:
@@ -75,7 +70,7 @@ def searching(card: str, search_type: str) -> AbstractContextManager[LogFields]:
 
     Set ``source`` on what it yields once a tier answers.
     """
-    return _Searching(LogFields(card, search_type))
+    return _Searching(card, search_type)
 
 
 def answered_by(source: str) -> None:
