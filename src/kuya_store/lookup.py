@@ -77,13 +77,30 @@ class TierLookup:
             count: ``False`` for a peek, which is not a tier read to report.
             traced: ``False`` when the search was begun with no tracer provider to record.
         """
+        hit = self.near_hit(identity, now, count, traced)
+        if hit is not None:
+            return hit, Source.MEMORY, None
+        return await self._below_near(identity, now, count, traced)
+
+    def near_hit(
+        self, identity: ResultIdentity, now: datetime, count: bool = True, traced: bool = True
+    ) -> StoredResult | None:
+        """The near-cache's copy if it may answer: the first read of :meth:`lookup`.
+
+        A plain call, since the near-cache is in process: a hit awaits nothing.
+        """
+        if self._near is None:
+            return None
+        with watch_tier(self._metrics if count else None, "near", traced, "hit_memory") as tier:
+            hit = self._near.held(identity)
+            tier.hit = hit is not None and self._usable(identity, hit, now)
+        return hit if tier.hit else None
+
+    async def _below_near(
+        self, identity: ResultIdentity, now: datetime, count: bool, traced: bool
+    ) -> tuple[StoredResult | None, Source | None, StoredResult | None]:
+        """:meth:`lookup` past the near-cache: the hot tier, then the database."""
         watched = self._metrics if count else None
-        if self._near is not None:
-            with watch_tier(watched, "near", traced, "hit_memory") as tier:
-                hit = self._near.held(identity)
-                tier.hit = hit is not None and self._usable(identity, hit, now)
-            if hit is not None and tier.hit:
-                return hit, Source.MEMORY, None
         # Taken before the read: a change heard meanwhile keeps what it read out of the near-cache.
         ticket = self._near.ticket(identity) if self._near is not None else None
         with watch_tier(watched, self._hot.name, traced, self._hot_hits) as tier:
@@ -123,7 +140,11 @@ class TierLookup:
         """
         known: list[StoredResult | None] = []
         for level in chain:
-            hit, source, stale = await self.lookup(level.identity, now, traced=traced)
+            source: Source | None = Source.MEMORY
+            stale: StoredResult | None = None
+            hit = self.near_hit(level.identity, now, traced=traced)
+            if hit is None:
+                hit, source, stale = await self._below_near(level.identity, now, True, traced)
             if hit is not None and not refresh and level.answers(hit):
                 return level, hit, source, known
             known.append(hit or stale)
