@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 
 import kuya_store as ks
 from kuya_store.demo import FakeMarketplace, with_links, with_links_json
-from kuya_store.metrics import Metrics, labels_of
+from kuya_store.metrics import _RESERVOIR, Metrics, Timing, labels_of
 from kuya_store.models import CompsResult, checked_result
 
 QUERY = "2023 Topps Chrome Victor Wembanyama #1"
@@ -156,6 +157,36 @@ def test_kept_label_keys_count_as_the_labels_themselves() -> None:
     by_dict.observe("unlabelled", 3.0)
     by_key.observe_at("unlabelled", 3.0, ())
     assert by_dict.snapshot() == by_key.snapshot()
+
+
+def test_a_duration_counted_with_its_counters_at_once_counts_as_each_apart() -> None:
+    apart, at_once = Metrics(), Metrics()
+    timed, counted = labels_of({"tier": "near"}), labels_of({"outcome": "hit"})
+    apart.observe("tier", 0.2, {"tier": "near"}, summary=False)
+    apart.incr("hit_memory")
+    apart.incr_by("searches", {"outcome": "hit"})
+    at_once.observe_at(
+        "tier", 0.2, timed, summary=False, count="hit_memory", count_at=("searches", counted)
+    )
+    assert apart.snapshot() == at_once.snapshot()
+    assert at_once.count("hit_memory") == 1
+
+
+def test_a_timing_keeps_a_uniform_sample_of_every_observation() -> None:
+    random.seed(20260601)
+    timing = Timing()
+    total = 50 * _RESERVOIR
+    for ms in range(total):
+        timing.observe(float(ms))
+    kept = sorted(timing._sample)
+    assert len(kept) == _RESERVOIR and len(set(kept)) == _RESERVOIR
+    assert (timing.count, timing.max_ms) == (total, total - 1)
+    # Early, middle and late observations alike: each tenth of them holds a tenth of the sample.
+    tenths = [
+        sum(1 for ms in kept if k * total / 10 <= ms < (k + 1) * total / 10) for k in range(10)
+    ]
+    assert all(0.85 * _RESERVOIR / 10 <= n <= 1.15 * _RESERVOIR / 10 for n in tenths), tenths
+    assert abs(timing.percentile(50) - total / 2) < 0.03 * total
 
 
 def _dressed(result: CompsResult) -> CompsResult:

@@ -58,8 +58,12 @@ class Level:
         return True
 
     def listings(self, stored: StoredResult) -> list[Listing]:
-        """The listings of ``stored`` this search shows."""
-        return apply_filters(exclude_terms(stored.listings, self.excluded), self.local_filters)
+        """The listings of ``stored`` this search shows (its own list, when nothing is hidden).
+
+        Read, never changed: the answer built from it has a copy of its own.
+        """
+        shown = exclude_terms(stored.listings, self.excluded) if self.excluded else stored.listings
+        return apply_filters(shown, self.local_filters) if self._filters_here else shown
 
 
 def _local(parsed: SearchQuery) -> bool:

@@ -9,10 +9,9 @@ keeps what they asked by :func:`asked_key`.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+import functools
+from collections.abc import Sequence
 from typing import NamedTuple
-
-from cachetools import LRUCache
 
 from kuya_store.answering import Level, levels
 from kuya_store.keys import (
@@ -42,9 +41,12 @@ class Asked(NamedTuple):
 _SCALARS = (str, int, float, bool, type(None))
 
 
+_PlainKey = tuple[str, type, object, SearchFilters | None, tuple[tuple[object, type, object], ...]]
+
+
 def asked_key(
     query: object, search_type: object, filters: object, params: object
-) -> Hashable | None:
+) -> _PlainKey | None:
     """A memo key for a search's arguments, or ``None`` when they are not plain values.
 
     Types are part of the key: ``1``, ``1.0`` and ``True`` are equal but not the same params.
@@ -87,7 +89,8 @@ class AskedSearches:
 
     def __init__(self, *, filter_upstream: bool, size: int = 4096) -> None:
         self._filter_upstream = filter_upstream
-        self._asked: LRUCache[Hashable, Asked] = LRUCache(maxsize=size)
+        # The key holds every argument, so it is all the memo needs to work one out.
+        self._asked = functools.lru_cache(maxsize=size)(self._ask_plain)
 
     def of(self, query: object, search_type: object, filters: object, params: object) -> Asked:
         """Validate what a search asks for, and name the stored result that answers it.
@@ -96,9 +99,11 @@ class AskedSearches:
             InvalidInputError: an argument is not what a search takes.
         """
         key = asked_key(query, search_type, filters, params)
-        found = self._asked.get(key) if key is not None else None
-        if found is None:
-            found = ask(query, search_type, filters, params, filter_upstream=self._filter_upstream)
-            if key is not None:
-                self._asked[key] = found
-        return found
+        if key is None:
+            return ask(query, search_type, filters, params, filter_upstream=self._filter_upstream)
+        return self._asked(key)
+
+    def _ask_plain(self, key: _PlainKey) -> Asked:
+        query, _, search_type, filters, options = key
+        params = {name: value for name, _, value in options}
+        return ask(query, search_type, filters, params, filter_upstream=self._filter_upstream)

@@ -221,6 +221,11 @@ class ResultIdentity:
         object.__setattr__(self, "result_key", result_key)
         object.__setattr__(self, "card_key", card_key)
 
+    def __hash__(self) -> int:
+        # Equal identities have equal result keys, and a str keeps its hash: every dict
+        # lookup by identity (each tier read hashes it several times) costs one call.
+        return hash(self.result_key)
+
     # Every key of a card shares the hash tag ``{card_key}``: on a Redis Cluster a result,
     # its stamp, its lock and the card's index and fence live in one slot, so each script
     # over them runs on one node. The kind letter comes before the tag, so a tracking

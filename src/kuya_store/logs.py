@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextlib import AbstractContextManager
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 
 __all__ = [
@@ -53,18 +52,25 @@ class LogFields:
 _current: ContextVar[LogFields | None] = ContextVar("kuya_store_log_fields", default=None)
 
 
-@contextmanager
-def searching(card: str, search_type: str) -> Iterator[LogFields]:
+class _Searching(LogFields):
+    """A search's fields that are their own ``with`` block: one object per search, not two."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> LogFields:
+        self._token: Token[LogFields | None] = _current.set(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _current.reset(self._token)
+
+
+def searching(card: str, search_type: str) -> AbstractContextManager[LogFields]:
     """Tag every record logged inside (and in the tasks started inside) with this search.
 
     Set ``source`` on what it yields once a tier answers.
     """
-    fields = LogFields(card, search_type)
-    token = _current.set(fields)
-    try:
-        yield fields
-    finally:
-        _current.reset(token)
+    return _Searching(card, search_type)
 
 
 def answered_by(source: str) -> None:

@@ -59,6 +59,7 @@ class TierLookup:
         self._reads_database = reads_database
         self._fences = fences
         self._display = display
+        self._hot_hits = f"hit_{hot.name}"
 
     def _usable(self, identity: ResultIdentity, hit: StoredResult, now: datetime) -> bool:
         return (
@@ -76,22 +77,36 @@ class TierLookup:
             count: ``False`` for a peek, which is not a tier read to report.
             traced: ``False`` when the search was begun with no tracer provider to record.
         """
-        incr = self._metrics.incr if count else (lambda name, amount=1: None)
+        hit = self.near_hit(identity, now, count, traced)
+        if hit is not None:
+            return hit, Source.MEMORY, None
+        return await self._below_near(identity, now, count, traced)
+
+    def near_hit(
+        self, identity: ResultIdentity, now: datetime, count: bool = True, traced: bool = True
+    ) -> StoredResult | None:
+        """The near-cache's copy if it may answer: the first read of :meth:`lookup`.
+
+        A plain call, since the near-cache is in process: a hit awaits nothing.
+        """
+        if self._near is None:
+            return None
+        with watch_tier(self._metrics if count else None, "near", traced, "hit_memory") as tier:
+            hit = self._near.held(identity)
+            tier.hit = hit is not None and self._usable(identity, hit, now)
+        return hit if tier.hit else None
+
+    async def _below_near(
+        self, identity: ResultIdentity, now: datetime, count: bool, traced: bool
+    ) -> tuple[StoredResult | None, Source | None, StoredResult | None]:
+        """:meth:`lookup` past the near-cache: the hot tier, then the database."""
         watched = self._metrics if count else None
-        if self._near is not None:
-            with watch_tier(watched, "near", traced) as tier:
-                hit = await self._near.get(identity)
-                tier.hit = hit is not None and self._usable(identity, hit, now)
-            if hit is not None and tier.hit:
-                incr("hit_memory")
-                return hit, Source.MEMORY, None
         # Taken before the read: a change heard meanwhile keeps what it read out of the near-cache.
         ticket = self._near.ticket(identity) if self._near is not None else None
-        with watch_tier(watched, self._hot.name, traced) as tier:
+        with watch_tier(watched, self._hot.name, traced, self._hot_hits) as tier:
             hit = await self._hot.get(identity)
             tier.hit = hit is not None and self._usable(identity, hit, now)
         if hit is not None and tier.hit:
-            incr(f"hit_{self._hot.name}")
             await self._fill_near(identity, hit, now, ticket)
             return hit, Source(self._hot.name), None
         stale = None
@@ -106,11 +121,13 @@ class TierLookup:
                 await self.fill(identity, stored, now)
                 # Filling the hot tier may reveal another worker's invalidation of it.
                 if not self._fences.fenced(identity, stored.fetched_at):
-                    incr("hit_database")
+                    if count:
+                        self._metrics.incr("hit_database")
                     return stored, Source.DATABASE, None
                 stored = None
             stale = stored
-        incr("misses")
+        if count:
+            self._metrics.incr("misses")
         return None, None, stale
 
     async def first_answer(
@@ -123,7 +140,11 @@ class TierLookup:
         """
         known: list[StoredResult | None] = []
         for level in chain:
-            hit, source, stale = await self.lookup(level.identity, now, traced=traced)
+            source: Source | None = Source.MEMORY
+            stale: StoredResult | None = None
+            hit = self.near_hit(level.identity, now, traced=traced)
+            if hit is None:
+                hit, source, stale = await self._below_near(level.identity, now, True, traced)
             if hit is not None and not refresh and level.answers(hit):
                 return level, hit, source, known
             known.append(hit or stale)

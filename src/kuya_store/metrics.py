@@ -10,6 +10,7 @@ reads them, it never counts on its own.
 from __future__ import annotations
 
 import bisect
+import math
 import random
 import threading
 from collections import Counter
@@ -79,18 +80,34 @@ class Timing:
     total_ms: float = 0.0
     max_ms: float = 0.0
     _sample: list[float] = field(default_factory=list)
+    _skip: int = 0
+    """Observations to pass over before the next one replaces a kept one."""
+    _weight: float = 1.0
 
     def observe(self, ms: float) -> None:
         self.count += 1
         self.total_ms += ms
-        self.max_ms = max(self.max_ms, ms)
-        if len(self._sample) < _RESERVOIR:
-            self._sample.append(ms)
+        if ms > self.max_ms:
+            self.max_ms = ms
+        sample = self._sample
+        if len(sample) < _RESERVOIR:
+            sample.append(ms)
+            if len(sample) == _RESERVOIR:
+                self._replaced()
+        elif self._skip:
+            self._skip -= 1
         else:
-            # Reservoir sampling: every observation has the same chance to be kept.
-            slot = random.randrange(self.count)
-            if slot < _RESERVOIR:
-                self._sample[slot] = ms
+            sample[random.randrange(_RESERVOIR)] = ms
+            self._replaced()
+
+    def _replaced(self) -> None:
+        # Reservoir sampling by skips (Li's Algorithm L): every observation has the same
+        # chance to be kept, as with a draw per observation, for a draw per replacement.
+        self._weight *= math.exp(math.log(1.0 - random.random()) / _RESERVOIR)
+        weight = self._weight
+        self._skip = (
+            math.floor(math.log(1.0 - random.random()) / math.log1p(-weight)) if weight < 1.0 else 0
+        )
 
     def percentile(self, p: float) -> float:
         if not self._sample:
@@ -139,10 +156,13 @@ class Metrics:
     def incr_at(self, name: str, key: Labels, amount: int = 1) -> None:
         """:meth:`incr_by` for a key from :func:`labels_of`."""
         with self._lock:
-            family = self._labelled.get(name)
-            if family is None:
-                family = self._labelled[name] = Counter()
-            family[key] += amount
+            self._count_at(name, key, amount)
+
+    def _count_at(self, name: str, key: Labels, amount: int) -> None:
+        family = self._labelled.get(name)
+        if family is None:
+            family = self._labelled[name] = Counter()
+        family[key] += amount
 
     def observe(
         self, name: str, ms: float, labels: dict[str, str] | None = None, *, summary: bool = True
@@ -155,9 +175,27 @@ class Metrics:
         """
         self.observe_at(name, ms, labels_of(labels) if labels else (), summary=summary)
 
-    def observe_at(self, name: str, ms: float, key: Labels, *, summary: bool = True) -> None:
-        """:meth:`observe` for a key from :func:`labels_of`."""
+    def observe_at(
+        self,
+        name: str,
+        ms: float,
+        key: Labels,
+        *,
+        summary: bool = True,
+        count: str | None = None,
+        count_at: tuple[str, Labels] | None = None,
+    ) -> None:
+        """:meth:`observe` for a key from :func:`labels_of`.
+
+        Args:
+            count: also :meth:`incr` this counter, under the same lock.
+            count_at: also :meth:`incr_at` this counter and key.
+        """
         with self._lock:
+            if count is not None:
+                self._counters[count] += 1
+            if count_at is not None:
+                self._count_at(*count_at, 1)
             if summary:
                 timing = self._timings.get(name)
                 if timing is None:

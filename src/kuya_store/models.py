@@ -464,7 +464,6 @@ _COMPS_DEFAULTS = {
     name: field.get_default(call_default_factory=True)
     for name, field in CompsResult.model_fields.items()
 }
-_COMPS_MOMENTS = ("fetched_at", "fresh_until")
 
 
 def checked_result(**values: Any) -> CompsResult:
@@ -476,13 +475,66 @@ def checked_result(**values: Any) -> CompsResult:
     copied, moments in UTC, a field not given at its default.
     """
     fields = {**_COMPS_DEFAULTS, **values}  # in the order of the fields, as validation's
+    return _answer(fields, set(values))
+
+
+def tier_answer(
+    *,
+    query: str,
+    card_identifier: str,
+    search_type: SearchType,
+    filters: SearchFilters,
+    params: Params,
+    listings: list[Listing],
+    source: Source,
+    fetched_at: datetime,
+    cache_hit: bool,
+    snapshot: PriceSnapshot | None,
+    pages_scraped: int | None,
+    complete: bool,
+    fresh_until: datetime | None,
+    display_complete: bool,
+    execution_time_ms: int | None = None,
+) -> CompsResult:
+    """:func:`checked_result` given every field (``execution_time_ms`` may stay unset).
+
+    What a search answered from a tier builds on every hit: named arguments, not a dict
+    of them merged with the defaults.
+    """
+    fields = {
+        "query": query,
+        "card_identifier": card_identifier,
+        "search_type": search_type,
+        "filters": filters,
+        "params": params,
+        "listings": listings,
+        "source": source,
+        "fetched_at": fetched_at,
+        "cache_hit": cache_hit,
+        "snapshot": snapshot,
+        "pages_scraped": pages_scraped,
+        "execution_time_ms": 0 if execution_time_ms is None else execution_time_ms,
+        "complete": complete,
+        "fresh_until": fresh_until,
+        "display_complete": display_complete,
+    }
+    given = _TIMED if execution_time_ms is not None else _UNTIMED
+    return _answer(fields, set(given))
+
+
+_TIMED = frozenset(_COMPS_DEFAULTS)
+_UNTIMED = _TIMED - {"execution_time_ms"}
+
+
+def _answer(fields: dict[str, Any], given: set[str]) -> CompsResult:
     fields["listings"] = list(fields["listings"])  # the answer's own, as validation's copy is
     fields["params"] = dict(fields["params"])
-    for name in _COMPS_MOMENTS:
-        moment = fields[name]
-        if moment is not None and moment.tzinfo is not UTC:
-            fields[name] = moment.astimezone(UTC)
-    return built(CompsResult, fields, set(values))
+    fetched_at, fresh = fields["fetched_at"], fields["fresh_until"]
+    if fetched_at.tzinfo is not UTC:
+        fields["fetched_at"] = fetched_at.astimezone(UTC)
+    if fresh is not None and fresh.tzinfo is not UTC:
+        fields["fresh_until"] = fresh.astimezone(UTC)
+    return built(CompsResult, fields, given)
 
 
 _M = TypeVar("_M", bound=BaseModel)

@@ -17,7 +17,7 @@ from types import TracebackType
 
 from kuya_store import tracing
 from kuya_store.metrics import Labels, Metrics, labels_of
-from kuya_store.models import CompsResult, SearchType
+from kuya_store.models import CompsResult, SearchType, Source
 
 __all__ = [
     "SearchWatch",
@@ -35,20 +35,31 @@ class SearchWatch:
     Told the answer by :meth:`answered`, so the span and the counters say who answered.
     """
 
-    __slots__ = ("_kind", "_metrics", "_scope", "_started", "result", "span")
+    __slots__ = ("_kind", "_metrics", "_scope", "_started", "result", "span", "traced")
 
     def __init__(self, metrics: Metrics, card: str, kind: SearchType) -> None:
         self._metrics = metrics
         self._kind = kind
-        self._scope = tracing.span(
-            "kuya_store.search", {"kuya_store.card": card, "kuya_store.search_type": kind.value}
+        self.traced = tracing.recording()
+        """Whether a tracer provider was set up when the search began (its reads trace too).
+
+        Asked once per search: looking the provider up costs more than a near-cache read.
+        """
+        self._scope = (
+            tracing.span(
+                "kuya_store.search",
+                {"kuya_store.card": card, "kuya_store.search_type": kind.value},
+            )
+            if self.traced
+            else None
         )
         self.span: tracing.Span = tracing.NO_SPAN
         self.result: CompsResult | None = None
         self._started = 0.0
 
     def __enter__(self) -> SearchWatch:
-        self.span = self._scope.__enter__()
+        if self._scope is not None:
+            self.span = self._scope.__enter__()
         self._started = time.perf_counter()
         return self
 
@@ -59,29 +70,31 @@ class SearchWatch:
         tb: TracebackType | None,
     ) -> bool | None:
         elapsed = (time.perf_counter() - self._started) * 1000
-        source, outcome = search_outcome(self.result, isinstance(exc, asyncio.CancelledError))
-        answered = self.result is not None
-        metrics = self._metrics
-        if answered:
-            metrics.incr("searches")
-        timed, counted = _search_labels(self._kind.value, source, outcome)
+        result = self.result
+        if result is None:
+            timed, counted = _search_labels(
+                self._kind, None, isinstance(exc, asyncio.CancelledError)
+            )
+        else:
+            timed, counted = _search_labels(self._kind, result.source, result.cache_hit)
+        answered = result is not None
         # Only answered searches go into the percentiles of ``latency.search``.
-        metrics.observe_at("search", elapsed, timed, summary=answered)
-        metrics.incr_at("searches", counted)
-        return self._scope.__exit__(exc_type, exc, tb)
-
-    @property
-    def traced(self) -> bool:
-        """Whether a tracer provider was set up when the search began (its reads trace too).
-
-        Asked once per search: looking the provider up costs more than a near-cache read.
-        """
-        return self.span is not tracing.NO_SPAN
+        self._metrics.observe_at(
+            "search",
+            elapsed,
+            timed,
+            summary=answered,
+            count="searches" if answered else None,
+            count_at=counted,
+        )
+        if self._scope is not None:
+            return self._scope.__exit__(exc_type, exc, tb)
+        return None
 
     def answered(self, result: CompsResult) -> None:
         self.result = result
         span = self.span
-        if span.is_recording():
+        if self.traced and span.is_recording():
             span.set_attribute("kuya_store.source", result.source.value)
             span.set_attribute("kuya_store.cache_hit", result.cache_hit)
             # Pages this call asked the upstream for: none when it was answered from a tier.
@@ -100,10 +113,21 @@ def search_outcome(result: CompsResult | None, cancelled: bool) -> tuple[str, st
 
 
 @functools.cache
-def _search_labels(kind: str, source: str, outcome: str) -> tuple[Labels, Labels]:
-    """The keys a search's duration and outcome are counted under (few combinations)."""
-    labels = {"search_type": kind, "source": source}
-    return labels_of(labels), labels_of({**labels, "outcome": outcome})
+def _search_labels(
+    kind: SearchType, source: Source | None, flag: bool
+) -> tuple[Labels, tuple[str, Labels]]:
+    """The keys a search's duration and outcome are counted under (few combinations).
+
+    Args:
+        source: who answered; ``None`` when nothing did.
+        flag: the answer's ``cache_hit``; with no answer, whether the search was cancelled.
+    """
+    if source is None:
+        label, outcome = search_outcome(None, flag)
+    else:
+        label, outcome = source.value, "hit" if flag else "fetched"
+    labels = {"search_type": kind.value, "source": label}
+    return labels_of(labels), ("searches", labels_of({**labels, "outcome": outcome}))
 
 
 @functools.cache
@@ -122,22 +146,24 @@ class TierWatch:
     Told by setting :attr:`hit` whether the tier answered.
     """
 
-    __slots__ = ("_metrics", "_scope", "_span", "_started", "_tier", "hit")
+    __slots__ = ("_metrics", "_on_hit", "_scope", "_span", "_started", "_tier", "hit")
 
-    def __init__(self, metrics: Metrics | None, tier: str, traced: bool = True) -> None:
+    def __init__(
+        self, metrics: Metrics | None, tier: str, traced: bool = True, on_hit: str | None = None
+    ) -> None:
         self._metrics = metrics
         self._tier = tier
+        self._on_hit = on_hit
         self._scope = (
-            tracing.span(f"kuya_store.tier.{tier}", {"kuya_store.tier": tier})
-            if traced
-            else tracing.NO_SCOPE
+            tracing.span(f"kuya_store.tier.{tier}", {"kuya_store.tier": tier}) if traced else None
         )
         self._span: tracing.Span = tracing.NO_SPAN
         self._started = 0.0
         self.hit = False
 
     def __enter__(self) -> TierWatch:
-        self._span = self._scope.__enter__()
+        if self._scope is not None:
+            self._span = self._scope.__enter__()
         self._started = time.perf_counter()
         return self
 
@@ -153,20 +179,26 @@ class TierWatch:
                 (time.perf_counter() - self._started) * 1000,
                 _tier_labels(self._tier, self.hit),
                 summary=False,
+                count=self._on_hit if self.hit else None,
             )
+        if self._scope is None:
+            return None
         self._span.set_attribute("kuya_store.hit", self.hit)
         return self._scope.__exit__(exc_type, exc, tb)
 
 
-def watch_tier(metrics: Metrics | None, tier: str, traced: bool = True) -> TierWatch:
+def watch_tier(
+    metrics: Metrics | None, tier: str, traced: bool = True, on_hit: str | None = None
+) -> TierWatch:
     """The span of one tier read, and its duration by tier and outcome (hit or miss).
 
     Args:
         metrics: where the duration goes; ``None`` traces the read without counting it.
         traced: ``False`` within a search that no tracer provider records (see
             :attr:`SearchWatch.traced`): its reads make no span of their own either.
+        on_hit: the counter a hit also counts one in (with the duration, at once).
     """
-    return TierWatch(metrics, tier, traced)
+    return TierWatch(metrics, tier, traced, on_hit)
 
 
 @contextmanager

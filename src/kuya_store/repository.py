@@ -54,10 +54,11 @@ from kuya_store.models import (
     Invalidation,
     Listing,
     Params,
+    PriceSnapshot,
     SearchFilters,
     SearchType,
     Source,
-    checked_result,
+    tier_answer,
 )
 from kuya_store.observing import watch_search
 from kuya_store.persistence import Database
@@ -195,7 +196,8 @@ class CompsRepository:
         self._idle.clear()
         try:
             with (
-                searching(asked.card, asked.kind.value),
+                # str() of a StrEnum is its value, without the enum's property lookups.
+                searching(asked.card, str(asked.kind)),
                 watch_search(self._metrics, asked.card, asked.kind) as watch,
             ):
                 result = await self._search(
@@ -221,7 +223,7 @@ class CompsRepository:
         started: float,
         traced: bool,
     ) -> CompsResult:
-        text, kind, wanted, options, card, _, chain = asked
+        kind, chain = asked.kind, asked.chain
         now = self._clock()
         found = await self._tiers.first_answer(chain, now, refresh, traced)
         level, stored, source, known = found
@@ -235,7 +237,7 @@ class CompsRepository:
             )
         assert level is not None
         assert source is not None
-        answered_by(source.value)
+        answered_by(str(source))
         listings = level.listings(stored)
         snapshot = self._snapshots.of(level, stored, listings)
         elapsed = (time.perf_counter() - started) * 1000
@@ -247,22 +249,35 @@ class CompsRepository:
                     asked, stored, len(listings), now, int(elapsed), user, tracing.current()
                 )
                 self._search_log.submit(row)
-        return checked_result(
-            query=text,
-            card_identifier=card,
-            search_type=kind,
-            filters=wanted,
-            params=options,
+        return self._answer(asked, stored, source, listings, snapshot, not paid, int(elapsed))
+
+    def _answer(
+        self,
+        asked: Asked,
+        stored: StoredResult,
+        source: Source,
+        listings: list[Listing],
+        snapshot: PriceSnapshot | None,
+        cache_hit: bool,
+        elapsed_ms: int | None = None,
+    ) -> CompsResult:
+        """The answer ``stored`` gives: exactly the ``listings`` it shows, and their value."""
+        return tier_answer(
+            query=asked.text,
+            card_identifier=asked.card,
+            search_type=asked.kind,
+            filters=asked.wanted,
+            params=asked.options,
             listings=listings,
             source=source,
             fetched_at=stored.fetched_at,
-            cache_hit=not paid,
+            cache_hit=cache_hit,
             snapshot=snapshot,
             pages_scraped=stored.pages_scraped,
-            execution_time_ms=int(elapsed),
             complete=stored.complete is True,
             fresh_until=fresh_until(stored, self._settings.fresh_for(stored.search_type)),
             display_complete=answer_complete(stored, listings),
+            execution_time_ms=elapsed_ms,
         )
 
     async def _fill(self, identity: ResultIdentity, result: StoredResult, now: datetime) -> None:
@@ -287,10 +302,9 @@ class CompsRepository:
         ``max_stale``) comes back with ``source="stale"``; ``None`` when nothing is stored.
         """
         asked = self._asks.of(query, search_type, filters, params)
-        text, kind, wanted, options, card, _, chain = asked
         now = self._clock()
         answer: tuple[Level, StoredResult, Source] | None = None
-        for level in chain:
+        for level in asked.chain:
             hit, source, stale = await self._tiers.lookup(level.identity, now, count=False)
             if hit is not None and source is not None and level.answers(hit):
                 answer = (level, hit, source)
@@ -301,22 +315,8 @@ class CompsRepository:
             return None
         level, stored, source = answer
         listings = level.listings(stored)
-        return checked_result(
-            query=text,
-            card_identifier=card,
-            search_type=kind,
-            filters=wanted,
-            params=options,
-            listings=listings,
-            source=source,
-            fetched_at=stored.fetched_at,
-            cache_hit=True,
-            snapshot=self._snapshots.of(level, stored, listings),
-            pages_scraped=stored.pages_scraped,
-            complete=stored.complete is True,
-            fresh_until=fresh_until(stored, self._settings.fresh_for(stored.search_type)),
-            display_complete=answer_complete(stored, listings),
-        )
+        snapshot = self._snapshots.of(level, stored, listings)
+        return self._answer(asked, stored, source, listings, snapshot, True)
 
     async def invalidate(self, query: str, search_type: SearchType | str) -> Invalidation:
         """Forget every stored result of this card and search type, in every tier.

@@ -38,6 +38,7 @@ __all__ = [
     "current",
     "enabled",
     "link_of",
+    "recording",
     "span",
     "start",
     "use",
@@ -117,6 +118,11 @@ def _recording() -> bool:
         return False
     _provider_set = True
     return True
+
+
+def recording() -> bool:
+    """Whether a span made now would record: the API is installed and a provider set up."""
+    return _tracer is not None and _recording()
 
 
 def current() -> TraceParent | None:

@@ -54,7 +54,7 @@ class _Entries(TLRUCache[ResultIdentity, _Entry, datetime]):
         return key, entry
 
     def expire(self, time: datetime | None = None) -> list[tuple[ResultIdentity, _Entry]]:
-        expired = list(super().expire(time))
+        expired = super().expire(time)
         for key, _entry in expired:
             self._gone(key, False)
         return expired
@@ -99,9 +99,17 @@ class MemoryTier:
         return int(self._entries.currsize)
 
     async def get(self, identity: ResultIdentity) -> StoredResult | None:
-        self._entries.expire()
-        entry = self._entries.get(identity)
-        return None if entry is None else entry.result
+        return self.held(identity)
+
+    def held(self, identity: ResultIdentity) -> StoredResult | None:
+        """:meth:`get` without a coroutine: what a near-cache read does on every hit."""
+        entries = self._entries
+        entries.expire(self._clock())
+        try:
+            # One lookup (an expired entry is missing too), not the two of ``get``.
+            return entries[identity].result
+        except KeyError:
+            return None
 
     async def set(
         self,

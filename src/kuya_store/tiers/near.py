@@ -207,7 +207,11 @@ class NearCache:
         return Ticket(self._epoch, self._changes[bucket], self._echoes[bucket], own_write)
 
     async def get(self, identity: ResultIdentity) -> StoredResult | None:
-        return await self.memory.get(identity)
+        return self.memory.held(identity)
+
+    def held(self, identity: ResultIdentity) -> StoredResult | None:
+        """The copy kept of ``identity``, if any (in process: no coroutine to await)."""
+        return self.memory.held(identity)
 
     async def set(
         self,
