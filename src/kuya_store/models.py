@@ -235,6 +235,9 @@ def _round_price(value: object) -> object:
         return value
 
 
+_Name = Annotated[str, StringConstraints(strip_whitespace=True)]
+
+
 class Listing(_Frozen):
     """One marketplace listing: the metadata the database keeps, plus display-only ``extra``.
 
@@ -253,7 +256,7 @@ class Listing(_Frozen):
     # not fields, not copied by ``model_copy``, ``copy`` or pickling, not compared by ``==``.
     __slots__ = ("_fetch_checked", "_validated")
     # The metadata's strings are stripped field by field: a model-wide setting would also
-    # strip the display data's strings, in Python mode only (JSON mode leaves a
+    # strip the display data's values, in Python mode only (JSON mode leaves a
     # ``JsonValue`` as it is), so one fetch would differ by how its fetcher handed it over.
     model_config = ConfigDict(str_strip_whitespace=False)
 
@@ -282,7 +285,10 @@ class Listing(_Frozen):
     sold_date: AwareDatetime | None = None
     bids: Annotated[int, Field(ge=0, le=2_147_483_647)] | None = None
     watchers: Annotated[int, Field(ge=0, le=2_147_483_647)] | None = None
-    extra: dict[str, JsonValue] = Field(default_factory=dict)
+    # The display data's names are stripped like the metadata's strings; its values are
+    # kept as given. (A stripped key is also the JSON parser's cached string, so the keys
+    # every listing repeats are held once.)
+    extra: dict[_Name, JsonValue] = Field(default_factory=dict)
 
     def metadata_only(self) -> Listing:
         """This listing without its display data: what the database may keep."""
