@@ -233,7 +233,7 @@ class Analytics(DatabaseFeature):
             raise InvalidInputError("start", "must not be after end")
 
         async def on_driver(driver: Any) -> list[PriceSnapshot]:
-            # The driver's own rows: typed by PostgreSQL, the JSON as text decoded here.
+            # The driver's own rows: typed by PostgreSQL, money and JSON as text decoded here.
             sql, args = history_sql(card_identifier, first, last)
             rows = await driver.fetch(sql, *args)
             same = {CARD: card_identifier}
