@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import date
+from decimal import Decimal
 
 import asyncpg
 import pytest
@@ -12,7 +13,8 @@ from sqlalchemy.engine import make_url
 
 import kuya_store as ks
 from kuya_store.db.engine import decode_json
-from kuya_store.db.rows import decode_json_texts
+from kuya_store.db.rows import decimal_texts, decode_json_texts, models_from_rows
+from kuya_store.models import _Frozen
 
 ROWS = """
 INSERT INTO price_snapshots (card_identifier, snapshot_date, fmv_low, market_value,
@@ -41,7 +43,7 @@ async def _load(url: str) -> None:
                 "ohtani",
                 date(2026, 11, day),
                 None if day % 4 == 0 else f"{day}.05",
-                f"{day * 3}.99",
+                ("0.00", "-0.10", "100")[day % 3] if day % 5 == 0 else f"{day * 3}.99",
                 day,
                 "high" if day % 2 else None,
                 json.dumps(analysis) if analysis is not None else None,
@@ -70,11 +72,16 @@ async def test_the_driver_s_rows_equal_sqlalchemy_s(
     direct = await _history(postgres_url, start, end)
     pooled = await _history(f"{pgbouncer_url}?pgbouncer=true", start, end)
     assert direct == pooled and direct
+    assert repr(direct) == repr(pooled)  # field order, and each Decimal's places
     for one, two in zip(direct, pooled, strict=True):
         assert one.model_dump() == two.model_dump()
         assert [type(v) for v in one.model_dump().values()] == [
             type(v) for v in two.model_dump().values()
         ]
+        assert one.model_fields_set == two.model_fields_set
+        assert one.card_identifier == "ohtani"
+    if start is None and end is None:
+        assert {str(s.market_value) for s in direct} >= {"0.00", "-0.10", "100.00", "3.99"}
     days = [s.snapshot_date for s in direct]
     assert days == sorted(days)
     assert all((start or days[0]) <= d <= (end or days[-1]) for d in days)
@@ -84,6 +91,50 @@ async def test_the_driver_s_rows_equal_sqlalchemy_s(
         "negative": -(2**80),
         "deep": {"a": {"b": {"c": []}}},
     }
+
+
+async def test_the_driver_s_trend_equals_sqlalchemy_s(
+    postgres_url: str, pgbouncer_url: str
+) -> None:
+    await _load(postgres_url)
+    trends = []
+    for url in (postgres_url, f"{pgbouncer_url}?pgbouncer=true"):
+        async with ks.CompsStore(database_url=url) as store:
+            trends.append(await store.analytics.price_trend("ohtani", days=3650))
+    direct, pooled = trends
+    assert direct == pooled and len(direct.points) == 30
+    assert repr(direct) == repr(pooled)
+
+
+def test_numbers_as_text_are_the_driver_s_decimals() -> None:
+    texts = ["5.07", None, "0.00", "-0.00", "-99999999.99", "100.00", "NaN"]
+    got = decimal_texts(texts)
+    assert [None if d is None else d.as_tuple() for d in got] == [
+        None if t is None else Decimal(t).as_tuple() for t in texts
+    ]
+    assert str(got[5]) == "100.00"
+
+
+def test_rows_with_one_value_for_all_take_it_from_the_query() -> None:
+    class Point(_Frozen):
+        card: str
+        day: int
+        price: Decimal | None
+        info: dict[str, int] | None
+
+    rows = [(1, "2.50", '{"a": 1}'), (2, None, None), (3, "7", "null")]
+    got = models_from_rows(
+        Point, ("card", "day", "price", "info"), rows, ("info",), {"card": "x"}, ("price",)
+    )
+    assert got == [
+        Point(card="x", day=1, price=Decimal("2.50"), info={"a": 1}),
+        Point(card="x", day=2, price=None, info=None),
+        Point(card="x", day=3, price=Decimal("7"), info=None),
+    ]
+    assert repr(got[0]) == repr(Point(card="x", day=1, price=Decimal("2.50"), info={"a": 1}))
+    assert models_from_rows(Point, ("card", "day", "price", "info"), [], (), {"card": "x"}) == []
+    with pytest.raises(ValueError, match="columns"):
+        models_from_rows(Point, ("card", "day", "price", "info"), rows, ("info",))
 
 
 async def test_pooled_connections_killed_by_the_server_are_replaced_unseen(
@@ -126,5 +177,11 @@ def test_json_texts_decode_in_one_pass_as_each_would_alone() -> None:
     ]
     assert decode_json_texts(texts) == [None if t is None else json.loads(t) for t in texts]
     assert decode_json_texts(iter(texts[:3])) == decode_json_texts(texts[:3])
+    assert decode_json_texts([]) == []
     with pytest.raises(ValueError):
         decode_json_texts(['{"a": 1}', "{not json"])
+    # Texts that are not one value each: decoded one by one, as each would alone.
+    with pytest.raises(ValueError):
+        decode_json_texts(["1, 2", "3"])
+    with pytest.raises(ValueError):
+        decode_json_texts(['{"a": 1}', ""])

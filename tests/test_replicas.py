@@ -185,3 +185,23 @@ async def test_writes_and_accounts_stay_on_the_primary(pair: tuple[str, str, Any
         assert [s.id for s in await store.accounts.list_saved_searches(user.id)] == [saved.id]
         await store.comps.search(QUERY, fetcher=FakeMarketplace(listings=2).sold)
         assert await store.flush()
+
+
+async def test_a_price_history_is_read_on_the_replica_as_on_the_primary(
+    pair: tuple[str, str, Any],
+) -> None:
+    # Without replicas a history reads on the driver's pooled connection; with one, the
+    # replica answers it, with the same snapshots.
+    primary, replica, _standby = pair
+    async with ks.CompsStore(database_url=primary) as alone:
+        history = await alone.analytics.price_history("old card 0")
+        trend = await alone.analytics.price_trend("old card 0")
+    assert history
+    async with ks.CompsStore(
+        database_url=primary, replica_urls=[replica], max_replica_lag=60
+    ) as store:
+        got = await store.analytics.price_history("old card 0")
+        assert got == history and repr(got) == repr(history)
+        assert _replica_reads(store) == 1
+        assert await store.analytics.price_trend("old card 0") == trend
+        assert _replica_reads(store) == 2

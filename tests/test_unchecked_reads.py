@@ -398,3 +398,31 @@ async def test_backends_killed_inside_the_window_never_reach_the_read_before_a_f
                 *(database.newest_result(identity, since) for _ in range(4))  # type: ignore[arg-type]
             )
             assert all(a == before for a in answers)
+
+
+async def test_a_cancelled_read_gives_its_connection_back(postgres_url: str) -> None:
+    # The read on the driver's pooled connection is cancelled while its statement waits
+    # on a lock: the connection goes back to the pool, and the next read answers.
+    await _load(postgres_url)
+    admin = await asyncpg.connect(_dsn(postgres_url))
+    try:
+        async with ks.CompsStore(
+            database_url=postgres_url, pool_size=1, max_overflow=0, pool_check_window=60
+        ) as store:
+            before = await store.analytics.price_history("ohtani")
+            pool = _engine(store).sync_engine.pool
+            lock = admin.transaction()
+            await lock.start()
+            await admin.execute("LOCK TABLE price_snapshots IN ACCESS EXCLUSIVE MODE")
+            read = asyncio.create_task(store.analytics.price_history("ohtani"))
+            await asyncio.sleep(0.3)
+            assert pool.checkedout() == 1  # type: ignore[attr-defined]
+            read.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await read
+            assert pool.checkedout() == 0  # type: ignore[attr-defined]
+            await lock.commit()
+            assert await store.analytics.price_history("ohtani") == before
+            assert pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        await admin.close()

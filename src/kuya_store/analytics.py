@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -22,8 +21,19 @@ from kuya_store.analytics_views import (
     views_present,
     watermark,
 )
+from kuya_store.db.driver_reads import PooledDriver
 from kuya_store.db.engine import DatabaseFeature, idle_driver_connection, single_statement
 from kuya_store.db.rows import models_from_rows as _stored
+from kuya_store.db.snapshot_reads import (
+    CARD,
+    POINT_FIELDS,
+    POINT_MONEY,
+    SNAPSHOT_MONEY,
+    history_sql,
+    points_sql,
+)
+from kuya_store.db.snapshot_reads import SNAPSHOT_FIELDS as _SNAPSHOT_FIELDS
+from kuya_store.db.snapshot_reads import SNAPSHOT_JSON as _SNAPSHOT_JSON
 from kuya_store.db.tables import metadata
 from kuya_store.db.types import Money
 from kuya_store.errors import InvalidInputError, NotFoundError
@@ -44,12 +54,7 @@ __all__ = [
 _snapshots = metadata.tables["price_snapshots"]
 _searches = metadata.tables["searches"]
 _CENT = Decimal("0.01")
-_SNAPSHOT_FIELDS = tuple(PriceSnapshot.model_fields)
 _SNAPSHOT_COLUMNS: list[sa.ColumnElement[Any]] = [_snapshots.c[name] for name in _SNAPSHOT_FIELDS]
-# JSON the driver path reads as text and decodes in one pass (``rows.decode_json_texts``).
-_SNAPSHOT_JSON = tuple(
-    name for name in _SNAPSHOT_FIELDS if isinstance(_snapshots.c[name].type, sa.JSON)
-)
 
 
 def _driver_typed(columns: Sequence[sa.ColumnElement[Any]]) -> list[sa.ColumnElement[Any]]:
@@ -80,36 +85,11 @@ def _history(
     return stmt.order_by(_snapshots.c.snapshot_date)
 
 
-def _driver_history(card: str, start: date | None, end: date | None) -> tuple[str, list[Any]]:
-    """``_history`` of every snapshot column as SQL for the driver: one text per bound set,
-    so PostgreSQL still prunes the months a bound rules out."""
-    args = [card, *(bound for bound in (start, end) if bound is not None)]
-    return _driver_sql(start is not None, end is not None), args
-
-
-@functools.cache
-def _driver_sql(bounded_below: bool, bounded_above: bool) -> str:
-    where, count = ["card_identifier = $1"], 1
-    for bounded, op in ((bounded_below, ">="), (bounded_above, "<=")):
-        if bounded:
-            count += 1
-            where.append(f"snapshot_date {op} ${count}")
-    # The JSON as text: decoded in one pass with the rows (``rows.decode_json_texts``).
-    columns = (f"{n}::text AS {n}" if n in _SNAPSHOT_JSON else n for n in _SNAPSHOT_FIELDS)
-    return (
-        f"SELECT {', '.join(columns)} FROM price_snapshots "
-        f"WHERE {' AND '.join(where)} ORDER BY snapshot_date"
-    )
-
-
 class TrendPoint(_Frozen):
     """One day's market value."""
 
     snapshot_date: date
     market_value: Decimal
-
-
-_POINT_FIELDS = ("snapshot_date", "market_value")
 
 
 class PriceTrend(_Frozen):
@@ -252,20 +232,29 @@ class Analytics(DatabaseFeature):
         if first is not None and last is not None and first > last:
             raise InvalidInputError("start", "must not be after end")
 
+        async def on_driver(driver: Any) -> list[PriceSnapshot]:
+            # The driver's own rows: typed by PostgreSQL, money and JSON as text decoded here.
+            sql, args = history_sql(card_identifier, first, last)
+            rows = await driver.fetch(sql, *args)
+            same = {CARD: card_identifier}
+            return _stored(
+                PriceSnapshot, _SNAPSHOT_FIELDS, rows, _SNAPSHOT_JSON, same, SNAPSHOT_MONEY
+            )
+
         async def read(conn: AsyncConnection) -> list[PriceSnapshot]:
             driver = idle_driver_connection(conn)
             if driver is not None:
-                # The driver's own rows: typed by PostgreSQL, the JSON as text decoded here.
-                sql, args = _driver_history(card_identifier, first, last)
-                rows = await driver.fetch(sql, *args)
-                return _stored(PriceSnapshot, _SNAPSHOT_FIELDS, rows, _SNAPSHOT_JSON)
+                return await on_driver(driver)
             conn = await single_statement(conn)
             pg = conn.dialect.name == "postgresql"
             columns = _PG_SNAPSHOT_COLUMNS if pg else _SNAPSHOT_COLUMNS
             statement = _history(columns, card_identifier, first, last)
             return _stored(PriceSnapshot, _SNAPSHOT_FIELDS, await conn.execute(statement))
 
-        return await self._read(read)
+        async def pooled(conn: PooledDriver) -> list[PriceSnapshot]:
+            return await on_driver(conn.driver)
+
+        return await self._driver_read(pooled, read)
 
     async def price_trend(self, card: str, days: int = 30) -> PriceTrend:
         """Change in percent and slope per day of the market value over the last ``days``."""
@@ -274,18 +263,28 @@ class Analytics(DatabaseFeature):
         today = self._clock().date()
         card_identifier = normalize_card(card)
 
+        start = today - timedelta(days=days)
+
+        async def on_driver(driver: Any) -> list[TrendPoint]:
+            sql, args = points_sql(card_identifier, start, today)
+            rows = await driver.fetch(sql, *args)
+            return _stored(TrendPoint, POINT_FIELDS, rows, decimal_fields=POINT_MONEY)
+
         async def read(conn: AsyncConnection) -> list[TrendPoint]:
+            driver = idle_driver_connection(conn)
+            if driver is not None:
+                return await on_driver(driver)
             conn = await single_statement(conn)
             pg = conn.dialect.name == "postgresql"
             statement = _history(
-                _PG_POINT_COLUMNS if pg else _POINT_COLUMNS,
-                card_identifier,
-                today - timedelta(days=days),
-                today,
+                _PG_POINT_COLUMNS if pg else _POINT_COLUMNS, card_identifier, start, today
             ).where(_snapshots.c.market_value.is_not(None))
-            return _stored(TrendPoint, _POINT_FIELDS, await conn.execute(statement))
+            return _stored(TrendPoint, POINT_FIELDS, await conn.execute(statement))
 
-        points = await self._read(read)
+        async def pooled(conn: PooledDriver) -> list[TrendPoint]:
+            return await on_driver(conn.driver)
+
+        points = await self._driver_read(pooled, read)
         change = slope = None
         direction: Literal["up", "down", "flat", "unknown"] = "unknown"
         if len(points) >= 2:

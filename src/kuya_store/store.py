@@ -245,7 +245,10 @@ class CompsStore:
             # Another worker's invalidation, learnt when heard or when it refuses a write.
             redis_tier.on_fenced = self.comps.learn_fence
         engine = self._database.engine if self._database is not None else None
-        reader = self._database.read if self._database is not None else None
+        # The reader chooses a replica for each read; without replicas, the features read
+        # on the primary themselves (on the driver's pooled connection where they may).
+        database = self._database
+        reader = database.read if database is not None and database.replicas.replicas else None
         self.analytics = Analytics(engine, self._clock, reader)
         self.accounts = Accounts(engine, self._clock, self.comps)
         self.backup = Backup(engine, self._clock)

@@ -12,16 +12,16 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.util import await_only
 
 from kuya_store.db.errors import is_disconnect
 
 __all__ = [
     "TRANSACTION_POOLER",
+    "PooledConnection",
     "checkout_check",
     "mark_pooler",
     "must_check",
@@ -31,6 +31,21 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+
+
+class PooledConnection(Protocol):
+    """What a read's retry needs of its connection: an ``AsyncConnection``, or the driver's."""
+
+    @property
+    def info(self) -> dict[Any, Any]: ...
+
+    @property
+    def invalidated(self) -> bool: ...
+
+    async def invalidate(self) -> None: ...
+
+
+_C = TypeVar("_C", bound=PooledConnection)
 
 TRANSACTION_POOLER = "kuya_store.transaction_pooler"
 """Marks, in a pooled connection's ``info``, a connection through PgBouncer."""
@@ -111,8 +126,8 @@ def retire_lost_statements(context: Any) -> None:
 
 
 async def unchecked_read(
-    run: Callable[[Callable[[AsyncConnection], Awaitable[_T]]], Awaitable[_T]],
-    work: Callable[[AsyncConnection], Awaitable[_T]],
+    run: Callable[[Callable[[_C], Awaitable[_T]]], Awaitable[_T]],
+    work: Callable[[_C], Awaitable[_T]],
 ) -> _T:
     """Run a read that may take a recently read connection unchecked, again if it was dead.
 
@@ -127,11 +142,12 @@ async def unchecked_read(
     would cost more than the round trip saved.
 
     Args:
-        run: e.g. ``engine.connect()`` around ``work``, or a replica-aware reader.
+        run: e.g. ``engine.connect()`` around ``work``, a replica-aware reader, or
+            ``driver_reads.on_pooled_driver``.
     """
     unchecked = False
 
-    async def tracked(conn: AsyncConnection) -> _T:
+    async def tracked(conn: _C) -> _T:
         nonlocal unchecked
         info = conn.info
         unchecked = info.get(_UNCHECKED, False)

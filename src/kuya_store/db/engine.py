@@ -9,6 +9,7 @@ the driver's own connection for reads that skip SQLAlchemy's row processing, and
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,6 +31,7 @@ from kuya_store.db.checks import (
     retire_lost_statements,
     unchecked_read,
 )
+from kuya_store.db.driver_reads import DRIVER_READS, PooledDriver, driver_reads, on_pooled_driver
 from kuya_store.db.errors import is_disconnect, is_outage, outage_as_unavailable
 from kuya_store.errors import StorageUnavailableError
 from kuya_store.settings import StoreSettings, pgbouncer_requested
@@ -195,6 +197,9 @@ def create_engine(settings: StoreSettings, url: str | None = None) -> AsyncEngin
             "server_settings": {"application_name": "kuya-store"},
             **pooler_args,
         },
+        # The primary, not behind PgBouncer: a read may take the driver's pooled
+        # connection itself (``driver_reads``).
+        execution_options={DRIVER_READS: not (url or pooler_args)},
     )
     # Replica reads share their primary's pool with lag probes that must not be handed a
     # dead connection: with replicas, or on a replica, every checkout is checked.
@@ -211,7 +216,8 @@ class DatabaseFeature:
 
     In ``cache_only`` mode there is no database, and when the database does not answer, every
     call raises ``StorageUnavailableError``: open connections with :meth:`_connect` and
-    :meth:`_begin`, never on the engine itself.
+    :meth:`_begin`, never on the engine itself. ``reader``, given where read replicas are
+    configured, picks the connection of each read; without it reads run on the primary.
     """
 
     _purpose = "this feature needs the database"
@@ -256,3 +262,21 @@ class DatabaseFeature:
             if self._reader is not None:  # the store's reader takes the check window itself
                 return await self._reader(work)
             return await unchecked_read(on_primary, work)
+
+    async def _driver_read(
+        self,
+        on_driver: Callable[[PooledDriver], Awaitable[_T]],
+        work: Callable[[AsyncConnection], Awaitable[_T]],
+    ) -> _T:
+        """Run a read of one statement on the driver's pooled connection where it may.
+
+        ``on_driver`` gets the primary's pooled asyncpg connection itself when no read
+        replica is configured, on PostgreSQL not behind PgBouncer (``db/driver_reads.py``),
+        with the same check window and retry as :meth:`_read`; elsewhere ``work`` runs
+        through :meth:`_read`.
+        """
+        engine = self._require()
+        if self._reader is not None or not driver_reads(engine):
+            return await self._read(work)
+        with outage_as_unavailable(self._purpose):
+            return await unchecked_read(functools.partial(on_pooled_driver, engine), on_driver)
