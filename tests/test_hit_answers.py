@@ -12,9 +12,10 @@ import orjson
 import pytest
 
 import kuya_store as ks
+from kuya_store.built_models import checked_result
 from kuya_store.demo import FakeMarketplace, with_links, with_links_json
 from kuya_store.metrics import _RESERVOIR, Metrics, Timing, labels_of
-from kuya_store.models import CompsResult, checked_result
+from kuya_store.models import CompsResult
 
 QUERY = "2023 Topps Chrome Victor Wembanyama #1"
 LINK = "https://www.ebay.com/itm/{item_id}"

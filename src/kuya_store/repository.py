@@ -27,6 +27,7 @@ from kuya_store.answer_snapshots import AnswerSnapshots
 from kuya_store.answering import Level
 from kuya_store.asking import Asked, AskedSearches
 from kuya_store.budget import ApiBudget
+from kuya_store.built_models import tier_answer
 from kuya_store.clock import Clock
 from kuya_store.db.engine import outage_as_unavailable
 from kuya_store.errors import (
@@ -58,7 +59,6 @@ from kuya_store.models import (
     SearchFilters,
     SearchType,
     Source,
-    tier_answer,
 )
 from kuya_store.observing import watch_search
 from kuya_store.persistence import Database

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from kuya_store.built_models import built
 from kuya_store.keys import KEY_VERSION
 from kuya_store.models import (
     FetchStats,
@@ -31,7 +32,6 @@ from kuya_store.models import (
     SearchType,
     UTCDateTime,
     _Frozen,
-    built,
 )
 
 __all__ = ["CorruptEntryError", "StoredResult", "ValueSeal", "decode", "encode", "unseal"]
