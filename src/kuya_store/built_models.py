@@ -7,8 +7,9 @@ set, from values that were validated when they were fetched or stored.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel
 
@@ -22,9 +23,32 @@ from kuya_store.models import (
     Source,
 )
 
-__all__ = ["built", "checked_result", "tier_answer"]
+__all__ = [
+    "SET_DICT",
+    "SET_EXTRA",
+    "SET_FIELDS_SET",
+    "SET_PRIVATE",
+    "built",
+    "checked_result",
+    "tier_answer",
+]
 
-_set_slot = object.__setattr__
+
+def _slot_setter(name: str) -> Callable[[Any, Any], None]:
+    """How ``model_construct`` sets one of a model's slots, without looking the name up.
+
+    ``object.__setattr__`` would look the name up on the class first, on every call.
+    """
+    slot: Any = vars(BaseModel).get(name)
+    if hasattr(slot, "__set__"):
+        return cast("Callable[[Any, Any], None]", slot.__set__)
+    return lambda item, value: object.__setattr__(item, name, value)  # pragma: no cover
+
+
+SET_DICT = _slot_setter("__dict__")
+SET_FIELDS_SET = _slot_setter("__pydantic_fields_set__")
+SET_EXTRA = _slot_setter("__pydantic_extra__")
+SET_PRIVATE = _slot_setter("__pydantic_private__")
 
 _COMPS_DEFAULTS = {
     name: field.get_default(call_default_factory=True)
@@ -115,8 +139,8 @@ def built(model: type[_M], fields: dict[str, Any], fields_set: set[str] | None =
         fields_set: the fields given explicitly (default: every key of ``fields``).
     """
     item = model.__new__(model)
-    _set_slot(item, "__dict__", fields)
-    _set_slot(item, "__pydantic_fields_set__", set(fields) if fields_set is None else fields_set)
-    _set_slot(item, "__pydantic_extra__", None)
-    _set_slot(item, "__pydantic_private__", None)
+    SET_DICT(item, fields)
+    SET_FIELDS_SET(item, set(fields) if fields_set is None else fields_set)
+    SET_EXTRA(item, None)
+    SET_PRIVATE(item, None)
     return item

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from kuya_store.built_models import built
+from kuya_store.built_models import SET_DICT, SET_EXTRA, SET_FIELDS_SET, SET_PRIVATE, built
 from kuya_store.keys import KEY_VERSION
 from kuya_store.models import (
     FetchStats,
@@ -199,12 +199,6 @@ _RESULT_FIELDS = _MODEL_FIELDS | {"mac"}
 _LISTING_FIELDS = frozenset(Listing.model_fields)
 _SNAPSHOT_FIELDS = frozenset(PriceSnapshot.model_fields)
 _STATS_FIELDS = frozenset(FetchStats.model_fields)
-# The slots every model has, set through their descriptors: ``object.__setattr__`` would
-# look each one up on the class first, four times for every listing.
-_SET_DICT = BaseModel.__dict__["__dict__"].__set__
-_SET_NAMES = BaseModel.__dict__["__pydantic_fields_set__"].__set__
-_SET_EXTRA = BaseModel.__dict__["__pydantic_extra__"].__set__
-_SET_PRIVATE = BaseModel.__dict__["__pydantic_private__"].__set__
 _SNAPSHOT_MONEY = (
     "fmv_low",
     "fmv_high",
@@ -257,7 +251,7 @@ def _listings(items: list[Any]) -> list[Listing]:
     # slots are set through their descriptors, and the listings of one value share one
     # set of given names, as listings read from the database do: pydantic only reads it.
     new, parse, names = object.__new__, datetime.fromisoformat, set(_LISTING_FIELDS)
-    set_dict, set_names, set_extra, set_private = _SET_DICT, _SET_NAMES, _SET_EXTRA, _SET_PRIVATE
+    set_dict, set_names, set_extra, set_private = SET_DICT, SET_FIELDS_SET, SET_EXTRA, SET_PRIVATE
     count = len(names)
     for index, fields in enumerate(items):
         price = fields["price"]

@@ -13,11 +13,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from itertools import repeat
 from operator import itemgetter
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel
 
+from kuya_store.built_models import SET_DICT, SET_EXTRA, SET_FIELDS_SET, SET_PRIVATE
 from kuya_store.db.engine import decode_json
 from kuya_store.models import Listing
 
@@ -200,15 +201,9 @@ def _dict_maker(
     return maker
 
 
-def _slot_setter(name: str) -> Callable[[Any, Any], None]:
-    """How ``model_construct`` sets one of a model's slots, without looking the name up."""
-    slot: Any = vars(BaseModel).get(name)
-    if hasattr(slot, "__set__"):
-        return cast("Callable[[Any, Any], None]", slot.__set__)
-    return lambda item, value: _set(item, name, value)  # pragma: no cover - other layouts
-
-
-_SET_DICT = _slot_setter("__dict__")
-_SET_FIELDS_SET = _slot_setter("__pydantic_fields_set__")
-_SET_EXTRA = _slot_setter("__pydantic_extra__")
-_SET_PRIVATE = _slot_setter("__pydantic_private__")
+_SET_DICT, _SET_FIELDS_SET, _SET_EXTRA, _SET_PRIVATE = (
+    SET_DICT,
+    SET_FIELDS_SET,
+    SET_EXTRA,
+    SET_PRIVATE,
+)

@@ -22,6 +22,7 @@ from typing import Any, NoReturn, TypeVar
 
 from pydantic import BaseModel
 
+from kuya_store.built_models import SET_DICT, SET_EXTRA, SET_FIELDS_SET, SET_PRIVATE
 from kuya_store.models import Listing
 from kuya_store.stored import StoredResult
 
@@ -77,12 +78,8 @@ def _shared_names(names: set[str]) -> set[str]:
     return shared
 
 
-# The slots every model has, set through their descriptors: ``object.__setattr__`` would
-# look each one up on the class first, four times for every listing held.
-_DICT = BaseModel.__dict__["__dict__"].__set__
-_FIELDS_SET = BaseModel.__dict__["__pydantic_fields_set__"].__set__
-_EXTRA = BaseModel.__dict__["__pydantic_extra__"].__set__
-_PRIVATE = BaseModel.__dict__["__pydantic_private__"].__set__
+# The slots every model has, set through their descriptors, four for every listing held.
+_DICT, _FIELDS_SET, _EXTRA, _PRIVATE = SET_DICT, SET_FIELDS_SET, SET_EXTRA, SET_PRIVATE
 
 
 def _rebuilt(model: _M, values: dict[str, Any], names: set[str]) -> _M:
